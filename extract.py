@@ -1,0 +1,580 @@
+"""Turn one input (page URL, image or PDF URL, PDF path, image path, folder) into images, safely.
+
+`open_input` yields `Found` images and `Skipped` records (everything found but
+not classified, with the reason); a problem with the input as a whole raises
+`InputError` with a one-line message. Nothing here knows about the model.
+"""
+import io
+import os
+import re
+import threading
+import time
+import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+
+from PIL import Image
+
+USER_AGENT = "medical-image-classifier/1.0 (+https://github.com/; image extraction for classification)"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2",
+                    ".ico", ".jfif")
+# The attributes lazy-loading scripts read their real URL from, most specific first.
+LAZY_SRC_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy", "data-url", "data-hi-res-src",
+                  "data-full-src", "data-image", "data-img-src", "data-img", "data-echo", "data-pagespeed-lazy-src",
+                  "data-fallback-src", "data-large-file", "data-orig-file")
+LAZY_SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset", "data-original-set", "data-original-srcset")
+BACKGROUND_ATTRS = ("data-bg", "data-background", "data-background-image", "data-bg-src", "data-bgset")
+META_IMAGE_KEYS = ("og:image", "og:image:url", "og:image:secure_url", "twitter:image", "twitter:image:src")
+MAX_HTML_BYTES = 16 * 1024 * 1024
+
+Image.MAX_IMAGE_PIXELS = None  # the pixel cap is checked by size before decoding, see _decode
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+@dataclass
+class Options:
+    min_size: int = 32
+    max_images: int = 500
+    timeout: float = 20.0  # seconds for one whole download, and per PDF page batch
+    max_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 100_000_000
+    workers: int = 8
+    max_redirects: int = 5
+    keep_encoded: bool = False  # keep each image's file bytes (for --save-dir)
+    working_size: int = 1024  # decoded images are reduced to this longest side; width/height stay the original
+
+
+@dataclass
+class Found:
+    source: str
+    page: int | None
+    image: Image.Image
+    width: int
+    height: int
+    encoded: bytes | None = None
+    ext: str = "png"
+
+
+@dataclass
+class Skipped:
+    source: str
+    reason: str
+
+
+class InputError(Exception):
+    """The input as a whole could not be processed; the message is one line."""
+
+
+# ---------------------------------------------------------------- decoding
+
+def sniff(data: bytes) -> str:
+    """'pdf', 'svg', 'html' or 'image?' from the first bytes, never from a name."""
+    head = data[:1024].lstrip()
+    if b"%PDF-" in data[:1024]:
+        return "pdf"
+    lower = head[:512].lower()
+    if lower.startswith(b"<svg") or (lower.startswith(b"<?xml") and b"<svg" in data[:4096].lower()):
+        return "svg"
+    if lower.startswith((b"<!doctype", b"<html", b"<head", b"<body", b"<!--", b"<meta", b"<div", b"<p", b"<title",
+                         b"<?xml", b"<script")):
+        return "html"
+    return "image?"
+
+
+def _reduce(image: Image.Image, size: int) -> Image.Image:
+    if max(image.size) > size:
+        image = image.copy() if image.readonly else image
+        image.thumbnail((size, size), Image.Resampling.BILINEAR)
+    return image
+
+
+def decode_image(data: bytes, source: str, options: Options, page: int | None = None) -> Found | Skipped:
+    """Bytes -> Found, or Skipped with why (SVG, not an image, pixel cap, too small)."""
+    kind = sniff(data)
+    if kind == "svg":
+        return Skipped(source, "SVG (vector image, not classified)")
+    if kind in ("html", "pdf"):
+        return Skipped(source, f"not an image ({kind.upper()} content)")
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > options.max_pixels:
+            return Skipped(source, f"over the pixel cap ({width}x{height} > {options.max_pixels:,} pixels)")
+        if min(width, height) < options.min_size:
+            return Skipped(source, f"smaller than {options.min_size} px ({width}x{height})")
+        fmt = (image.format or "png").lower()
+        if image.format == "JPEG":
+            image.draft("RGB", (options.working_size, options.working_size))
+        image.seek(0)
+        image.load()
+    except Image.DecompressionBombError:
+        return Skipped(source, "over the pixel cap")
+    except Exception as exc:
+        return Skipped(source, f"not a decodable image ({type(exc).__name__})")
+    ext = {"jpeg": "jpg", "mpo": "jpg", "tiff": "tif", "jpeg2000": "jp2"}.get(fmt, fmt)
+    return Found(source, page, _reduce(image, options.working_size), width, height,
+                 data if options.keep_encoded else None, ext)
+
+
+# ---------------------------------------------------------------- web
+
+class FetchError(Exception):
+    pass
+
+
+@dataclass
+class Response:
+    url: str
+    content_type: str
+    data: bytes
+
+
+_local = threading.local()
+
+
+def _session():
+    import requests
+
+    if not hasattr(_local, "session"):
+        _local.session = requests.Session()
+        _local.session.headers["User-Agent"] = USER_AGENT
+    return _local.session
+
+
+def is_http_url(url: str) -> bool:
+    return urlsplit(url).scheme.lower() in ("http", "https")
+
+
+def fetch(url: str, options: Options, html_cap: bool = True) -> Response:
+    """GET with timeouts, a byte cap (streamed, counted), and redirects followed by hand: http(s) only."""
+    import requests
+    import urllib3
+
+    deadline = time.monotonic() + options.timeout
+    for _ in range(options.max_redirects + 1):
+        if not is_http_url(url):
+            raise FetchError(f"refused non-http(s) URL {url[:80]}")
+        try:
+            response = _session().get(url, stream=True, allow_redirects=False,
+                                      timeout=(min(10.0, options.timeout), options.timeout))
+        except requests.exceptions.Timeout:
+            raise FetchError("timed out") from None
+        except requests.exceptions.RequestException as exc:
+            raise FetchError(f"unreachable ({_short_reason(exc)})") from None
+        with response:
+            if response.is_redirect:
+                url = urljoin(url, response.headers.get("location", ""))
+                continue
+            if response.status_code >= 400:
+                raise FetchError(f"HTTP {response.status_code}")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > options.max_bytes:
+                raise FetchError(f"response of {int(declared):,} bytes is over the {options.max_bytes:,} byte cap")
+            chunks, total, cap = [], 0, options.max_bytes
+            while True:  # read1 returns what has arrived, so a trickling server still meets the deadline
+                try:
+                    chunk = response.raw.read1(64 * 1024, decode_content=True)
+                except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                    raise FetchError(f"download failed ({_short_reason(exc)})") from None
+                if not chunk:
+                    break
+                if not chunks and html_cap and sniff(chunk) == "html":
+                    cap = min(cap, MAX_HTML_BYTES)
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > cap:
+                    raise FetchError(f"response is over the {cap:,} byte cap")
+                if time.monotonic() > deadline:
+                    raise FetchError(f"download took longer than {options.timeout:g} s")
+            return Response(response.url, response.headers.get("content-type", ""), b"".join(chunks))
+    raise FetchError(f"more than {options.max_redirects} redirects")
+
+
+def _short_reason(exc: Exception) -> str:
+    text = str(exc)
+    for pattern in (r"Name or service not known", r"Connection refused", r"timed out", r"Read timed out"):
+        if re.search(pattern, text):
+            return pattern.lower()
+    return type(exc).__name__
+
+
+def parse_srcset(value: str) -> list[tuple[str, float]]:
+    """srcset -> [(url, width-or-density)], per the HTML parsing rules (URLs may contain commas)."""
+    out, i, n = [], 0, len(value)
+    while i < n:
+        while i < n and (value[i].isspace() or value[i] == ","):
+            i += 1
+        start = i
+        while i < n and not value[i].isspace():
+            i += 1
+        url = value[start:i]
+        descriptor = ""
+        if url.endswith(","):
+            url = url.rstrip(",")
+        else:
+            depth, start = 0, i
+            while i < n and (value[i] != "," or depth):
+                depth += {"(": 1, ")": -1}.get(value[i], 0)
+                i += 1
+            descriptor = value[start:i].strip()
+        if not url:
+            continue
+        size = 1.0
+        match = re.search(r"(\d+(?:\.\d+)?)\s*([wx])", descriptor)
+        if match:
+            size = float(match.group(1)) * (1 if match.group(2) == "w" else 1000)
+        out.append((url, size))
+    return out
+
+
+def largest_candidate(srcset: str) -> str | None:
+    candidates = parse_srcset(srcset)
+    return max(candidates, key=lambda c: c[1])[0] if candidates else None
+
+
+CSS_URL = re.compile(r"""url\(\s*(?:"([^"]*)"|'([^']*)'|([^)'"]*))\s*\)""", re.I)
+CSS_IMAGE_DECL = re.compile(r"(?:background(?:-image)?|list-style(?:-image)?|border-image(?:-source)?|content)\s*:"
+                            r"([^;}]*)", re.I)
+
+
+def css_image_urls(css: str) -> list[str]:
+    urls = []
+    for decl in CSS_IMAGE_DECL.finditer(css):
+        urls += [next(g for g in m.groups() if g is not None) for m in CSS_URL.finditer(decl.group(1))]
+    return urls
+
+
+def find_image_urls(html: str | bytes, base_url: str) -> list[str]:
+    """Every image a reader of the page sees, as absolute URLs (or data: URIs), in page order, deduplicated.
+
+    Pure: no network. Non-http(s) URLs are kept so the caller can report them as skipped.
+    """
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(html, "html.parser")
+    base = soup.find("base", href=True)
+    if base and base["href"].strip():
+        base_url = urljoin(base_url, base["href"].strip())
+    raw: list[str] = []
+
+    for meta in soup.find_all("meta"):
+        key = (meta.get("property") or meta.get("name") or "").strip().lower()
+        if key in META_IMAGE_KEYS and meta.get("content"):
+            raw.append(meta["content"])
+    for link in soup.find_all("link", href=True):
+        rel = " ".join(link.get("rel") or []).lower()
+        if rel == "image_src":
+            raw.append(link["href"])
+
+    for tag in soup.find_all(True):
+        name = tag.name
+        attrs = tag.attrs
+        if name == "img" or name == "source" or name == "input" and (attrs.get("type") or "").lower() == "image":
+            lazy = [attrs[a] for a in LAZY_SRC_ATTRS if isinstance(attrs.get(a), str) and attrs[a].strip()]
+            lazy += [c for a in LAZY_SRCSET_ATTRS if isinstance(attrs.get(a), str)
+                     for c in [largest_candidate(attrs[a])] if c]
+            raw += lazy
+            srcset = attrs.get("srcset")
+            if isinstance(srcset, str) and (best := largest_candidate(srcset)):
+                raw.append(best)
+            src = attrs.get("src")
+            if isinstance(src, str) and src.strip() and not (lazy and src.strip().startswith("data:")):
+                raw.append(src)
+        elif name == "video" and isinstance(attrs.get("poster"), str):
+            raw.append(attrs["poster"])
+        elif name == "image" and isinstance(attrs.get("href") or attrs.get("xlink:href"), str):
+            raw.append(attrs.get("href") or attrs.get("xlink:href"))
+        elif name == "style" and tag.string:
+            raw += css_image_urls(tag.string)
+        for a in BACKGROUND_ATTRS:
+            value = attrs.get(a)
+            if isinstance(value, str) and value.strip():
+                urls = [next(g for g in m.groups() if g is not None) for m in CSS_URL.finditer(value)]
+                raw += urls or ([largest_candidate(value)] if a == "data-bgset" else [value])
+        style = attrs.get("style")
+        if isinstance(style, str) and "url(" in style:
+            raw += css_image_urls(style)
+
+    seen, out = set(), []
+    for url in raw:
+        url = (url or "").strip()
+        if not url or url.startswith("#"):
+            continue
+        absolute = url if url.lower().startswith("data:") else urljoin(base_url, url)
+        absolute = absolute.split("#")[0] if not absolute.lower().startswith("data:") else absolute
+        if absolute and absolute not in seen:
+            seen.add(absolute)
+            out.append(absolute)
+    return out
+
+
+def decode_data_uri(uri: str) -> bytes:
+    header, _, payload = uri.partition(",")
+    if header.lower().endswith(";base64"):
+        import base64
+
+        return base64.b64decode(payload + "=" * (-len(payload) % 4))
+    return unquote_to_bytes(payload)
+
+
+def bounded_map(function, items: Iterable, workers: int) -> Iterator:
+    """map() on a thread pool that keeps at most 2*workers results waiting, in order."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _download_image(url: str, page_url: str, index: int, options: Options) -> Found | Skipped:
+    if url.lower().startswith("data:"):
+        source = f"{page_url}#data-uri-{index}"
+        if not url.lower().startswith("data:image/"):
+            return Skipped(source, "data: URI that is not an image")
+        try:
+            data = decode_data_uri(url)
+        except Exception:
+            return Skipped(source, "undecodable data: URI")
+        return decode_image(data, source, options)
+    if not is_http_url(url):
+        return Skipped(url[:200], f"unsupported URL scheme {urlsplit(url).scheme or '(none)'}: (only http and https)")
+    try:
+        response = fetch(url, options, html_cap=False)
+    except FetchError as exc:
+        return Skipped(url, f"download failed: {exc}")
+    return decode_image(response.data, url, options)
+
+
+def page_images(html: bytes, page_url: str, options: Options) -> Iterator[Found | Skipped]:
+    urls = find_image_urls(html, page_url)
+    over = urls[options.max_images:]
+    urls = urls[:options.max_images]
+    yield from bounded_map(lambda pair: _download_image(pair[1], page_url, pair[0], options),
+                           enumerate(urls), options.workers)
+    for url in over:
+        yield Skipped(url[:200], f"over --max-images ({options.max_images})")
+
+
+# ---------------------------------------------------------------- PDF
+
+def _pymupdf():
+    import pymupdf
+
+    pymupdf.TOOLS.mupdf_display_errors(False)
+    pymupdf.TOOLS.mupdf_display_warnings(False)
+    return pymupdf
+
+
+def open_pdf(data: bytes):
+    """Open, unlock with the empty password if needed, and refuse what cannot be read, in one line each."""
+    pymupdf = _pymupdf()
+    try:
+        doc = pymupdf.open(stream=data, filetype="pdf")
+    except Exception as exc:
+        raise InputError(f"not a readable PDF ({_first_line(exc)})") from None
+    if doc.needs_pass and not doc.authenticate(""):
+        doc.close()
+        raise InputError("encrypted PDF that needs a password")
+    try:
+        pages = doc.page_count
+    except Exception as exc:
+        raise InputError(f"damaged PDF ({_first_line(exc)})") from None
+    if pages == 0:
+        doc.close()
+        raise InputError("PDF has no pages (damaged or empty)")
+    return doc
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
+
+
+def _pixmap_to_pil(pix) -> Image.Image:
+    pymupdf = _pymupdf()
+    if pix.colorspace is None:  # alpha-only pixmap: show it as grey
+        return Image.frombytes("L", (pix.width, pix.height), pix.samples)
+    if pix.colorspace.n not in (1, 3):
+        pix = pymupdf.Pixmap(pymupdf.csRGB, pix)
+    mode = {(1, 0): "L", (1, 1): "LA", (3, 0): "RGB", (3, 1): "RGBA"}[(pix.colorspace.n, int(pix.alpha))]
+    return Image.frombytes(mode, (pix.width, pix.height), pix.samples)
+
+
+def _xref_image(doc, xref: int, smask: int, options: Options) -> tuple[Image.Image, bytes | None, str]:
+    pymupdf = _pymupdf()
+    pix = pymupdf.Pixmap(doc, xref)
+    if smask:
+        try:
+            pix = pymupdf.Pixmap(pix, pymupdf.Pixmap(doc, smask))
+        except Exception:
+            pass  # a mask that does not fit is ignored, the image still shows
+    image = _pixmap_to_pil(pix)
+    encoded, ext = None, "png"
+    if options.keep_encoded:
+        raw = doc.extract_image(xref) if not smask else None
+        if raw and raw.get("ext") in ("jpeg", "jpg", "png") and raw.get("colorspace") in (1, 3):
+            encoded, ext = raw["image"], ("jpg" if raw["ext"] == "jpeg" else raw["ext"])
+        else:
+            buffer = io.BytesIO()
+            image.save(buffer, "PNG")
+            encoded = buffer.getvalue()
+    return _reduce(image, options.working_size), encoded, ext
+
+
+def _inline_images(page, seen_digests: set, options: Options, source: str) -> Iterator[Found | Skipped]:
+    """Inline images (BI ... ID ... EI): listed by get_image_info with xref 0, bytes from the page's image blocks."""
+    pymupdf = _pymupdf()
+    infos = [i for i in page.get_image_info(hashes=True, xrefs=True) if i.get("xref") == 0]
+    wanted = {}
+    for info in infos:
+        digest = info.get("digest")
+        if digest in seen_digests:
+            continue
+        seen_digests.add(digest)
+        w, h = info["width"], info["height"]
+        if min(w, h) < options.min_size:
+            yield Skipped(source, f"inline image smaller than {options.min_size} px ({w}x{h})")
+        elif w * h > options.max_pixels:
+            yield Skipped(source, f"inline image over the pixel cap ({w}x{h})")
+        else:
+            wanted[info["number"]] = info
+    if not wanted:
+        return
+    blocks = page.get_text("dict", flags=pymupdf.TEXT_PRESERVE_IMAGES)["blocks"]
+    for block in blocks:
+        if block.get("type") != 1 or block.get("number") not in wanted:
+            continue
+        found = decode_image(block["image"], source, options, page.number + 1)
+        if isinstance(found, Found):
+            found.source = f"{source} (inline image {block['number']})"
+        yield found
+
+
+def pdf_images(data: bytes, name: str, options: Options) -> Iterator[Found | Skipped]:
+    """Embedded raster images of a PDF, each once (first page it appears on), in page order."""
+    doc = open_pdf(data=data)
+    seen_xrefs, seen_digests, smasks = set(), set(), set()
+    count = 0
+    try:
+        for page in doc:
+            source = f"{name}#page={page.number + 1}"
+            try:
+                listed = page.get_images(full=True)
+            except Exception as exc:
+                yield Skipped(source, f"page could not be read ({_first_line(exc)})")
+                continue
+            smasks.update(item[1] for item in listed if item[1])
+            for xref, smask, width, height, *_ in listed:
+                if xref in seen_xrefs or xref in smasks:
+                    continue
+                seen_xrefs.add(xref)
+                if doc.xref_get_key(xref, "ImageMask")[1] == "true":
+                    yield Skipped(source, f"stencil mask ({width}x{height} 1-bit shape, not a picture)")
+                    continue
+                if min(width, height) < options.min_size:
+                    yield Skipped(source, f"smaller than {options.min_size} px ({width}x{height})")
+                    continue
+                if width * height > options.max_pixels:
+                    yield Skipped(source, f"over the pixel cap ({width}x{height} > {options.max_pixels:,} pixels)")
+                    continue
+                if count >= options.max_images:
+                    yield Skipped(source, f"over --max-images ({options.max_images})")
+                    continue
+                try:
+                    image, encoded, ext = _xref_image(doc, xref, smask, options)
+                except Exception as exc:
+                    yield Skipped(source, f"image {xref} could not be decoded ({_first_line(exc)})")
+                    continue
+                count += 1
+                yield Found(source, page.number + 1, image, width, height, encoded, ext)
+            try:
+                for item in _inline_images(page, seen_digests, options, source):
+                    if isinstance(item, Found):
+                        if count >= options.max_images:
+                            item = Skipped(item.source, f"over --max-images ({options.max_images})")
+                        else:
+                            count += 1
+                    yield item
+            except Exception as exc:
+                yield Skipped(source, f"inline images could not be read ({_first_line(exc)})")
+    except InputError:
+        raise
+    except Exception as exc:  # a page tree that breaks while walking it
+        raise InputError(f"damaged PDF ({_first_line(exc)})") from None
+    finally:
+        doc.close()
+
+
+# ---------------------------------------------------------------- inputs
+
+def _file_items(path: str, data: bytes, options: Options) -> tuple[str, Iterator[Found | Skipped]]:
+    if sniff(data) == "pdf":
+        return "pdf", pdf_images(data, path, options)
+    return "image", iter([decode_image(data, path, options)])
+
+
+def _read_file(path: str, options: Options) -> bytes:
+    size = os.path.getsize(path)
+    if size > options.max_bytes * 4:
+        raise InputError(f"file of {size:,} bytes is over the {options.max_bytes * 4:,} byte cap")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _folder_items(root: str, options: Options) -> Iterator[Found | Skipped]:
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if not (name.lower().endswith(IMAGE_EXTENSIONS + (".pdf", ".svg"))):
+                continue
+            try:
+                _, items = _file_items(path, _read_file(path, options), options)
+                for item in items:
+                    if isinstance(item, Found):
+                        if count >= options.max_images:
+                            item = Skipped(item.source, f"over --max-images ({options.max_images})")
+                        else:
+                            count += 1
+                    yield item
+            except (InputError, OSError) as exc:
+                yield Skipped(path, str(exc) if isinstance(exc, InputError) else f"unreadable ({exc.strerror})")
+
+
+def _raise(error: Exception) -> Iterator:
+    raise error
+    yield  # a generator, so the error comes where the items would
+
+
+def open_input(text: str, options: Options) -> tuple[str, Iterator[Found | Skipped]]:
+    """Input string -> (kind, items). Raises InputError when the input itself is unusable."""
+    scheme = urlsplit(text).scheme.lower()
+    if scheme in ("http", "https"):
+        try:
+            response = fetch(text, options)
+        except FetchError as exc:
+            return "url", _raise(InputError(str(exc)))
+        kind = sniff(response.data)
+        if kind == "pdf":
+            return "pdf", pdf_images(response.data, response.url, options)
+        if kind == "html" or "html" in response.content_type.lower():
+            return "url", page_images(response.data, response.url, options)
+        return "image", iter([decode_image(response.data, response.url, options)])
+    if len(scheme) > 1 and not os.path.exists(text):
+        raise InputError(f"unsupported URL scheme {scheme}: (only http and https, or a local path)")
+    if os.path.isdir(text):
+        return "folder", _folder_items(text, options)
+    if not os.path.isfile(text):
+        raise InputError("no such file, folder or URL")
+    try:
+        data = _read_file(text, options)
+    except OSError as exc:
+        raise InputError(f"unreadable ({exc.strerror})") from None
+    return _file_items(text, data, options)

@@ -1,0 +1,271 @@
+"""Classify every image in web pages, PDFs, image files or folders as medical or non-medical.
+
+    python final_classification_script.py https://example.org/article paper.pdf scans/
+
+Results go to stdout (a table, --json or --csv), progress to stderr. Exit status:
+0 when every input was processed, 1 when any input failed, 2 for bad arguments.
+"""
+import argparse
+import base64
+import csv
+import html
+import io
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+import extract
+
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "best_model.pth")
+THUMBNAIL = 160
+
+
+@dataclass
+class InputResult:
+    input: str
+    kind: str | None = None
+    error: str | None = None
+    images: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    thumbnails: list = field(default_factory=list)  # for --report only, never in JSON
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="http(s) URL of a page, PDF or image; a PDF or image path; or a folder")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint to use (default: %(default)s)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print one JSON object")
+    out.add_argument("--csv", action="store_true", help="print CSV, one row per image or skipped image")
+    p.add_argument("-o", "--output", help="write the results to this file instead of stdout")
+    p.add_argument("--save-dir", help="write every extracted image into this folder")
+    p.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML page of thumbnails")
+    p.add_argument("--threshold", type=float, help="p_medical at or above which an image is medical "
+                                                   "(default: the model's, chosen on validation data)")
+    p.add_argument("--min-size", type=int, default=32, help="skip images with a side under this (default: %(default)s px)")
+    p.add_argument("--max-images", type=int, default=500, help="at most this many images per input (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=20.0, help="seconds allowed for each download (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=8, help="concurrent image downloads per page (default: %(default)s)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: %(default)s")
+    p.add_argument("--batch-size", type=int, default=16, help="images per model batch (default: %(default)s)")
+    p.add_argument("--backbone-weights", help="local file of the backbone's ImageNet weights, for offline machines")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        p.error("--threshold must be between 0 and 1")
+    for name in ("min_size", "max_images", "batch_size", "workers"):
+        if getattr(args, name) < (0 if name == "min_size" else 1):
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    if args.timeout <= 0:
+        p.error("--timeout must be positive")
+    return args
+
+
+# ---------------------------------------------------------------- classification
+
+def _thumbnail(image) -> str:
+    from model import image_to_uint8
+    from torchvision.transforms.v2.functional import to_pil_image
+
+    small = to_pil_image(image_to_uint8(image))
+    small.thumbnail((THUMBNAIL, THUMBNAIL))
+    buffer = io.BytesIO()
+    small.save(buffer, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.split("?")[0].rstrip("/").split("/")[-1])[-60:] or "input"
+
+
+def _save(found: extract.Found, save_dir: str, prefix: str, n: int) -> str:
+    os.makedirs(save_dir, exist_ok=True)
+    path = os.path.join(save_dir, f"{prefix}_{n:04d}.{found.ext}")
+    if found.encoded is not None:
+        with open(path, "wb") as f:
+            f.write(found.encoded)
+    else:
+        path = os.path.splitext(path)[0] + ".png"
+        found.image.save(path)
+    return os.path.abspath(path)
+
+
+def classify_input(text: str, index: int, model, options: extract.Options, args, bar) -> InputResult:
+    """Extract and classify one input in batches, so full-size images never pile up."""
+    result = InputResult(text)
+    batch: list[extract.Found] = []
+
+    def flush():
+        if not batch:
+            return
+        for found, p in zip(batch, model.predict([f.image for f in batch], batch_size=args.batch_size)):
+            saved = None
+            if args.save_dir:
+                saved = _save(found, args.save_dir, f"{index + 1:02d}_{_slug(text)}", len(result.images) + 1)
+            result.images.append({"source": found.source, "page": found.page, "width": found.width,
+                                  "height": found.height, "label": model.label(p), "p_medical": round(p, 4),
+                                  "saved_path": saved})
+            if args.report:
+                result.thumbnails.append(_thumbnail(found.image))
+        bar.update(len(batch))
+        batch.clear()
+
+    try:
+        result.kind, items = extract.open_input(text, options)
+        for item in items:
+            if isinstance(item, extract.Skipped):
+                result.skipped.append({"source": item.source, "reason": item.reason})
+                continue
+            batch.append(item)
+            if len(batch) >= args.batch_size:
+                flush()
+        flush()
+    except extract.InputError as exc:
+        flush()
+        result.error = str(exc)
+    except Exception as exc:  # never lose the other inputs' results to one bad file
+        batch.clear()
+        result.error = f"unexpected {type(exc).__name__}: {extract._first_line(exc)}"
+    return result
+
+
+# ---------------------------------------------------------------- output
+
+def to_json(results: list[InputResult], model, model_path: str) -> dict:
+    images = [im for r in results for im in r.images]
+    medical = sum(im["label"] == model.classes[0] for im in images)
+    return {
+        "model": {"path": model_path, "arch": model.arch, "threshold": model.threshold},
+        "inputs": [{"input": r.input, "kind": r.kind, "error": r.error, "images": r.images, "skipped": r.skipped}
+                   for r in results],
+        "summary": {"images": len(images), "medical": medical, "non-medical": len(images) - medical,
+                    "skipped": sum(len(r.skipped) for r in results),
+                    "failed_inputs": sum(r.error is not None for r in results)},
+    }
+
+
+CSV_FIELDS = ["input", "kind", "status", "source", "page", "width", "height", "label", "p_medical", "saved_path",
+              "reason"]
+
+
+def to_csv(report: dict) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for entry in report["inputs"]:
+        base = {"input": entry["input"], "kind": entry["kind"]}
+        if entry["error"]:
+            writer.writerow({**base, "status": "error", "reason": entry["error"]})
+        for image in entry["images"]:
+            writer.writerow({**base, "status": "classified", **image})
+        for skipped in entry["skipped"]:
+            writer.writerow({**base, "status": "skipped", **skipped})
+    return buffer.getvalue()
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def summary_line(report: dict) -> str:
+    s = report["summary"]
+    return (f"{s['images']} images: {s['medical']} medical, {s['non-medical']} non-medical; "
+            f"{s['skipped']} skipped; {s['failed_inputs']} of {len(report['inputs'])} inputs failed")
+
+
+def to_table(report: dict) -> str:
+    lines = []
+    for entry in report["inputs"]:
+        lines.append(f"== {entry['input']} ({entry['kind'] or 'unknown'})")
+        if entry["error"]:
+            lines.append(f"   error: {entry['error']}")
+        if entry["images"]:
+            lines.append(f"   {'source':60s} {'page':>4s} {'size':>11s}  {'label':11s} {'confidence':>10s}")
+        for im in entry["images"]:
+            confidence = im["p_medical"] if im["label"] == "medical" else 1 - im["p_medical"]
+            lines.append(f"   {_shorten(im['source'], 60):60s} {im['page'] or '':>4} "
+                         f"{str(im['width']) + 'x' + str(im['height']):>11s}  {im['label']:11s} {confidence:10.3f}")
+        reasons: dict = {}
+        for sk in entry["skipped"]:
+            reason = re.sub(r" \(\d+x\d+\)$", "", sk["reason"])
+            reasons[reason] = reasons.get(reason, 0) + 1
+        for reason, n in reasons.items():
+            lines.append(f"   skipped {n}: {reason}")
+    lines.append(summary_line(report))
+    return "\n".join(lines) + "\n"
+
+
+def to_html(report: dict, results: list[InputResult]) -> str:
+    esc = html.escape
+    parts = [f"""<!doctype html><html><head><meta charset="utf-8"><title>Medical image report</title><style>
+body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} h2{{font-size:1.05em;word-break:break-all}}
+.grid{{display:flex;flex-wrap:wrap;gap:10px}} .card{{width:{THUMBNAIL + 10}px;border:3px solid #ccc;border-radius:6px;
+padding:4px;font-size:12px}} .card img{{max-width:{THUMBNAIL}px;max-height:{THUMBNAIL}px;display:block;margin:auto}}
+.medical{{border-color:#c0392b;background:#fdecea}} .non-medical{{border-color:#2e86c1;background:#eaf2fb}}
+.label{{font-weight:bold}} .src{{color:#555;word-break:break-all;max-height:3em;overflow:hidden}}
+.error{{color:#c0392b;font-weight:bold}} details{{margin:.5em 0}}</style></head><body>
+<h1>Medical image report</h1><p>{esc(summary_line(report))}. Model: {esc(report['model']['arch'])},
+threshold {report['model']['threshold']:.3f}.</p>"""]
+    for entry, result in zip(report["inputs"], results):
+        parts.append(f"<section><h2>{esc(entry['input'])} <small>({esc(entry['kind'] or 'unknown')})</small></h2>")
+        if entry["error"]:
+            parts.append(f"<p class='error'>error: {esc(entry['error'])}</p>")
+        parts.append("<div class='grid'>")
+        for im, thumb in zip(entry["images"], result.thumbnails):
+            confidence = im["p_medical"] if im["label"] == "medical" else 1 - im["p_medical"]
+            page = f" · page {im['page']}" if im["page"] else ""
+            parts.append(f"<div class='card {esc(im['label'])}'><img src='{thumb}' alt='{esc(im['source'])}'>"
+                         f"<div class='label'>{esc(im['label'])} {confidence:.0%}</div>"
+                         f"<div>{im['width']}×{im['height']}{page}</div>"
+                         f"<div class='src' title='{esc(im['source'])}'>{esc(im['source'])}</div></div>")
+        parts.append("</div>")
+        if entry["skipped"]:
+            parts.append(f"<details><summary>{len(entry['skipped'])} skipped</summary><ul>")
+            parts += [f"<li>{esc(s['source'])}: {esc(s['reason'])}</li>" for s in entry["skipped"]]
+            parts.append("</ul></details>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import model as model_lib  # after argument checks, so --help is instant
+
+    try:
+        model = model_lib.load_model(args.model, model_lib.select_device(args.device), args.backbone_weights)
+    except model_lib.ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.threshold is not None:
+        model.threshold = args.threshold
+    options = extract.Options(min_size=args.min_size, max_images=args.max_images, timeout=args.timeout,
+                              workers=args.workers, keep_encoded=bool(args.save_dir))
+    results = []
+    with tqdm(desc="images", unit="img", file=sys.stderr, disable=args.quiet) as bar:
+        for index, text in enumerate(args.inputs):
+            bar.set_postfix_str(_shorten(text, 40))
+            result = classify_input(text, index, model, options, args, bar)
+            if result.error and not args.quiet:
+                tqdm.write(f"error: {text}: {result.error}", file=sys.stderr)
+            results.append(result)
+    report = to_json(results, model, os.path.abspath(args.model))
+    text = json.dumps(report, indent=2) + "\n" if args.json else to_csv(report) if args.csv else to_table(report)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as f:
+            f.write(to_html(report, results))
+    return 1 if report["summary"]["failed_inputs"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

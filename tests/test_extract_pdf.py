@@ -1,0 +1,177 @@
+"""PDF extraction on PDFs built here with PyMuPDF, and hostile PDFs."""
+import io
+import zlib
+
+import numpy as np
+import pymupdf
+import pytest
+from PIL import Image
+
+import extract
+from conftest import corpus_images, image_bytes
+
+PHOTO = corpus_images("non_medical", "photo", 1)[0]
+MRI = corpus_images("medical", "mri", 1)[0]
+
+
+def run(data: bytes, **options):
+    """All items of a PDF given as bytes, through the same entry point as a path."""
+    kind, items = extract._file_items("test.pdf", data, extract.Options(**options))
+    assert kind == "pdf"
+    items = list(items)
+    return [i for i in items if isinstance(i, extract.Found)], [i for i in items if isinstance(i, extract.Skipped)]
+
+
+def pdf_with(*streams, pages=1) -> pymupdf.Document:
+    doc = pymupdf.open()
+    for _ in range(pages):
+        doc.new_page()
+    for i, stream in enumerate(streams):
+        doc[0].insert_image(pymupdf.Rect(10, 10 + 120 * i, 210, 120 + 120 * i), stream=stream)
+    return doc
+
+
+def mean_rgb(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=float).reshape(-1, 3).mean(0)
+
+
+def test_jpeg_png_and_grey_images_come_out_once_each_at_full_size():
+    jpeg = image_bytes(PHOTO, "JPEG")
+    grey = image_bytes(MRI, "PNG", mode="L")
+    found, skipped = run(pdf_with(jpeg, grey).tobytes())
+    assert len(found) == 2 and not skipped
+    with Image.open(PHOTO) as im:
+        assert (found[0].width, found[0].height) == im.size
+    assert found[0].page == 1 and found[0].source == "test.pdf#page=1"
+    assert np.abs(mean_rgb(found[0].image) - mean_rgb(Image.open(PHOTO))).max() < 6
+
+
+def test_png_alpha_is_applied_as_transparency():
+    rgba = Image.new("RGBA", (80, 60), (255, 0, 0, 255))
+    rgba.putalpha(Image.linear_gradient("L").resize((80, 60)))
+    buffer = io.BytesIO()
+    rgba.save(buffer, "PNG")
+    found, _ = run(pdf_with(buffer.getvalue()).tobytes())
+    assert len(found) == 1
+    assert found[0].image.mode in ("RGBA", "LA")
+    alpha = np.asarray(found[0].image.getchannel("A"), dtype=float)
+    assert alpha[0].mean() < 40 and alpha[-1].mean() > 215  # the gradient survived
+
+
+def test_cmyk_jpeg_is_not_inverted():
+    rgb = Image.new("RGB", (64, 48), (200, 40, 30))
+    buffer = io.BytesIO()
+    rgb.convert("CMYK").save(buffer, "JPEG")
+    found, _ = run(pdf_with(buffer.getvalue()).tobytes())
+    r, g, b = mean_rgb(found[0].image)
+    assert found[0].image.mode == "RGB"
+    assert r > 150 and g < 120 and b < 120  # still red; an inverted image would be cyan
+
+
+def test_image_reused_on_two_pages_is_reported_once_with_its_first_page():
+    doc = pdf_with(pages=3)
+    xref = doc[1].insert_image(pymupdf.Rect(0, 0, 100, 100), stream=image_bytes(PHOTO, "JPEG"))
+    doc[2].insert_image(pymupdf.Rect(0, 0, 100, 100), xref=xref)
+    found, _ = run(doc.tobytes())
+    assert [f.page for f in found] == [2]
+
+
+def _page_with_content(doc, content: bytes):
+    page = doc.new_page()
+    xref = doc.get_new_xref()
+    doc.update_object(xref, "<<>>")
+    doc.update_stream(xref, content)
+    doc.xref_set_key(page.xref, "Contents", f"{xref} 0 R")
+    return page
+
+
+def test_inline_images_are_found_and_tiny_ones_skipped():
+    doc = pymupdf.open()
+    big = np.asarray(Image.open(MRI).convert("L").resize((64, 48)))
+    content = (b"q 200 0 0 150 50 50 cm BI /W 64 /H 48 /CS /G /BPC 8 ID " + big.tobytes() + b"\nEI Q\n"
+               b"q 10 0 0 10 300 300 cm BI /W 4 /H 4 /CS /G /BPC 8 ID " + bytes(range(16)) + b"\nEI Q\n")
+    _page_with_content(doc, content)
+    found, skipped = run(doc.tobytes())
+    assert len(found) == 1 and (found[0].width, found[0].height) == (64, 48)
+    assert "inline" in found[0].source
+    assert np.abs(np.asarray(found[0].image.convert("L"), dtype=float) - big).mean() < 2
+    assert any("smaller than 32 px" in s.reason for s in skipped)
+
+
+def test_tiny_icon_is_skipped_with_its_size():
+    icon = image_bytes(PHOTO, "PNG", size=(16, 16))
+    found, skipped = run(pdf_with(icon, image_bytes(PHOTO, "JPEG")).tobytes())
+    assert len(found) == 1
+    assert [s.reason for s in skipped] == ["smaller than 32 px (16x16)"]
+
+
+def test_min_size_option_lets_the_icon_through():
+    found, _ = run(pdf_with(image_bytes(PHOTO, "PNG", size=(16, 16))).tobytes(), min_size=8)
+    assert len(found) == 1
+
+
+def test_pdf_without_images_is_a_normal_empty_result():
+    doc = pymupdf.open()
+    doc.new_page().insert_text((72, 72), "no pictures here")
+    assert run(doc.tobytes()) == ([], [])
+
+
+def test_encrypted_pdf_needing_a_password_is_one_clear_error():
+    data = pdf_with(image_bytes(PHOTO, "JPEG")).tobytes(encryption=pymupdf.PDF_ENCRYPT_AES_256,
+                                                          user_pw="secret", owner_pw="owner")
+    with pytest.raises(extract.InputError, match="encrypted PDF that needs a password"):
+        run(data)
+
+
+def test_encrypted_pdf_with_empty_user_password_opens():
+    data = pdf_with(image_bytes(PHOTO, "JPEG")).tobytes(encryption=pymupdf.PDF_ENCRYPT_AES_256,
+                                                          user_pw="", owner_pw="owner")
+    found, _ = run(data)
+    assert len(found) == 1
+
+
+def test_truncated_pdf_gives_an_error_or_what_survived_never_a_crash():
+    data = pdf_with(image_bytes(PHOTO, "JPEG"), image_bytes(MRI, "JPEG")).tobytes()
+    for cut in (len(data) // 2, 200, 20):
+        try:
+            found, _ = run(data[:cut])
+        except extract.InputError as exc:
+            assert "\n" not in str(exc) and str(exc)
+        else:
+            assert len(found) <= 2
+
+
+def test_zero_page_pdf_is_one_clear_error():
+    data = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\n"
+            b"trailer<</Root 1 0 R/Size 3>>\n%%EOF\n")
+    with pytest.raises(extract.InputError, match="no pages"):
+        run(data)
+
+
+def test_not_a_pdf_at_all():
+    with pytest.raises(extract.InputError, match="not a readable PDF"):
+        run(b"%PDF-1.7\n" + b"\x00garbage" * 10)
+
+
+def test_image_stream_that_would_decode_to_a_decompression_bomb_is_refused_unread():
+    doc = pdf_with(image_bytes(PHOTO, "PNG", size=(64, 64), mode="L"))
+    xref = doc[0].get_images()[0][0]
+    doc.update_stream(xref, zlib.compress(b"\0" * 1_000_000), compress=False)
+    doc.xref_set_key(xref, "Filter", "/FlateDecode")
+    doc.xref_set_key(xref, "Width", "60000")
+    doc.xref_set_key(xref, "Height", "60000")
+    found, skipped = run(doc.tobytes())
+    assert not found
+    assert "over the pixel cap" in skipped[0].reason
+
+
+def test_max_images_caps_a_pdf_and_says_so():
+    doc = pdf_with(*[image_bytes(p, "JPEG") for p in corpus_images("non_medical", "photo", 3)])
+    found, skipped = run(doc.tobytes(), max_images=2)
+    assert len(found) == 2
+    assert [s.reason for s in skipped] == ["over --max-images (2)"]
+
+
+def test_keep_encoded_returns_file_bytes_for_saving():
+    found, _ = run(pdf_with(image_bytes(PHOTO, "JPEG")).tobytes(), keep_encoded=True)
+    assert found[0].ext == "jpg" and found[0].encoded[:2] == b"\xff\xd8"

@@ -1,0 +1,205 @@
+"""Web extraction: the pure URL finder, and pages served from 127.0.0.1."""
+import base64
+import time
+
+import pytest
+
+import extract
+from conftest import corpus_images, endless, image_bytes, slow, trickle
+
+PHOTOS = corpus_images("non_medical", "photo", 6)
+SCANS = corpus_images("medical", "ct", 4)
+BASE = "https://example.org/articles/page.html"
+
+
+def urls(html: str, base: str = BASE) -> list[str]:
+    return extract.find_image_urls(html, base)
+
+
+# ---------------------------------------------------------------- the finder, pure
+
+def test_img_src_resolves_against_page_url():
+    assert urls('<img src="a.png"><img src="/b.jpg"><img src="//cdn.example.net/c.gif">') == [
+        "https://example.org/articles/a.png", "https://example.org/b.jpg", "https://cdn.example.net/c.gif"]
+
+
+def test_base_href_wins_over_page_url():
+    assert urls('<base href="https://static.example.com/img/"><img src="x.png">') == [
+        "https://static.example.com/img/x.png"]
+
+
+def test_srcset_takes_the_largest_candidate_even_with_commas_in_urls():
+    html = ('<img srcset="https://i.example/w_100,c_fill/a.jpg 100w, https://i.example/w_800,c_fill/a.jpg 800w,'
+            ' https://i.example/w_400,c_fill/a.jpg 400w">')
+    assert urls(html) == ["https://i.example/w_800,c_fill/a.jpg"]
+    assert urls('<img srcset="a.png 1x, b.png 2x" src="a.png">') == [
+        "https://example.org/articles/b.png", "https://example.org/articles/a.png"]
+
+
+def test_parse_srcset_follows_the_html_rules():
+    assert extract.parse_srcset("a.jpg, b.jpg 2x") == [("a.jpg", 1.0), ("b.jpg", 2000.0)]
+    assert extract.parse_srcset("a.jpg,b.jpg 2x") == [("a.jpg,b.jpg", 2000.0)]  # no space: one URL with a comma
+    assert extract.parse_srcset("f(1,2).jpg 10w, g.jpg 20w") == [("f(1,2).jpg", 10.0), ("g.jpg", 20.0)]
+    assert extract.parse_srcset(" x.png 300w ,\n y.png 600w") == [("x.png", 300.0), ("y.png", 600.0)]
+    assert extract.parse_srcset("") == []
+
+
+def test_picture_sources():
+    html = ('<picture><source srcset="big.webp 1200w, small.webp 600w" type="image/webp">'
+            '<img src="fallback.jpg"></picture>')
+    assert urls(html) == ["https://example.org/articles/big.webp", "https://example.org/articles/fallback.jpg"]
+
+
+def test_lazy_attributes_win_over_placeholder_src():
+    html = ('<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" data-src="real1.jpg">'
+            '<img data-lazy-src="real2.jpg"><img data-original="real3.jpg">'
+            '<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" data-srcset="r4-small.jpg 300w, r4-big.jpg 900w">')
+    assert urls(html) == [f"https://example.org/articles/{n}" for n in
+                          ("real1.jpg", "real2.jpg", "real3.jpg", "r4-big.jpg")]
+
+
+def test_css_backgrounds_in_style_attributes_and_blocks():
+    html = ('<style>.hero { background-image: url("hero.jpg") } @font-face { src: url(font.woff) }'
+            ' .x{background: #fff url(\'/bg.png\') no-repeat}</style>'
+            '<div style="background-image:url(card.webp)"></div><div data-bg="lazybg.jpg"></div>')
+    assert urls(html) == ["https://example.org/articles/hero.jpg", "https://example.org/bg.png",
+                          "https://example.org/articles/card.webp", "https://example.org/articles/lazybg.jpg"]
+
+
+def test_open_graph_and_twitter_images():
+    html = ('<meta property="og:image" content="https://example.org/og.jpg">'
+            '<meta name="twitter:image" content="/tw.png"><img src="/og.jpg#frag">')
+    assert urls(html) == ["https://example.org/og.jpg", "https://example.org/tw.png"]
+
+
+def test_data_uris_kept_and_duplicates_dropped():
+    png = "data:image/png;base64," + base64.b64encode(image_bytes(PHOTOS[0], "PNG", size=(40, 40))).decode()
+    html = f'<img src="{png}"><img src="a.jpg"><img src="./a.jpg"><img src="{png}">'
+    assert urls(html) == [png, "https://example.org/articles/a.jpg"]
+
+
+def test_non_http_schemes_are_returned_for_reporting_not_fetched():
+    found = urls('<img src="file:///etc/passwd"><img src="ftp://x/y.png"><img src="javascript:alert(1)">')
+    assert found == ["file:///etc/passwd", "ftp://x/y.png", "javascript:alert(1)"]
+
+
+def test_noscript_fallbacks_are_found():
+    assert urls('<noscript><img src="ns.jpg"></noscript>') == ["https://example.org/articles/ns.jpg"]
+
+
+# ---------------------------------------------------------------- served pages
+
+def collect(url: str, **options):
+    kind, items = extract.open_input(url, extract.Options(**options))
+    items = list(items)
+    found = {i.source: i for i in items if isinstance(i, extract.Found)}
+    skipped = {i.source: i.reason for i in items if isinstance(i, extract.Skipped)}
+    return kind, found, skipped
+
+
+def test_served_page_with_every_pattern(server):
+    for i, path in enumerate(PHOTOS[:5]):
+        server.add(f"/img/{i}.jpg", image_bytes(path, "JPEG"), "image/jpeg")
+    server.add("/img/scan.png", image_bytes(SCANS[0], "PNG"), "image/png")
+    server.add("/img/pixel.gif", image_bytes(PHOTOS[0], "GIF", size=(1, 1)), "image/gif")
+    server.add("/img/fake.jpg", b"<html><body>not an image</body></html>", "text/html")
+    server.add("/img/logo.svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="99" height="99"></svg>',
+               "image/svg+xml")
+    server.redirect("/img/moved.jpg", "/img/4.jpg?via=redirect")
+    server.add("/img/slow.jpg", b"")
+    server.routes["/img/slow.jpg"] = slow(3.0, image_bytes(PHOTOS[1], "JPEG"), "image/jpeg")
+    inline = base64.b64encode(image_bytes(SCANS[1], "PNG")).decode()
+    page = f"""<html><head><meta property="og:image" content="/img/0.jpg">
+      <style>.hero {{ background-image: url('/img/1.jpg') }}</style></head><body>
+      <img src="/img/scan.png"><img srcset="/img/2.jpg 800w, /img/missing-small.jpg 200w">
+      <picture><source srcset="/img/3.jpg 1000w"><img src="/img/3.jpg"></picture>
+      <img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" data-src="/img/moved.jpg">
+      <img src="/img/pixel.gif"><img src="/img/404.png"><img src="/img/fake.jpg"><img src="/img/logo.svg">
+      <img src="/img/slow.jpg"><img src="data:image/png;base64,{inline}"><img src="file:///etc/passwd">
+      </body></html>"""
+    server.add("/page.html", page.encode())
+    kind, found, skipped = collect(server.url + "/page.html", timeout=1.0)
+    u = server.url
+    assert kind == "url"
+    assert set(found) == {f"{u}/img/0.jpg", f"{u}/img/1.jpg", f"{u}/img/scan.png", f"{u}/img/2.jpg",
+                          f"{u}/img/3.jpg", f"{u}/img/moved.jpg", f"{u}/page.html#data-uri-11"}
+    with open(SCANS[0], "rb"):
+        pass
+    assert (found[f"{u}/img/scan.png"].width, found[f"{u}/img/scan.png"].height) == \
+        __import__("PIL.Image").Image.open(SCANS[0]).size
+    assert skipped[f"{u}/img/pixel.gif"] == "smaller than 32 px (1x1)"
+    assert skipped[f"{u}/img/404.png"] == "download failed: HTTP 404"
+    assert skipped[f"{u}/img/fake.jpg"] == "not an image (HTML content)"
+    assert skipped[f"{u}/img/logo.svg"].startswith("SVG")
+    assert skipped[f"{u}/img/slow.jpg"].startswith("download failed") and "timed out" in skipped[f"{u}/img/slow.jpg"]
+    assert skipped["file:///etc/passwd"].startswith("unsupported URL scheme file")
+    assert server.hits.get("/img/4.jpg") == 1  # the redirect was followed
+
+
+def test_url_that_is_an_image_or_a_pdf_is_handled_as_such_whatever_its_name(server):
+    import pymupdf
+
+    server.add("/download?id=1", b"")
+    server.add("/picture", image_bytes(SCANS[2], "JPEG"), "application/octet-stream")
+    doc = pymupdf.open()
+    doc.new_page().insert_image(pymupdf.Rect(0, 0, 200, 200), stream=image_bytes(PHOTOS[2], "JPEG"))
+    server.add("/paper.html", doc.tobytes(), "text/html")  # a lying extension and type
+    kind, found, _ = collect(server.url + "/picture")
+    assert kind == "image" and len(found) == 1
+    kind, found, _ = collect(server.url + "/paper.html")
+    assert kind == "pdf" and list(found) == [server.url + "/paper.html#page=1"]
+
+
+def test_redirect_loop_is_one_clear_error(server):
+    server.redirect("/a", "/b")
+    server.redirect("/b", "/a")
+    with pytest.raises(extract.InputError, match="more than 5 redirects"):
+        collect(server.url + "/a")
+
+
+def test_redirect_to_a_file_url_is_refused(server):
+    server.redirect("/sneaky", "file:///etc/passwd")
+    with pytest.raises(extract.InputError, match="refused non-http"):
+        collect(server.url + "/sneaky")
+
+
+def test_response_that_never_ends_hits_the_byte_cap(server):
+    server.routes["/endless"] = endless
+    with pytest.raises(extract.InputError, match="byte cap"):
+        collect(server.url + "/endless", max_bytes=2_000_000)
+
+
+def test_server_sending_one_byte_a_second_hits_the_deadline(server):
+    server.routes["/trickle"] = trickle
+    start = time.monotonic()
+    with pytest.raises(extract.InputError, match="longer than 2 s"):
+        collect(server.url + "/trickle", timeout=2.0)
+    assert time.monotonic() - start < 6
+
+
+def test_oversized_response_refused_from_its_content_length(server):
+    server.add("/huge.jpg", b"x" * 10, "image/jpeg", headers={"Content-Length": "999999999"})
+    with pytest.raises(extract.InputError, match="over the .* byte cap"):
+        collect(server.url + "/huge.jpg")
+
+
+def test_fifty_megabyte_html_page_is_refused_clearly(server):
+    body = b"<html><body>" + b"<p>filler text</p>" * (50 * 1024 * 1024 // 18) + b"</body></html>"
+    server.add("/big.html", body)
+    with pytest.raises(extract.InputError, match="over the 16,777,216 byte cap"):
+        collect(server.url + "/big.html")
+
+
+def test_ten_thousand_image_tags_are_capped_by_max_images(server):
+    server.add("/i.png", image_bytes(PHOTOS[3], "PNG", size=(40, 40)), "image/png")
+    page = "".join(f'<img src="/i.png?n={n}">' for n in range(10_000))
+    server.add("/many.html", page.encode())
+    kind, found, skipped = collect(server.url + "/many.html", max_images=20)
+    assert len(found) == 20
+    over = [r for r in skipped.values() if r == "over --max-images (20)"]
+    assert len(over) == 9_980
+
+
+def test_unreachable_host_is_a_clear_error():
+    with pytest.raises(extract.InputError, match="unreachable"):
+        collect("http://127.0.0.1:9/nothing-listens-here")
