@@ -1,0 +1,205 @@
+"""The CLI: JSON contract, table, CSV, --save-dir, --report, exit codes, and every shared PDF and page."""
+import base64
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import pymupdf
+import pytest
+from PIL import Image
+
+import final_classification_script as cli
+from conftest import ROOT, SHARED, Server, corpus_images, image_bytes
+
+MEDICAL = corpus_images("medical", "ct", 2) + corpus_images("medical", "dermoscopy", 1)
+NON_MEDICAL = corpus_images("non_medical", "photo", 2) + corpus_images("non_medical", "chart", 1)
+
+
+def make_pdf(path, images):
+    doc = pymupdf.open()
+    for i, image in enumerate(images):
+        page = doc.new_page()
+        page.insert_image(pymupdf.Rect(50, 50, 400, 400), stream=image_bytes(image, "JPEG"))
+    doc.save(path)
+    return path
+
+
+def run_cli(args, capsys):
+    code = cli.main(args + ["--quiet"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    pdf = make_pdf(tmp_path / "paper.pdf", [MEDICAL[0], NON_MEDICAL[0]])
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for p in (MEDICAL[1], NON_MEDICAL[1]):
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "readme.txt").write_text("ignored")
+    return {"pdf": str(pdf), "image": str(MEDICAL[2]), "folder": str(folder)}
+
+
+def test_json_contract(inputs, tmp_path, capsys, shipped_model_path):
+    code, out, _ = run_cli(["--json", inputs["pdf"], inputs["image"], inputs["folder"]], capsys)
+    assert code == 0
+    report = json.loads(out)
+    assert set(report) == {"model", "inputs", "summary"}
+    assert report["model"] == {"path": os.path.abspath(shipped_model_path), "arch": "efficientnet_lite0",
+                               "threshold": pytest.approx(report["model"]["threshold"])}
+    assert [i["kind"] for i in report["inputs"]] == ["pdf", "image", "folder"]
+    for entry in report["inputs"]:
+        assert set(entry) == {"input", "kind", "error", "images", "skipped"} and entry["error"] is None
+        for image in entry["images"]:
+            assert set(image) == {"source", "page", "width", "height", "label", "p_medical", "saved_path"}
+            assert image["label"] in ("medical", "non-medical") and 0 <= image["p_medical"] <= 1
+            assert (image["label"] == "medical") == (image["p_medical"] >= report["model"]["threshold"])
+    pdf_images = report["inputs"][0]["images"]
+    assert [(i["source"], i["page"]) for i in pdf_images] == [(inputs["pdf"] + "#page=1", 1),
+                                                              (inputs["pdf"] + "#page=2", 2)]
+    assert [i["label"] for i in pdf_images] == ["medical", "non-medical"]  # a CT slice and a photo
+    assert report["inputs"][1]["images"][0]["label"] == "medical"
+    assert report["summary"] == {"images": 5, "medical": report["summary"]["medical"],
+                                 "non-medical": 5 - report["summary"]["medical"], "skipped": 0, "failed_inputs": 0}
+
+
+def test_one_failing_input_keeps_the_others_and_exits_1(inputs, tmp_path, capsys):
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.4\n garbage")
+    code, out, err = run_cli(["--json", inputs["image"], str(broken), str(tmp_path / "missing.png"), inputs["pdf"]],
+                             capsys)
+    assert code == 1
+    report = json.loads(out)
+    errors = [i["error"] for i in report["inputs"]]
+    assert errors[0] is None and errors[3] is None
+    assert errors[1].startswith("not a readable PDF") and errors[2] == "no such file, folder or URL"
+    assert len(report["inputs"][0]["images"]) == 1 and len(report["inputs"][3]["images"]) == 2
+    assert report["summary"]["failed_inputs"] == 2
+    assert "Traceback" not in err
+
+
+def test_bad_arguments_exit_2(capsys):
+    for args in (["--threshold", "3", "x.png"], ["--min-size", "-1", "x.png"], []):
+        with pytest.raises(SystemExit) as info:
+            cli.main(args)
+        assert info.value.code == 2
+    capsys.readouterr()
+
+
+def test_missing_or_corrupt_model_exits_2_with_one_line(inputs, tmp_path, capsys):
+    code, out, err = run_cli(["--model", str(tmp_path / "none.pth"), inputs["image"]], capsys)
+    assert code == 2 and err.startswith("error: model file not found") and len(err.strip().splitlines()) == 1
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(os.urandom(5000))
+    code, _, err = run_cli(["--model", str(bad), inputs["image"]], capsys)
+    assert code == 2 and "not a readable checkpoint" in err
+
+
+def test_table_and_threshold_override(inputs, capsys):
+    code, out, _ = run_cli([inputs["pdf"], "--threshold", "0"], capsys)
+    assert code == 0
+    assert out.count(" medical ") == 2 and "2 images: 2 medical, 0 non-medical" in out
+    assert "paper.pdf#page=2" in out and "size" in out and "confidence" in out
+
+
+def test_csv_has_a_row_per_image_and_skip(inputs, tmp_path, capsys):
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (10, 10)).save(tiny)
+    code, out, _ = run_cli(["--csv", inputs["pdf"], str(tiny)], capsys)
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["status"] for r in rows] == ["classified", "classified", "skipped"]
+    assert rows[2]["reason"] == "smaller than 32 px (10x10)" and rows[0]["page"] == "1"
+
+
+def test_save_dir_and_output_file(inputs, tmp_path, capsys):
+    save, out_file = tmp_path / "saved", tmp_path / "out.json"
+    code, out, _ = run_cli(["--json", "-o", str(out_file), "--save-dir", str(save), inputs["pdf"], inputs["folder"]],
+                           capsys)
+    assert code == 0 and out == ""
+    report = json.loads(out_file.read_text())
+    paths = [i["saved_path"] for e in report["inputs"] for i in e["images"]]
+    assert len(paths) == 4 and len(set(paths)) == 4
+    for path, image in zip(paths, [i for e in report["inputs"] for i in e["images"]]):
+        with Image.open(path) as saved:
+            assert saved.size == (image["width"], image["height"])
+
+
+class _ImageCollector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+
+
+def test_html_report_shows_every_image(inputs, tmp_path, capsys):
+    report_path = tmp_path / "report.html"
+    code, out, _ = run_cli(["--json", "--report", str(report_path), inputs["pdf"], inputs["folder"]], capsys)
+    page = report_path.read_text()
+    parser = _ImageCollector()
+    parser.feed(page)
+    assert len(parser.sources) == json.loads(out)["summary"]["images"] == 4
+    for src in parser.sources:
+        assert src.startswith("data:image/jpeg;base64,")
+        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
+    assert page.count("class='card medical'") + page.count("class='card non-medical'") == 4
+    assert inputs["pdf"] in page and inputs["folder"] in page
+
+
+def test_page_url_through_the_cli(server, capsys):
+    server.add("/scan.png", image_bytes(MEDICAL[0], "PNG"), "image/png")
+    server.add("/photo.jpg", image_bytes(NON_MEDICAL[0], "JPEG"), "image/jpeg")
+    server.add("/dot.gif", image_bytes(NON_MEDICAL[0], "GIF", size=(1, 1)), "image/gif")
+    server.add("/a.html", b'<img src="scan.png"><img data-src="photo.jpg" src="dot.gif"><img src="gone.png">')
+    code, out, _ = run_cli(["--json", server.url + "/a.html"], capsys)
+    entry = json.loads(out)["inputs"][0]
+    assert code == 0 and entry["kind"] == "url"
+    assert {(i["source"].rsplit("/", 1)[1], i["label"]) for i in entry["images"]} == {
+        ("scan.png", "medical"), ("photo.jpg", "non-medical")}
+    assert {s["source"].rsplit("/", 1)[1]: s["reason"] for s in entry["skipped"]} == {
+        "dot.gif": "smaller than 32 px (1x1)", "gone.png": "download failed: HTTP 404"}
+
+
+def _run_subprocess(args, timeout):
+    return subprocess.run([sys.executable, str(ROOT / "final_classification_script.py"), "--quiet", "--json"] + args,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(not (SHARED / "pdfs").exists(), reason="no shared PDFs")
+def test_every_shared_pdf_runs_without_traceback_or_hang():
+    pdfs = sorted(str(p) for p in (SHARED / "pdfs").glob("*.pdf"))
+    result = _run_subprocess(["--max-images", "25"] + pdfs, timeout=900)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode in (0, 1)
+    report = json.loads(result.stdout)
+    assert len(report["inputs"]) == len(pdfs)
+    errors = {os.path.basename(e["input"]): e["error"] for e in report["inputs"] if e["error"]}
+    manifest = json.loads((SHARED / "pdfs" / "manifest.json").read_text())
+    for name, error in errors.items():
+        assert manifest[name]["hostile"], f"{name} failed: {error}"
+        assert "\n" not in error and not error.startswith("unexpected")
+    assert report["summary"]["images"] > 300
+
+
+@pytest.mark.skipif(not (SHARED / "pages").exists(), reason="no shared pages")
+def test_every_shared_page_runs_without_traceback_or_hang():
+    """The pages' images live on the real web, out of reach: every download fails fast and is listed."""
+    server = Server()
+    try:
+        for page in (SHARED / "pages").glob("*.html"):
+            server.add("/" + page.name, page.read_bytes())
+        urls = [f"{server.url}/{p.name}" for p in sorted((SHARED / "pages").glob("*.html"))]
+        result = _run_subprocess(["--timeout", "5", "--max-images", "60"] + urls, timeout=900)
+    finally:
+        server.httpd.shutdown()
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert [e["error"] for e in report["inputs"]] == [None] * len(urls)
+    assert report["summary"]["skipped"] > 40 * 5

@@ -1,0 +1,201 @@
+"""dataset.py: balancing, group splits, folder sources, and MedMNIST / CIFAR-10 in their real file formats."""
+import csv
+import pickle
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+import dataset
+import model
+import train
+from conftest import CORPUS, corpus_images
+
+
+# ---------------------------------------------------------------- fake data in the real formats
+
+def write_medmnist(root, size=28, per_split=(10, 4, 4), flags=dataset.MEDMNIST_2D, seed=0):
+    """The twelve npz files as medmnist ships them: {split}_images uint8 (N,H,W[,3]) and {split}_labels."""
+    from medmnist import INFO
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for flag in flags:
+        channels = INFO[flag]["n_channels"]
+        arrays = {}
+        for split, n in zip(dataset.SPLITS, per_split):
+            shape = (n, size, size) + ((3,) if channels == 3 else ())
+            arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
+            arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 1), dtype=np.uint8)
+        suffix = "" if size == 28 else f"_{size}"
+        np.savez_compressed(root / f"{flag}{suffix}.npz", **arrays)
+
+
+def write_cifar10(root, per_batch=8, seed=1):
+    """cifar-10-batches-py/ as torchvision extracts it: pickled dicts with b'data' (N, 3072) and b'labels'."""
+    rng = np.random.default_rng(seed)
+    folder = root / dataset.CIFAR_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in dataset.CIFAR_FILES:
+        batch = {b"batch_label": name.encode(), b"labels": rng.integers(0, 10, per_batch).tolist(),
+                 b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"filenames": [f"{i}.png".encode() for i in range(per_batch)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [b"airplane"] * 10}, f)
+
+
+# ---------------------------------------------------------------- balancing and splitting
+
+def test_even_quota_lets_small_strata_give_all_they_have():
+    assert dataset.even_quota([546, 1080, 5000, 90000], 20000) == [546, 1080, 5000, 13374]
+    assert dataset.even_quota([546, 20000, 90000], 20000) == [546, 9727, 9727]
+    assert dataset.even_quota([5, 5], 4) == [2, 2]
+    assert sum(dataset.even_quota([3, 100, 7, 50], 60)) == 60
+
+
+def test_balance_keeps_the_smaller_class_and_samples_the_larger_evenly():
+    labels = np.array([0] * 90 + [0] * 10 + [1] * 40)
+    strata = ["a"] * 90 + ["b"] * 10 + ["c"] * 40
+    keep = dataset.balance(labels, strata, seed=3)
+    kept = Counter(strata[i] for i in keep)
+    assert kept == {"a": 30, "b": 10, "c": 40}
+    assert np.array_equal(keep, dataset.balance(labels, strata, seed=3))
+    assert not np.array_equal(keep, dataset.balance(labels, strata, seed=4))
+
+
+def test_group_split_never_puts_a_group_on_two_sides_of_the_corpus():
+    with open(CORPUS / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    labels = np.array([0 if r["label"] == "medical" else 1 for r in rows])
+    splits = dataset.group_split(labels, [r["kind"] for r in rows], [r["group"] for r in rows], seed=0)
+    sides: dict = {}
+    for row, split in zip(rows, splits):
+        sides.setdefault(row["group"], set()).add(split)
+    assert all(len(s) == 1 for s in sides.values())
+    share = Counter(splits)
+    assert 0.6 < share["train"] / len(rows) < 0.8 and share["val"] > 300 and share["test"] > 300
+    for split in dataset.SPLITS:
+        assert {0, 1} <= set(labels[splits == split])
+
+
+def test_kind_weights_make_each_class_weigh_the_same_and_rare_kinds_count_more():
+    labels = np.array([0] * 100 + [0] * 4 + [1] * 50)
+    kinds = ["mri"] * 100 + ["xray"] * 4 + ["photo"] * 50
+    w = dataset.kind_weights(labels, kinds, power=0.5)
+    assert w[labels == 0].sum() == pytest.approx(w[labels == 1].sum() * 104 / 50)
+    assert w[100] > w[0] * 4
+    assert np.allclose(dataset.kind_weights(labels, kinds, power=0.0), 1.0)
+
+
+def test_folder_source_reads_the_manifest_groups_and_kinds(tmp_path):
+    med, non = corpus_images("medical", "xray", 6), corpus_images("non_medical", "chart", 6)
+    rows = []
+    for label, paths in (("medical", med), ("non_medical", non)):
+        (tmp_path / label / "sub").mkdir(parents=True)
+        for i, p in enumerate(paths):
+            target = tmp_path / label / "sub" / p.name
+            target.write_bytes(p.read_bytes())
+            rows.append({"path": f"{label}/sub/{p.name}", "group": f"{label}{i // 2}", "kind": label + "-kind"})
+    (tmp_path / "non_medical" / "notes.txt").write_text("not an image")
+    with open(tmp_path / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["path", "group", "kind"])
+        writer.writeheader()
+        writer.writerows(rows)
+    part = dataset.folder_source(str(tmp_path))
+    assert len(part) == 12 and Counter(part.labels.tolist()) == {0: 6, 1: 6}
+    assert set(part.kinds) == {"medical-kind", "non_medical-kind"}
+    for g in set(part.groups):
+        assert len({s for s, gg in zip(part.splits, part.groups) if gg == g}) == 1
+
+
+def test_folder_source_errors(tmp_path):
+    with pytest.raises(dataset.DataError, match="image folder not found"):
+        dataset.folder_source(str(tmp_path / "nope"))
+    (tmp_path / "medical").mkdir()
+    with pytest.raises(dataset.DataError, match="has no non_medical/ folder"):
+        dataset.folder_source(str(tmp_path))
+
+
+# ---------------------------------------------------------------- MedMNIST and CIFAR-10
+
+def test_medmnist_and_cifar10_load_balanced_and_evenly_sampled(tmp_path):
+    write_medmnist(tmp_path, per_split=(30, 6, 6))
+    write_cifar10(tmp_path, per_batch=24)  # 120 train, 12 val, 12 test
+    parts = dataset.load_sources("medmnist+cifar10", str(tmp_path), 28, download=False, seed=0)
+    splits = dataset.balanced_splits(parts, seed=0)
+    summary = dataset.summarize(splits)
+    for split in dataset.SPLITS:
+        medical = {k: v for k, v in summary[split].items() if k.startswith("medical/")}
+        non = {k: v for k, v in summary[split].items() if k.startswith("non-medical/")}
+        assert sum(medical.values()) == sum(non.values())
+        assert len(medical) == 12 and max(medical.values()) - min(medical.values()) <= 1  # even across datasets
+    assert summary["train"]["non-medical/cifar10"] == 120
+    grey = next(p for p in splits["train"] if p.name == "medmnist:chestmnist:train")
+    colour = next(p for p in splits["train"] if p.name == "medmnist:pathmnist:train")
+    assert grey.images.shape[1:] == (28, 28) and colour.images.shape[1:] == (28, 28, 3)
+
+
+def test_small_datasets_give_all_they_have(tmp_path):
+    write_medmnist(tmp_path, per_split=(40, 4, 4))
+    write_cifar10(tmp_path, per_batch=80)  # 400 train non-medical, more than 12 x 40 allows evenly? no: 480 > 400
+    parts = dataset.load_sources("medmnist+cifar10", str(tmp_path), 28, download=False)
+    summary = dataset.summarize(dataset.balanced_splits(parts))["train"]
+    assert sum(v for k, v in summary.items() if k.startswith("medical/")) == 400
+    assert set(v for k, v in summary.items() if k.startswith("medical/")) <= {33, 34}
+
+
+def test_other_medmnist_sizes_use_their_file_names(tmp_path):
+    write_medmnist(tmp_path, size=64, per_split=(3, 2, 2))
+    parts = dataset.medmnist_source(str(tmp_path), size=64, download=False)
+    assert parts[0].images.shape[1:3] == (64, 64)
+
+
+def test_offline_medmnist_error_names_every_missing_file(tmp_path):
+    write_medmnist(tmp_path, flags=dataset.MEDMNIST_2D[:10])
+    with pytest.raises(dataset.DataError) as info:
+        dataset.load_sources("medmnist", str(tmp_path), 28, download=False)
+    message = str(info.value)
+    assert "organcmnist.npz, organsmnist.npz" in message and str(tmp_path) in message and "\n" not in message
+    with pytest.raises(dataset.DataError, match="pathmnist_128.npz"):
+        dataset.load_sources("medmnist", str(tmp_path), 128, download=False)
+
+
+def test_offline_cifar10_error_names_the_folder(tmp_path):
+    with pytest.raises(dataset.DataError, match="cifar-10-batches-py.*data_batch_1"):
+        dataset.load_sources("cifar10", str(tmp_path), download=False)
+
+
+def test_broken_files_are_clear_errors(tmp_path):
+    write_medmnist(tmp_path)
+    (tmp_path / "bloodmnist.npz").write_bytes(b"not a zip")
+    with pytest.raises(dataset.DataError, match="bloodmnist.npz is not a readable MedMNIST npz"):
+        dataset.medmnist_source(str(tmp_path), download=False)
+    write_cifar10(tmp_path)
+    (tmp_path / dataset.CIFAR_DIR / "data_batch_3").write_bytes(b"garbage")
+    with pytest.raises(dataset.DataError, match="data_batch_3 is not a CIFAR-10 python batch"):
+        dataset.cifar10_source(str(tmp_path), download=False)
+
+
+def test_unknown_source_is_refused():
+    with pytest.raises(dataset.DataError, match="unknown data source 'imagenet'"):
+        dataset.load_sources("medmnist+imagenet", "data", download=False)
+
+
+def test_both_classes_go_through_the_identical_transform(tmp_path):
+    """A grey MedMNIST image and the same pixels as an RGB CIFAR-style array give the same features."""
+    torch.manual_seed(0)
+    net = model.build_model("efficientnet_lite0")
+    grey = np.random.default_rng(0).integers(0, 256, (2, 32, 32), dtype=np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    medical = dataset.Part("medmnist:x", grey, np.zeros(2, int), ["x"] * 2, ["a", "b"],
+                           np.array(["train"] * 2, dtype=object), ["x"] * 2)
+    non_medical = dataset.Part("cifar10:x", rgb, np.ones(2, int), ["y"] * 2, ["c", "d"],
+                               np.array(["train"] * 2, dtype=object), ["y"] * 2)
+    a, *_ = train.compute_features(net, [medical])
+    b, *_ = train.compute_features(net, [non_medical])
+    assert torch.allclose(a, b, atol=1e-5)
+    batch, _ = next(train.array_batches(rgb, 2, "cpu", net.transform))
+    assert batch.shape == (2, 3, 224, 224)
