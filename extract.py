@@ -148,20 +148,34 @@ def is_http_url(url: str) -> bool:
     return urlsplit(url).scheme.lower() in ("http", "https")
 
 
-def fetch(url: str, options: Options, html_cap: bool = True) -> Response:
-    """GET with timeouts, a byte cap (streamed, counted), and redirects followed by hand: http(s) only."""
+def fetch(url: str, options: Options, html_cap: bool = True, dead_hosts: dict | None = None) -> Response:
+    """GET with timeouts, a byte cap (streamed, counted), and redirects followed by hand: http(s) only.
+
+    `dead_hosts` (host -> reason) remembers hosts that could not be reached, so a
+    page with a hundred images on one dead host waits for it once, not a hundred times.
+    """
     import requests
     import urllib3
 
     deadline = time.monotonic() + options.timeout
+    dead_hosts = {} if dead_hosts is None else dead_hosts
     for _ in range(options.max_redirects + 1):
         if not is_http_url(url):
             raise FetchError(f"refused non-http(s) URL {url[:80]}")
+        host = urlsplit(url).netloc.lower()
+        if host in dead_hosts:
+            raise FetchError(dead_hosts[host])
         try:
             response = _session().get(url, stream=True, allow_redirects=False,
                                       timeout=(min(10.0, options.timeout), options.timeout))
+        except requests.exceptions.ConnectTimeout:
+            dead_hosts[host] = "unreachable (connect timed out)"
+            raise FetchError(dead_hosts[host]) from None
         except requests.exceptions.Timeout:
             raise FetchError("timed out") from None
+        except requests.exceptions.ConnectionError as exc:
+            dead_hosts[host] = f"unreachable ({_short_reason(exc)})"
+            raise FetchError(dead_hosts[host]) from None
         except requests.exceptions.RequestException as exc:
             raise FetchError(f"unreachable ({_short_reason(exc)})") from None
         with response:
@@ -332,7 +346,7 @@ def bounded_map(function, items: Iterable, workers: int) -> Iterator:
             yield pending.popleft().result()
 
 
-def _download_image(url: str, page_url: str, index: int, options: Options) -> Found | Skipped:
+def _download_image(url: str, page_url: str, index: int, options: Options, dead_hosts: dict) -> Found | Skipped:
     if url.lower().startswith("data:"):
         source = f"{page_url}#data-uri-{index}"
         if not url.lower().startswith("data:image/"):
@@ -345,7 +359,7 @@ def _download_image(url: str, page_url: str, index: int, options: Options) -> Fo
     if not is_http_url(url):
         return Skipped(url[:200], f"unsupported URL scheme {urlsplit(url).scheme or '(none)'}: (only http and https)")
     try:
-        response = fetch(url, options, html_cap=False)
+        response = fetch(url, options, html_cap=False, dead_hosts=dead_hosts)
     except FetchError as exc:
         return Skipped(url, f"download failed: {exc}")
     return decode_image(response.data, url, options)
@@ -355,7 +369,8 @@ def page_images(html: bytes, page_url: str, options: Options) -> Iterator[Found 
     urls = find_image_urls(html, page_url)
     over = urls[options.max_images:]
     urls = urls[:options.max_images]
-    yield from bounded_map(lambda pair: _download_image(pair[1], page_url, pair[0], options),
+    dead_hosts: dict = {}
+    yield from bounded_map(lambda pair: _download_image(pair[1], page_url, pair[0], options, dead_hosts),
                            enumerate(urls), options.workers)
     for url in over:
         yield Skipped(url[:200], f"over --max-images ({options.max_images})")
