@@ -421,7 +421,22 @@ def _pixmap_to_pil(pix) -> Image.Image:
     return Image.frombytes(mode, (pix.width, pix.height), pix.samples)
 
 
-def _xref_image(doc, xref: int, smask: int, options: Options) -> tuple[Image.Image, bytes | None, str]:
+def _plain_jpeg(doc, xref: int, smask: int, filters: str) -> bytes | None:
+    """The JPEG file of an image PIL can decode as is (grey or RGB, no mask, no Decode array), else None."""
+    if smask or filters != "DCTDecode" or doc.xref_get_key(xref, "Decode")[0] != "null":
+        return None
+    raw = doc.extract_image(xref)
+    return raw["image"] if raw and raw.get("ext") == "jpeg" and raw.get("colorspace") in (1, 3) else None
+
+
+def _xref_image(doc, xref: int, smask: int, filters: str, source: str, page: int,
+                options: Options) -> Found | Skipped:
+    """One image XObject, decoded by PIL straight from its JPEG when that is safe, else by MuPDF."""
+    jpeg = _plain_jpeg(doc, xref, smask, filters)
+    if jpeg is not None:
+        found = decode_image(jpeg, source, options, page)
+        if isinstance(found, Found):
+            return found
     pymupdf = _pymupdf()
     pix = pymupdf.Pixmap(doc, xref)
     if smask:
@@ -432,14 +447,10 @@ def _xref_image(doc, xref: int, smask: int, options: Options) -> tuple[Image.Ima
     image = _pixmap_to_pil(pix)
     encoded, ext = None, "png"
     if options.keep_encoded:
-        raw = doc.extract_image(xref) if not smask else None
-        if raw and raw.get("ext") in ("jpeg", "jpg", "png") and raw.get("colorspace") in (1, 3):
-            encoded, ext = raw["image"], ("jpg" if raw["ext"] == "jpeg" else raw["ext"])
-        else:
-            buffer = io.BytesIO()
-            image.save(buffer, "PNG")
-            encoded = buffer.getvalue()
-    return _reduce(image, options.working_size), encoded, ext
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        encoded = buffer.getvalue()
+    return Found(source, page, _reduce(image, options.working_size), image.width, image.height, encoded, ext)
 
 
 def _inline_images(page, seen_digests: set, options: Options, source: str) -> Iterator[Found | Skipped]:
@@ -485,7 +496,7 @@ def pdf_images(data: bytes, name: str, options: Options) -> Iterator[Found | Ski
                 yield Skipped(source, f"page could not be read ({_first_line(exc)})")
                 continue
             smasks.update(item[1] for item in listed if item[1])
-            for xref, smask, width, height, *_ in listed:
+            for xref, smask, width, height, _bpc, _cs, _alt, _name, filters, *_ in listed:
                 if xref in seen_xrefs or xref in smasks:
                     continue
                 seen_xrefs.add(xref)
@@ -502,12 +513,11 @@ def pdf_images(data: bytes, name: str, options: Options) -> Iterator[Found | Ski
                     yield Skipped(source, f"over --max-images ({options.max_images})")
                     continue
                 try:
-                    image, encoded, ext = _xref_image(doc, xref, smask, options)
+                    item = _xref_image(doc, xref, smask, filters, source, page.number + 1, options)
                 except Exception as exc:
-                    yield Skipped(source, f"image {xref} could not be decoded ({_first_line(exc)})")
-                    continue
-                count += 1
-                yield Found(source, page.number + 1, image, width, height, encoded, ext)
+                    item = Skipped(source, f"image {xref} could not be decoded ({_first_line(exc)})")
+                count += isinstance(item, Found)
+                yield item
             try:
                 for item in _inline_images(page, seen_digests, options, source):
                     if isinstance(item, Found):

@@ -198,8 +198,7 @@ def parse_args(argv=None):
                         + ". 28 matches CIFAR-10's 32 px, so sharpness is no label cue")
     p.add_argument("--epochs", type=int, default=10, help="head training epochs")
     p.add_argument("--batch-size", type=int, default=256, help="head training batch size")
-    p.add_argument("--feature-batch-size", type=int, default=0,
-                   help="batch size of the backbone pass; 0 = 256 on a GPU, 8 on a CPU (faster there)")
+    p.add_argument("--feature-batch-size", type=int, default=256, help="batch size of the backbone pass")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay")
     p.add_argument("--views", type=int, default=0,
@@ -235,11 +234,10 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    feature_batch = args.feature_batch_size or (256 if device.type != "cpu" else 8)
     cached = {}
     t0 = time.perf_counter()
     for split in dataset.SPLITS:
-        x, y, kinds, unreadable = compute_features(net, splits[split], feature_batch, args.workers,
+        x, y, kinds, unreadable = compute_features(net, splits[split], args.feature_batch_size, args.workers,
                                                    args.views if split == "train" else 0, args.seed, f"{split} features")
         for path in unreadable:
             print(f"warning: skipped unreadable image {path}", file=sys.stderr)
