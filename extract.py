@@ -38,7 +38,8 @@ warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 class Options:
     min_size: int = 32
     max_images: int = 500
-    timeout: float = 20.0  # seconds for one whole download, and per PDF page batch
+    timeout: float = 20.0  # seconds for one whole download
+    pdf_time_limit: float = 300.0  # seconds for one PDF; what was extracted before it ran out is kept
     max_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 100_000_000
     workers: int = 8
@@ -144,8 +145,23 @@ def _session():
     return _local.session
 
 
+def url_scheme(url: str) -> str | None:
+    """The lower-case scheme, '' for none, None for a URL too malformed to split."""
+    try:
+        return urlsplit(url).scheme.lower()
+    except ValueError:
+        return None
+
+
+def safe_urljoin(base: str, url: str) -> str:
+    try:
+        return urljoin(base, url)
+    except ValueError:  # e.g. an unbalanced IPv6 bracket; reported later as an invalid URL
+        return url
+
+
 def is_http_url(url: str) -> bool:
-    return urlsplit(url).scheme.lower() in ("http", "https")
+    return url_scheme(url) in ("http", "https")
 
 
 def fetch(url: str, options: Options, html_cap: bool = True, dead_hosts: dict | None = None) -> Response:
@@ -180,7 +196,7 @@ def fetch(url: str, options: Options, html_cap: bool = True, dead_hosts: dict | 
             raise FetchError(f"unreachable ({_short_reason(exc)})") from None
         with response:
             if response.is_redirect:
-                url = urljoin(url, response.headers.get("location", ""))
+                url = safe_urljoin(url, response.headers.get("location", ""))
                 continue
             if response.status_code >= 400:
                 raise FetchError(f"HTTP {response.status_code}")
@@ -271,7 +287,7 @@ def find_image_urls(html: str | bytes, base_url: str) -> list[str]:
     soup = BeautifulSoup(html, "html.parser")
     base = soup.find("base", href=True)
     if base and base["href"].strip():
-        base_url = urljoin(base_url, base["href"].strip())
+        base_url = safe_urljoin(base_url, base["href"].strip())
     raw: list[str] = []
 
     for meta in soup.find_all("meta"):
@@ -317,7 +333,7 @@ def find_image_urls(html: str | bytes, base_url: str) -> list[str]:
         url = (url or "").strip()
         if not url or url.startswith("#"):
             continue
-        absolute = url if url.lower().startswith("data:") else urljoin(base_url, url)
+        absolute = url if url.lower().startswith("data:") else safe_urljoin(base_url, url)
         absolute = absolute.split("#")[0] if not absolute.lower().startswith("data:") else absolute
         if absolute and absolute not in seen:
             seen.add(absolute)
@@ -357,7 +373,9 @@ def _download_image(url: str, page_url: str, index: int, options: Options, dead_
             return Skipped(source, "undecodable data: URI")
         return decode_image(data, source, options)
     if not is_http_url(url):
-        return Skipped(url[:200], f"unsupported URL scheme {urlsplit(url).scheme or '(none)'}: (only http and https)")
+        scheme = url_scheme(url)
+        return Skipped(url[:200], "invalid URL" if scheme is None else
+                       f"unsupported URL scheme {scheme or '(none)'}: (only http and https)")
     try:
         response = fetch(url, options, html_cap=False, dead_hosts=dead_hosts)
     except FetchError as exc:
@@ -453,10 +471,16 @@ def _xref_image(doc, xref: int, smask: int, filters: str, source: str, page: int
     return Found(source, page, _reduce(image, options.working_size), image.width, image.height, encoded, ext)
 
 
-def _inline_images(page, seen_digests: set, options: Options, source: str) -> Iterator[Found | Skipped]:
-    """Inline images (BI ... ID ... EI): listed by get_image_info with xref 0, bytes from the page's image blocks."""
+def _inline_images(page, seen_digests: set, xobject_sizes: set, options: Options,
+                   source: str) -> Iterator[Found | Skipped]:
+    """Inline images (BI ... ID ... EI): listed by get_image_info with xref 0, bytes from the page's image blocks.
+
+    get_image_info also gives xref 0 to XObject images nested in forms; those have
+    the size of an XObject of the page and are left to the XObject path.
+    """
     pymupdf = _pymupdf()
-    infos = [i for i in page.get_image_info(hashes=True, xrefs=True) if i.get("xref") == 0]
+    infos = [i for i in page.get_image_info(hashes=True, xrefs=True)
+             if i.get("xref") == 0 and (i["width"], i["height"]) not in xobject_sizes]
     wanted = {}
     for info in infos:
         digest = info.get("digest")
@@ -482,21 +506,64 @@ def _inline_images(page, seen_digests: set, options: Options, source: str) -> It
         yield found
 
 
+PDF_REF = re.compile(r"/[^\s/<>\[\]()]+\s+(\d+)\s+0\s+R")
+
+
+def _key_int(doc, xref: int, key: str) -> int:
+    kind, value = doc.xref_get_key(xref, key)
+    return int(value.split()[0]) if kind in ("int", "xref") else 0
+
+
+def _page_images(doc, page) -> list[tuple[int, int, int, int, str]]:
+    """(xref, smask, width, height, filter) of every image XObject a page draws.
+
+    get_images() misses images inside some Form XObjects, patterns and soft-mask
+    groups, so those are walked too, their own resources included.
+    """
+    images = {item[0]: (item[0], item[1], item[2], item[3], item[8]) for item in page.get_images(full=True)}
+    stack, visited = [page.xref] + [x[0] for x in page.get_xobjects()], set()
+    while stack:
+        holder = stack.pop()
+        if holder in visited:
+            continue
+        visited.add(holder)
+        for category in ("XObject", "Pattern", "ExtGState"):
+            kind, value = doc.xref_get_key(holder, f"Resources/{category}")
+            if kind == "xref":
+                value = doc.xref_object(int(value.split()[0]), compressed=True)
+            elif kind != "dict":
+                continue
+            for ref in map(int, PDF_REF.findall(value)):
+                subtype = doc.xref_get_key(ref, "Subtype")[1]
+                if subtype == "/Image" and ref not in images:
+                    images[ref] = (ref, _key_int(doc, ref, "SMask"), _key_int(doc, ref, "Width"),
+                                   _key_int(doc, ref, "Height"), doc.xref_get_key(ref, "Filter")[1].lstrip("/"))
+                elif subtype == "/Form" or category == "Pattern":
+                    stack.append(ref)
+                elif category == "ExtGState" and (group := _key_int(doc, ref, "SMask/G")):
+                    stack.append(group)  # a soft-mask group is a form with resources of its own
+    return list(images.values())
+
+
 def pdf_images(data: bytes, name: str, options: Options) -> Iterator[Found | Skipped]:
     """Embedded raster images of a PDF, each once (first page it appears on), in page order."""
     doc = open_pdf(data=data)
     seen_xrefs, seen_digests, smasks = set(), set(), set()
     count = 0
+    deadline = time.monotonic() + options.pdf_time_limit
     try:
         for page in doc:
             source = f"{name}#page={page.number + 1}"
+            if time.monotonic() > deadline:
+                raise InputError(f"stopped at page {page.number + 1} of {doc.page_count} after "
+                                 f"{options.pdf_time_limit:g} s; the images before it are reported")
             try:
-                listed = page.get_images(full=True)
+                listed = _page_images(doc, page)
             except Exception as exc:
                 yield Skipped(source, f"page could not be read ({_first_line(exc)})")
                 continue
             smasks.update(item[1] for item in listed if item[1])
-            for xref, smask, width, height, _bpc, _cs, _alt, _name, filters, *_ in listed:
+            for xref, smask, width, height, filters in listed:
                 if xref in seen_xrefs or xref in smasks:
                     continue
                 seen_xrefs.add(xref)
@@ -519,7 +586,8 @@ def pdf_images(data: bytes, name: str, options: Options) -> Iterator[Found | Ski
                 count += isinstance(item, Found)
                 yield item
             try:
-                for item in _inline_images(page, seen_digests, options, source):
+                xobject_sizes = {(w, h) for _, _, w, h, _ in listed}
+                for item in _inline_images(page, seen_digests, xobject_sizes, options, source):
                     if isinstance(item, Found):
                         if count >= options.max_images:
                             item = Skipped(item.source, f"over --max-images ({options.max_images})")
@@ -580,7 +648,7 @@ def _raise(error: Exception) -> Iterator:
 
 def open_input(text: str, options: Options) -> tuple[str, Iterator[Found | Skipped]]:
     """Input string -> (kind, items). Raises InputError when the input itself is unusable."""
-    scheme = urlsplit(text).scheme.lower()
+    scheme = url_scheme(text) or ""
     if scheme in ("http", "https"):
         try:
             response = fetch(text, options)

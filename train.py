@@ -5,6 +5,8 @@ augmented views per folder image) and the head is trained on the cache.
 The best epoch by validation accuracy is saved as a self-describing checkpoint.
 """
 import argparse
+import hashlib
+import os
 import sys
 import time
 
@@ -183,6 +185,18 @@ def head_probabilities(head: nn.Linear, features: torch.Tensor) -> np.ndarray:
         return head(features.to(head.weight.device)).softmax(1)[:, model_lib.MEDICAL].cpu().numpy()
 
 
+def feature_cache_path(args, parts, views: int) -> str | None:
+    """A file name that changes whenever the features would: backbone, images, views, seed."""
+    if not args.cache_dir:
+        return None
+    os.makedirs(args.cache_dir, exist_ok=True)
+    key = hashlib.sha1(repr((args.arch, args.backbone_weights, views, args.seed, args.medmnist_size,
+                             [(p.name, len(p), p.groups[:1], p.groups[-1:]) for p in parts],
+                             [str(x) for p in parts if not isinstance(p.images, np.ndarray) for x in p.images]
+                             )).encode()).hexdigest()[:16]
+    return os.path.join(args.cache_dir, f"{args.arch}-{key}.pt")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default="medmnist+cifar10",
@@ -208,6 +222,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed for sampling, splits, augmentation and training")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run")
     p.add_argument("--workers", type=int, default=2, help="image loading processes for folder sources")
+    p.add_argument("--cache-dir", default=None,
+                   help="keep backbone features here, so a rerun with other head settings skips the backbone")
     p.add_argument("--output", default="best_model.pth", help="where to write the best checkpoint")
     return p.parse_args(argv)
 
@@ -237,8 +253,16 @@ def main(argv=None):
     cached = {}
     t0 = time.perf_counter()
     for split in dataset.SPLITS:
-        x, y, kinds, unreadable = compute_features(net, splits[split], args.feature_batch_size, args.workers,
-                                                   args.views if split == "train" else 0, args.seed, f"{split} features")
+        views = args.views if split == "train" else 0
+        cache_file = feature_cache_path(args, splits[split], views)
+        if cache_file and os.path.isfile(cache_file):
+            saved = torch.load(cache_file, weights_only=True)
+            x, y, kinds, unreadable = saved["x"], saved["y"].numpy(), saved["kinds"], []
+        else:
+            x, y, kinds, unreadable = compute_features(net, splits[split], args.feature_batch_size, args.workers,
+                                                       views, args.seed, f"{split} features")
+            if cache_file:
+                torch.save({"x": x, "y": torch.as_tensor(y), "kinds": kinds}, cache_file)
         for path in unreadable:
             print(f"warning: skipped unreadable image {path}", file=sys.stderr)
         cached[split] = (x, y, kinds)

@@ -167,6 +167,36 @@ def test_page_url_through_the_cli(server, capsys):
         "dot.gif": "smaller than 32 px (1x1)", "gone.png": "download failed: HTTP 404"}
 
 
+def test_hostile_inputs_each_fail_clearly_and_the_good_one_completes(server, tmp_path, capsys):
+    from conftest import endless, trickle
+
+    server.routes["/endless"] = endless
+    server.routes["/trickle"] = trickle
+    server.redirect("/loop", "/loop")
+    server.add("/passwd.html", b'<img src="file:///etc/passwd"><img src="ftp://host/x.png">')
+    locked = tmp_path / "locked.pdf"
+    make_pdf(tmp_path / "plain.pdf", [MEDICAL[0]])
+    pymupdf.open(tmp_path / "plain.pdf").save(locked, encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="pw",
+                                              owner_pw="owner")
+    truncated = tmp_path / "truncated.pdf"
+    truncated.write_bytes((tmp_path / "plain.pdf").read_bytes()[:300])
+    inputs = [server.url + "/endless", server.url + "/trickle", server.url + "/loop", server.url + "/passwd.html",
+              str(locked), str(truncated), "file:///etc/passwd", "gopher://x/", str(MEDICAL[1])]
+    code, out, err = run_cli(["--json", "--timeout", "2"] + inputs, capsys)
+    report = json.loads(out)
+    assert code == 1 and "Traceback" not in err
+    by_input = {e["input"]: e for e in report["inputs"]}
+    assert "longer than 2 s" in by_input[server.url + "/trickle"]["error"]
+    assert "byte cap" in by_input[server.url + "/endless"]["error"] or "longer" in by_input[server.url + "/endless"]["error"]
+    assert by_input[server.url + "/loop"]["error"] == "more than 5 redirects"
+    assert by_input[str(locked)]["error"] == "encrypted PDF that needs a password"
+    assert by_input["file:///etc/passwd"]["error"].startswith("unsupported URL scheme file")
+    assert by_input["gopher://x/"]["error"].startswith("unsupported URL scheme gopher")
+    assert [s["reason"].split(":")[0] for s in by_input[server.url + "/passwd.html"]["skipped"]] == [
+        "unsupported URL scheme file", "unsupported URL scheme ftp"]
+    assert len(by_input[str(MEDICAL[1])]["images"]) == 1 and by_input[str(MEDICAL[1])]["error"] is None
+
+
 def _run_subprocess(args, timeout):
     return subprocess.run([sys.executable, str(ROOT / "final_classification_script.py"), "--quiet", "--json"] + args,
                           capture_output=True, text=True, timeout=timeout)

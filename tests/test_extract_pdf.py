@@ -175,3 +175,12 @@ def test_max_images_caps_a_pdf_and_says_so():
 def test_keep_encoded_returns_file_bytes_for_saving():
     found, _ = run(pdf_with(image_bytes(PHOTO, "JPEG")).tobytes(), keep_encoded=True)
     assert found[0].ext == "jpg" and found[0].encoded[:2] == b"\xff\xd8"
+
+
+def test_a_pdf_that_takes_too_long_stops_with_what_it_found():
+    doc = pymupdf.open()
+    for _ in range(3):
+        doc.new_page().insert_image(pymupdf.Rect(0, 0, 100, 100), stream=image_bytes(PHOTO, "JPEG"))
+    kind, items = extract._file_items("slow.pdf", doc.tobytes(), extract.Options(pdf_time_limit=0.0))
+    with pytest.raises(extract.InputError, match="stopped at page 1 of 3 after 0 s"):
+        list(items)

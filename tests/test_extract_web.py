@@ -83,6 +83,12 @@ def test_non_http_schemes_are_returned_for_reporting_not_fetched():
     assert found == ["file:///etc/passwd", "ftp://x/y.png", "javascript:alert(1)"]
 
 
+def test_malformed_urls_found_by_fuzzing_are_kept_for_reporting():
+    assert urls('<img src="A://["><img src="http://[::1">') == ["A://[", "http://[::1"]
+    skipped = extract._download_image("http://[::1", BASE, 0, extract.Options(), {})
+    assert skipped.reason == "invalid URL"
+
+
 def test_noscript_fallbacks_are_found():
     assert urls('<noscript><img src="ns.jpg"></noscript>') == ["https://example.org/articles/ns.jpg"]
 
@@ -198,6 +204,14 @@ def test_ten_thousand_image_tags_are_capped_by_max_images(server):
     assert len(found) == 20
     over = [r for r in skipped.values() if r == "over --max-images (20)"]
     assert len(over) == 9_980
+
+
+def test_a_dead_host_is_tried_once_per_page(server):
+    page = "".join(f'<img src="http://127.0.0.1:9/{n}.png">' for n in range(5))
+    server.add("/dead.html", page.encode())
+    kind, found, skipped = collect(server.url + "/dead.html")
+    assert not found and len(skipped) == 5
+    assert set(skipped.values()) == {"download failed: unreachable (connection refused)"}
 
 
 def test_unreachable_host_is_a_clear_error():
