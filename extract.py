@@ -69,6 +69,25 @@ class InputError(Exception):
     """The input as a whole could not be processed; the message is one line."""
 
 
+class ImageBudget:
+    """--max-images for one input: past the limit, found images become skipped records."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self.reason = f"over --max-images ({limit})"
+
+    @property
+    def full(self) -> bool:
+        return self.used >= self.limit
+
+    def admit(self, item: "Found | Skipped") -> "Found | Skipped":
+        if isinstance(item, Found):
+            if self.full:
+                return Skipped(item.source, self.reason)
+            self.used += 1
+        return item
+
+
 # ---------------------------------------------------------------- decoding
 
 def sniff(data: bytes) -> str:
@@ -391,7 +410,7 @@ def page_images(html: bytes, page_url: str, options: Options) -> Iterator[Found 
     yield from bounded_map(lambda pair: _download_image(pair[1], page_url, pair[0], options, dead_hosts),
                            enumerate(urls), options.workers)
     for url in over:
-        yield Skipped(url[:200], f"over --max-images ({options.max_images})")
+        yield Skipped(url[:200], ImageBudget(options.max_images).reason)
 
 
 # ---------------------------------------------------------------- PDF
@@ -545,11 +564,12 @@ def _page_images(doc, page) -> list[tuple[int, int, int, int, str]]:
     return list(images.values())
 
 
-def pdf_images(data: bytes, name: str, options: Options) -> Iterator[Found | Skipped]:
+def pdf_images(data: bytes, name: str, options: Options, budget: ImageBudget | None = None
+               ) -> Iterator[Found | Skipped]:
     """Embedded raster images of a PDF, each once (first page it appears on), in page order."""
     doc = open_pdf(data=data)
     seen_xrefs, seen_digests, smasks = set(), set(), set()
-    count = 0
+    budget = budget or ImageBudget(options.max_images)
     deadline = time.monotonic() + options.pdf_time_limit
     try:
         for page in doc:
@@ -576,24 +596,18 @@ def pdf_images(data: bytes, name: str, options: Options) -> Iterator[Found | Ski
                 if width * height > options.max_pixels:
                     yield Skipped(source, f"over the pixel cap ({width}x{height} > {options.max_pixels:,} pixels)")
                     continue
-                if count >= options.max_images:
-                    yield Skipped(source, f"over --max-images ({options.max_images})")
+                if budget.full:  # checked before decoding, so a 10,000-image PDF is not decoded in vain
+                    yield Skipped(source, budget.reason)
                     continue
                 try:
                     item = _xref_image(doc, xref, smask, filters, source, page.number + 1, options)
                 except Exception as exc:
                     item = Skipped(source, f"image {xref} could not be decoded ({_first_line(exc)})")
-                count += isinstance(item, Found)
-                yield item
+                yield budget.admit(item)
             try:
                 xobject_sizes = {(w, h) for _, _, w, h, _ in listed}
                 for item in _inline_images(page, seen_digests, xobject_sizes, options, source):
-                    if isinstance(item, Found):
-                        if count >= options.max_images:
-                            item = Skipped(item.source, f"over --max-images ({options.max_images})")
-                        else:
-                            count += 1
-                    yield item
+                    yield budget.admit(item)
             except Exception as exc:
                 yield Skipped(source, f"inline images could not be read ({_first_line(exc)})")
     except InputError:
@@ -606,10 +620,12 @@ def pdf_images(data: bytes, name: str, options: Options) -> Iterator[Found | Ski
 
 # ---------------------------------------------------------------- inputs
 
-def _file_items(path: str, data: bytes, options: Options) -> tuple[str, Iterator[Found | Skipped]]:
+def _file_items(path: str, data: bytes, options: Options, budget: ImageBudget | None = None
+                ) -> tuple[str, Iterator[Found | Skipped]]:
+    budget = budget or ImageBudget(options.max_images)
     if sniff(data) == "pdf":
-        return "pdf", pdf_images(data, path, options)
-    return "image", iter([decode_image(data, path, options)])
+        return "pdf", pdf_images(data, path, options, budget)
+    return "image", iter([budget.admit(decode_image(data, path, options))])
 
 
 def _read_file(path: str, options: Options) -> bytes:
@@ -621,7 +637,7 @@ def _read_file(path: str, options: Options) -> bytes:
 
 
 def _folder_items(root: str, options: Options) -> Iterator[Found | Skipped]:
-    count = 0
+    budget = ImageBudget(options.max_images)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
@@ -629,14 +645,7 @@ def _folder_items(root: str, options: Options) -> Iterator[Found | Skipped]:
             if not (name.lower().endswith(IMAGE_EXTENSIONS + (".pdf", ".svg"))):
                 continue
             try:
-                _, items = _file_items(path, _read_file(path, options), options)
-                for item in items:
-                    if isinstance(item, Found):
-                        if count >= options.max_images:
-                            item = Skipped(item.source, f"over --max-images ({options.max_images})")
-                        else:
-                            count += 1
-                    yield item
+                yield from _file_items(path, _read_file(path, options), options, budget)[1]
             except (InputError, OSError) as exc:
                 yield Skipped(path, str(exc) if isinstance(exc, InputError) else f"unreadable ({exc.strerror})")
 
