@@ -83,6 +83,13 @@ def test_one_failing_input_keeps_the_others_and_exits_1(inputs, tmp_path, capsys
     assert "Traceback" not in err
 
 
+def test_max_images_caps_a_folder_and_lists_the_rest(inputs, capsys):
+    code, out, _ = run_cli(["--json", "--max-images", "1", inputs["folder"]], capsys)
+    entry = json.loads(out)["inputs"][0]
+    assert code == 0 and len(entry["images"]) == 1
+    assert [s["reason"] for s in entry["skipped"]] == ["over --max-images (1)"]
+
+
 def test_bad_arguments_exit_2(capsys):
     for args in (["--threshold", "3", "x.png"], ["--min-size", "-1", "x.png"], []):
         with pytest.raises(SystemExit) as info:
