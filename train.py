@@ -6,6 +6,7 @@ The best epoch by validation accuracy is saved as a self-describing checkpoint.
 """
 import argparse
 import hashlib
+import io
 import os
 import sys
 import time
@@ -33,8 +34,23 @@ def augmentation(size: int) -> T.Compose:
         T.RandomGrayscale(p=0.2),
         T.RandomApply([T.RandomChoice([T.Resize(s, antialias=True) for s in (48, 64, 96, 128)]),
                        T.Resize(size, antialias=True)], p=0.25),
-        T.RandomApply([T.JPEG((25, 90))], p=0.5),
+        T.RandomApply([RandomJPEG((25, 90))], p=0.5),
     ])
+
+
+class RandomJPEG(nn.Module):
+    """Re-encode a uint8 image as JPEG at a random quality, with Pillow (torchvision's JPEG codec is deprecated)."""
+
+    def __init__(self, quality: tuple[int, int]):
+        super().__init__()
+        self.quality = quality
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        quality = int(torch.randint(self.quality[0], self.quality[1] + 1, ()).item())
+        buffer = io.BytesIO()
+        T.functional.to_pil_image(image).save(buffer, "JPEG", quality=quality)
+        with Image.open(buffer) as decoded:
+            return T.functional.pil_to_tensor(decoded.convert("RGB"))
 
 
 class FileViews(Dataset):

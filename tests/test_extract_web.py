@@ -217,3 +217,17 @@ def test_a_dead_host_is_tried_once_per_page(server):
 def test_unreachable_host_is_a_clear_error():
     with pytest.raises(extract.InputError, match="unreachable"):
         collect("http://127.0.0.1:9/nothing-listens-here")
+
+
+def test_image_declaring_a_decompression_bomb_is_refused_from_its_header():
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    skipped = extract.decode_image(bomb, "bomb.png", extract.Options())
+    assert isinstance(skipped, extract.Skipped)
+    assert skipped.reason == "over the pixel cap (100000x100000 > 100,000,000 pixels)"
