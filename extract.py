@@ -12,7 +12,7 @@ import time
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
@@ -429,21 +429,21 @@ def open_pdf(data: bytes):
     try:
         doc = pymupdf.open(stream=data, filetype="pdf")
     except Exception as exc:
-        raise InputError(f"not a readable PDF ({_first_line(exc)})") from None
+        raise InputError(f"not a readable PDF ({first_line(exc)})") from None
     if doc.needs_pass and not doc.authenticate(""):
         doc.close()
         raise InputError("encrypted PDF that needs a password")
     try:
         pages = doc.page_count
     except Exception as exc:
-        raise InputError(f"damaged PDF ({_first_line(exc)})") from None
+        raise InputError(f"damaged PDF ({first_line(exc)})") from None
     if pages == 0:
         doc.close()
         raise InputError("PDF has no pages (damaged or empty)")
     return doc
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
@@ -580,7 +580,7 @@ def pdf_images(data: bytes, name: str, options: Options, budget: ImageBudget | N
             try:
                 listed = _page_images(doc, page)
             except Exception as exc:
-                yield Skipped(source, f"page could not be read ({_first_line(exc)})")
+                yield Skipped(source, f"page could not be read ({first_line(exc)})")
                 continue
             smasks.update(item[1] for item in listed if item[1])
             for xref, smask, width, height, filters in listed:
@@ -602,18 +602,18 @@ def pdf_images(data: bytes, name: str, options: Options, budget: ImageBudget | N
                 try:
                     item = _xref_image(doc, xref, smask, filters, source, page.number + 1, options)
                 except Exception as exc:
-                    item = Skipped(source, f"image {xref} could not be decoded ({_first_line(exc)})")
+                    item = Skipped(source, f"image {xref} could not be decoded ({first_line(exc)})")
                 yield budget.admit(item)
             try:
                 xobject_sizes = {(w, h) for _, _, w, h, _ in listed}
                 for item in _inline_images(page, seen_digests, xobject_sizes, options, source):
                     yield budget.admit(item)
             except Exception as exc:
-                yield Skipped(source, f"inline images could not be read ({_first_line(exc)})")
+                yield Skipped(source, f"inline images could not be read ({first_line(exc)})")
     except InputError:
         raise
     except Exception as exc:  # a page tree that breaks while walking it
-        raise InputError(f"damaged PDF ({_first_line(exc)})") from None
+        raise InputError(f"damaged PDF ({first_line(exc)})") from None
     finally:
         doc.close()
 

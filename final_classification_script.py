@@ -130,7 +130,7 @@ def classify_input(text: str, index: int, model, options: extract.Options, args,
         result.error = str(exc)
     except Exception as exc:  # never lose the other inputs' results to one bad file
         batch.clear()
-        result.error = f"unexpected {type(exc).__name__}: {extract._first_line(exc)}"
+        result.error = f"unexpected {type(exc).__name__}: {extract.first_line(exc)}"
     return result
 
 

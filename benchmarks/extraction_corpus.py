@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections import Counter
 
-from common import ROOT, SHARED
+from common import SHARED
 
 import extract
 

@@ -21,7 +21,7 @@ NON_MEDICAL = corpus_images("non_medical", "photo", 2) + corpus_images("non_medi
 
 def make_pdf(path, images):
     doc = pymupdf.open()
-    for i, image in enumerate(images):
+    for image in images:
         page = doc.new_page()
         page.insert_image(pymupdf.Rect(50, 50, 400, 400), stream=image_bytes(image, "JPEG"))
     doc.save(path)
