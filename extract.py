@@ -533,8 +533,8 @@ def _key_int(doc, xref: int, key: str) -> int:
     return int(value.split()[0]) if kind in ("int", "xref") else 0
 
 
-def _page_images(doc, page) -> list[tuple[int, int, int, int, str]]:
-    """(xref, smask, width, height, filter) of every image XObject a page draws.
+def _page_images(doc, page) -> tuple[list[tuple[int, int, int, int, str]], set]:
+    """(xref, smask, width, height, filter) of every image XObject a page draws, and the forms it walked.
 
     get_images() misses images inside some Form XObjects, patterns and soft-mask
     groups, so those are walked too, their own resources included.
@@ -561,7 +561,17 @@ def _page_images(doc, page) -> list[tuple[int, int, int, int, str]]:
                     stack.append(ref)
                 elif category == "ExtGState" and (group := _key_int(doc, ref, "SMask/G")):
                     stack.append(group)  # a soft-mask group is a form with resources of its own
-    return list(images.values())
+    return list(images.values()), visited - {page.xref}
+
+
+INLINE_IMAGE_OPERATOR = re.compile(rb"(?:^|[\s>\]])BI[\s/]")
+
+
+def _draws_inline_images(doc, page, forms: set) -> bool:
+    """Whether the page or one of its forms has a BI operator: only then are inline images looked for,
+    since listing them decodes every image of the page."""
+    streams = [page.read_contents()] + [doc.xref_stream(x) or b"" for x in forms if doc.xref_is_stream(x)]
+    return any(INLINE_IMAGE_OPERATOR.search(s) for s in streams)
 
 
 def pdf_images(data: bytes, name: str, options: Options, budget: ImageBudget | None = None
@@ -578,7 +588,7 @@ def pdf_images(data: bytes, name: str, options: Options, budget: ImageBudget | N
                 raise InputError(f"stopped at page {page.number + 1} of {doc.page_count} after "
                                  f"{options.pdf_time_limit:g} s; the images before it are reported")
             try:
-                listed = _page_images(doc, page)
+                listed, forms = _page_images(doc, page)
             except Exception as exc:
                 yield Skipped(source, f"page could not be read ({first_line(exc)})")
                 continue
@@ -605,9 +615,10 @@ def pdf_images(data: bytes, name: str, options: Options, budget: ImageBudget | N
                     item = Skipped(source, f"image {xref} could not be decoded ({first_line(exc)})")
                 yield budget.admit(item)
             try:
-                xobject_sizes = {(w, h) for _, _, w, h, _ in listed}
-                for item in _inline_images(page, seen_digests, xobject_sizes, options, source):
-                    yield budget.admit(item)
+                if _draws_inline_images(doc, page, forms):
+                    xobject_sizes = {(w, h) for _, _, w, h, _ in listed}
+                    for item in _inline_images(page, seen_digests, xobject_sizes, options, source):
+                        yield budget.admit(item)
             except Exception as exc:
                 yield Skipped(source, f"inline images could not be read ({first_line(exc)})")
     except InputError:

@@ -3,6 +3,7 @@
 Bounded in time (a fixed number of examples, no deadline per example) so they run in the normal suite.
 """
 import io
+import os
 
 import pymupdf
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -11,7 +12,7 @@ from PIL import Image
 import extract
 from conftest import corpus_images, image_bytes
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 
 url_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
 urlish = st.one_of(
