@@ -306,7 +306,8 @@ def find_image_urls(html: str | bytes, base_url: str) -> list[str]:
     soup = BeautifulSoup(html, "html.parser")
     base = soup.find("base", href=True)
     if base and base["href"].strip():
-        base_url = safe_urljoin(base_url, base["href"].strip())
+        resolved = safe_urljoin(base_url, base["href"].strip())
+        base_url = resolved if is_http_url(resolved) else base_url  # a base of another scheme resolves nothing
     raw: list[str] = []
 
     for meta in soup.find_all("meta"):
@@ -353,7 +354,7 @@ def find_image_urls(html: str | bytes, base_url: str) -> list[str]:
         if not url or url.startswith("#"):
             continue
         absolute = url if url.lower().startswith("data:") else safe_urljoin(base_url, url)
-        absolute = absolute.split("#")[0] if not absolute.lower().startswith("data:") else absolute
+        absolute = absolute.split("#")[0].strip() if not absolute.lower().startswith("data:") else absolute
         if absolute and absolute not in seen:
             seen.add(absolute)
             out.append(absolute)

@@ -28,6 +28,10 @@ def test_base_href_wins_over_page_url():
         "https://static.example.com/img/x.png"]
 
 
+def test_base_href_of_another_scheme_is_ignored():
+    assert urls('<base href="A:"><img src="0">') == ["https://example.org/articles/0"]
+
+
 def test_srcset_takes_the_largest_candidate_even_with_commas_in_urls():
     html = ('<img srcset="https://i.example/w_100,c_fill/a.jpg 100w, https://i.example/w_800,c_fill/a.jpg 800w,'
             ' https://i.example/w_400,c_fill/a.jpg 400w">')
@@ -85,6 +89,7 @@ def test_non_http_schemes_are_returned_for_reporting_not_fetched():
 
 def test_malformed_urls_found_by_fuzzing_are_kept_for_reporting():
     assert urls('<img src="A://["><img src="http://[::1">') == ["A://[", "http://[::1"]
+    assert urls('<img src="a #x"><img src="a">') == ["https://example.org/articles/a"]
     skipped = extract._download_image("http://[::1", BASE, 0, extract.Options(), {})
     assert skipped.reason == "invalid URL"
 
