@@ -9,7 +9,6 @@ import os
 import re
 import threading
 import time
-import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
 from PIL import Image
 
-USER_AGENT = "medical-image-classifier/1.0 (+https://github.com/; image extraction for classification)"
+USER_AGENT = "medical-image-classifier/1.0 (image extraction for classification; python-requests)"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2",
                     ".ico", ".jfif")
 # The attributes lazy-loading scripts read their real URL from, most specific first.
@@ -30,8 +29,7 @@ BACKGROUND_ATTRS = ("data-bg", "data-background", "data-background-image", "data
 META_IMAGE_KEYS = ("og:image", "og:image:url", "og:image:secure_url", "twitter:image", "twitter:image:src")
 MAX_HTML_BYTES = 16 * 1024 * 1024
 
-Image.MAX_IMAGE_PIXELS = None  # the pixel cap is checked by size before decoding, see _decode
-warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+Image.MAX_IMAGE_PIXELS = None  # decode_image checks Options.max_pixels from the header, before decoding
 
 
 @dataclass
@@ -130,8 +128,6 @@ def decode_image(data: bytes, source: str, options: Options, page: int | None = 
             image.draft("RGB", (options.working_size, options.working_size))
         image.seek(0)
         image.load()
-    except Image.DecompressionBombError:
-        return Skipped(source, "over the pixel cap")
     except Exception as exc:
         return Skipped(source, f"not a decodable image ({type(exc).__name__})")
     ext = {"jpeg": "jpg", "mpo": "jpg", "tiff": "tif", "jpeg2000": "jp2"}.get(fmt, fmt)
@@ -289,11 +285,14 @@ CSS_IMAGE_DECL = re.compile(r"(?:background(?:-image)?|list-style(?:-image)?|bor
                             r"([^;}]*)", re.I)
 
 
+def css_urls(text: str) -> list[str]:
+    """Every url(...) in a CSS value, quoted or not."""
+    return [next(g for g in m.groups() if g is not None) for m in CSS_URL.finditer(text)]
+
+
 def css_image_urls(css: str) -> list[str]:
-    urls = []
-    for decl in CSS_IMAGE_DECL.finditer(css):
-        urls += [next(g for g in m.groups() if g is not None) for m in CSS_URL.finditer(decl.group(1))]
-    return urls
+    """url(...)s of the declarations that paint images (backgrounds, list bullets, borders, content)."""
+    return [url for decl in CSS_IMAGE_DECL.finditer(css) for url in css_urls(decl.group(1))]
 
 
 def find_image_urls(html: str | bytes, base_url: str) -> list[str]:
@@ -342,7 +341,7 @@ def find_image_urls(html: str | bytes, base_url: str) -> list[str]:
         for a in BACKGROUND_ATTRS:
             value = attrs.get(a)
             if isinstance(value, str) and value.strip():
-                urls = [next(g for g in m.groups() if g is not None) for m in CSS_URL.finditer(value)]
+                urls = css_urls(value)
                 raw += urls or ([largest_candidate(value)] if a == "data-bgset" else [value])
         style = attrs.get("style")
         if isinstance(style, str) and "url(" in style:
