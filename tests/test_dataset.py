@@ -1,6 +1,5 @@
 """dataset.py: balancing, group splits, folder sources, and MedMNIST / CIFAR-10 in their real file formats."""
 import csv
-import pickle
 from collections import Counter
 
 import numpy as np
@@ -11,40 +10,7 @@ import dataset
 import model
 import train
 from conftest import CORPUS, corpus_images
-
-
-# ---------------------------------------------------------------- fake data in the real formats
-
-def write_medmnist(root, size=28, per_split=(10, 4, 4), flags=dataset.MEDMNIST_2D, seed=0):
-    """The twelve npz files as medmnist ships them: {split}_images uint8 (N,H,W[,3]) and {split}_labels."""
-    from medmnist import INFO
-
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    for flag in flags:
-        channels = INFO[flag]["n_channels"]
-        arrays = {}
-        for split, n in zip(dataset.SPLITS, per_split):
-            shape = (n, size, size) + ((3,) if channels == 3 else ())
-            arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
-            arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 1), dtype=np.uint8)
-        suffix = "" if size == 28 else f"_{size}"
-        np.savez_compressed(root / f"{flag}{suffix}.npz", **arrays)
-
-
-def write_cifar10(root, per_batch=8, seed=1):
-    """cifar-10-batches-py/ as torchvision extracts it: pickled dicts with b'data' (N, 3072) and b'labels'."""
-    rng = np.random.default_rng(seed)
-    folder = root / dataset.CIFAR_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in dataset.CIFAR_FILES:
-        batch = {b"batch_label": name.encode(), b"labels": rng.integers(0, 10, per_batch).tolist(),
-                 b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"filenames": [f"{i}.png".encode() for i in range(per_batch)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [b"airplane"] * 10}, f)
+from fake_data import write_cifar10, write_medmnist
 
 
 # ---------------------------------------------------------------- balancing and splitting

@@ -8,7 +8,7 @@ import torch
 import model
 import train
 from conftest import corpus_images
-from test_dataset import write_cifar10, write_medmnist
+from fake_data import write_cifar10, write_medmnist
 
 
 @pytest.fixture(scope="module")
