@@ -404,13 +404,12 @@ def _download_image(url: str, page_url: str, index: int, options: Options, dead_
 
 def page_images(html: bytes, page_url: str, options: Options) -> Iterator[Found | Skipped]:
     urls = find_image_urls(html, page_url)
-    over = urls[options.max_images:]
-    urls = urls[:options.max_images]
-    dead_hosts: dict = {}
+    budget, dead_hosts = ImageBudget(options.max_images), {}
+    # The cap applies to candidate URLs here, so images past it are never downloaded.
     yield from bounded_map(lambda pair: _download_image(pair[1], page_url, pair[0], options, dead_hosts),
-                           enumerate(urls), options.workers)
-    for url in over:
-        yield Skipped(url[:200], ImageBudget(options.max_images).reason)
+                           enumerate(urls[:budget.limit]), options.workers)
+    for url in urls[budget.limit:]:
+        yield Skipped(url[:200], budget.reason)
 
 
 # ---------------------------------------------------------------- PDF

@@ -1,5 +1,6 @@
 """Helpers the benchmark scripts share: paths, corpus samples, a timer, a local server with latency."""
 import csv
+import io
 import os
 import sys
 import threading
@@ -59,3 +60,28 @@ def serve(files: dict[str, tuple[bytes, str]], latency: float = 0.0):
 
 
 DEFAULT_MODEL = str(ROOT / "best_model.pth")
+
+
+def upscaled_jpeg(path: Path, scale: int = 2, quality: int = 88) -> tuple[bytes, tuple[int, int]]:
+    """A corpus image scaled up, as a JPEG, and its new size: closer to the figures of real pages and papers."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB").resize((im.width * scale, im.height * scale))
+        buffer = io.BytesIO()
+        im.save(buffer, "JPEG", quality=quality)
+        return buffer.getvalue(), im.size
+
+
+def write_pdf(path: str, jpegs, per_page: int = 4) -> None:
+    """A PDF with `per_page` of the given JPEG files on each page, written as they come."""
+    import pymupdf
+
+    doc = pymupdf.open()
+    for i, data in enumerate(jpegs):
+        if i % per_page == 0:
+            page = doc.new_page()
+        slot = i % per_page
+        page.insert_image(pymupdf.Rect(40, 40 + 180 * slot, 400, 210 + 180 * slot), stream=data)
+    doc.save(path)
+    doc.close()

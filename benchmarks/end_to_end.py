@@ -14,21 +14,11 @@ import pymupdf
 import requests
 from PIL import Image
 
-from common import DEFAULT_MODEL, corpus_sample, serve, timed
+from common import DEFAULT_MODEL, corpus_sample, serve, timed, upscaled_jpeg, write_pdf
 
 import extract
 import final_classification_script as cli
 import model
-
-
-def jpeg(path, scale=2) -> bytes:
-    """A corpus image at twice its size, as a JPEG: closer to the figures of real pages and papers."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        im = im.resize((im.width * scale, im.height * scale))
-        buffer = io.BytesIO()
-        im.save(buffer, "JPEG", quality=88)
-        return buffer.getvalue()
 
 
 def reference_page(url: str, net) -> list[float]:
@@ -76,7 +66,7 @@ def main():
     p.add_argument("--workers", type=int, default=8)
     args = p.parse_args()
     net = model.load_model(args.model, "cpu")
-    images = [jpeg(x) for x in corpus_sample(args.images)]
+    images = [upscaled_jpeg(x)[0] for x in corpus_sample(args.images)]
     files = {f"/img/{i}.jpg": (data, "image/jpeg") for i, data in enumerate(images)}
     files["/page.html"] = ("".join(f'<p>figure {i}</p><img src="img/{i}.jpg">' for i in range(len(images)))
                            .encode(), "text/html")
@@ -84,12 +74,7 @@ def main():
     times = {}
     with tempfile.TemporaryDirectory() as folder:
         pdf_path = os.path.join(folder, "200.pdf")
-        doc = pymupdf.open()
-        for i in range(0, len(images), 4):
-            page = doc.new_page()
-            for j, data in enumerate(images[i:i + 4]):
-                page.insert_image(pymupdf.Rect(40, 40 + 180 * j, 400, 210 + 180 * j), stream=data)
-        doc.save(pdf_path)
+        write_pdf(pdf_path, images)
         net.predict([Image.open(io.BytesIO(images[0]))])  # warm-up, kept out of both
         with timed(times, "pdf_reference"):
             ref_pdf = reference_pdf(pdf_path, net)

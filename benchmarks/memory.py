@@ -7,17 +7,15 @@ holding them all decoded at once would need several GB; the CLI runs in a
 child process and its peak resident set size is read from the kernel.
 """
 import argparse
-import io
 import os
 import subprocess
 import sys
 import tempfile
 import time
 
-import pymupdf
 from PIL import Image
 
-from common import ROOT, corpus_sample
+from common import ROOT, corpus_sample, upscaled_jpeg, write_pdf
 
 
 def main():
@@ -25,23 +23,19 @@ def main():
     p.add_argument("--images", type=int, default=500)
     p.add_argument("--scale", type=int, default=5, help="upscale factor of the corpus images")
     args = p.parse_args()
-    full_bytes = 0
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "500.pdf")
-        doc = pymupdf.open()
-        for i, source in enumerate(corpus_sample(args.images)):
-            with Image.open(source) as im:
-                im = im.convert("RGB").resize((im.width * args.scale, im.height * args.scale))
-                full_bytes += im.width * im.height * 3
-                buffer = io.BytesIO()
-                im.save(buffer, "JPEG", quality=80)
-            if i % 4 == 0:
-                page = doc.new_page()
-            page.insert_image(pymupdf.Rect(40, 40 + 180 * (i % 4), 400, 210 + 180 * (i % 4)),
-                              stream=buffer.getvalue())
-        doc.save(path)
+        sizes = []
+
+        def jpegs():
+            for source in corpus_sample(args.images):
+                data, size = upscaled_jpeg(source, args.scale, quality=80)
+                sizes.append(size)
+                yield data
+
+        write_pdf(path, jpegs())
+        full_bytes = sum(w * h * 3 for w, h in sizes)
         size = os.path.getsize(path)
-        doc.close()
         one = os.path.join(folder, "one.png")
         Image.open(corpus_sample(1)[0]).save(one)
         baseline, _ = peak_memory([one], folder)
