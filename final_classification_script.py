@@ -14,10 +14,13 @@ import json
 import os
 import re
 import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+import engine
 import extract
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "best_model.pth")
@@ -51,15 +54,18 @@ def parse_args(argv=None):
     p.add_argument("--max-images", type=int, default=500, help="at most this many images per input (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=20.0, help="seconds allowed for each download (default: %(default)s)")
     p.add_argument("--workers", type=int, default=8, help="concurrent image downloads per page (default: %(default)s)")
+    p.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
+                   help="auto: ONNX Runtime on the CPU, torch on CUDA/MPS (default: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: %(default)s")
-    p.add_argument("--batch-size", type=int, default=16, help="images per model batch (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per model batch (default: 16 on the CPU, 128 on CUDA)")
     p.add_argument("--backbone-weights", help="local file of the backbone's ImageNet weights, for offline machines")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         p.error("--threshold must be between 0 and 1")
     for name in ("min_size", "max_images", "batch_size", "workers"):
-        if getattr(args, name) < (0 if name == "min_size" else 1):
+        if getattr(args, name) is not None and getattr(args, name) < (0 if name == "min_size" else 1):
             p.error(f"--{name.replace('_', '-')} must be positive")
     if args.timeout <= 0:
         p.error("--timeout must be positive")
@@ -69,10 +75,7 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------- classification
 
 def _thumbnail(image) -> str:
-    from model import image_to_uint8
-    from torchvision.transforms.v2.functional import to_pil_image
-
-    small = to_pil_image(image_to_uint8(image))
+    small = engine.to_rgb(image).copy()
     small.thumbnail((THUMBNAIL, THUMBNAIL))
     buffer = io.BytesIO()
     small.save(buffer, "JPEG", quality=80)
@@ -95,25 +98,40 @@ def _save(found: extract.Found, save_dir: str, prefix: str, n: int) -> str:
     return os.path.abspath(path)
 
 
-def classify_input(text: str, index: int, model, options: extract.Options, args, bar) -> InputResult:
-    """Extract and classify one input in batches, so full-size images never pile up."""
+def classify_input(text: str, index: int, model: engine.Engine, options: extract.Options, args, bar,
+                   model_thread: ThreadPoolExecutor) -> InputResult:
+    """Extract and classify one input in batches, so full-size images never pile up.
+
+    Each batch goes to the model thread while extraction of the next goes on here; at most
+    two batches wait, and results are recorded in the order the images were found.
+    """
     result = InputResult(text)
     batch: list[extract.Found] = []
+    pending: deque = deque()
 
-    def flush():
-        if not batch:
-            return
-        for found, p in zip(batch, model.predict([f.image for f in batch], batch_size=args.batch_size)):
-            saved = None
-            if args.save_dir:
-                saved = _save(found, args.save_dir, f"{index + 1:02d}_{_slug(text)}", len(result.images) + 1)
-            result.images.append({"source": found.source, "page": found.page, "width": found.width,
-                                  "height": found.height, "label": model.label(p), "p_medical": round(p, 4),
-                                  "saved_path": saved})
-            if args.report:
-                result.thumbnails.append(_thumbnail(found.image))
-        bar.update(len(batch))
-        batch.clear()
+    def record(found: extract.Found, p: float):
+        saved = None
+        if args.save_dir:
+            saved = _save(found, args.save_dir, f"{index + 1:02d}_{_slug(text)}", len(result.images) + 1)
+        result.images.append({"source": found.source, "page": found.page, "width": found.width,
+                              "height": found.height, "label": model.label(p), "p_medical": round(p, 4),
+                              "saved_path": saved})
+        if args.report:
+            result.thumbnails.append(_thumbnail(found.image))
+
+    def collect(keep: int):
+        while len(pending) > keep:
+            found, future = pending.popleft()
+            for item, p in zip(found, future.result()):
+                record(item, p)
+            bar.update(len(found))
+
+    def submit():
+        if batch:
+            pending.append((list(batch), model_thread.submit(model.predict, [f.image for f in batch],
+                                                             args.batch_size)))
+            batch.clear()
+        collect(keep=2)
 
     try:
         result.kind, items = extract.open_input(text, options)
@@ -122,14 +140,20 @@ def classify_input(text: str, index: int, model, options: extract.Options, args,
                 result.skipped.append({"source": item.source, "reason": item.reason})
                 continue
             batch.append(item)
-            if len(batch) >= args.batch_size:
-                flush()
-        flush()
+            if len(batch) >= (args.batch_size or model.default_batch_size):
+                submit()
+        submit()
+        collect(keep=0)
     except extract.InputError as exc:
-        flush()
+        submit()
+        collect(keep=0)
         result.error = str(exc)
     except Exception as exc:  # never lose the other inputs' results to one bad file
         batch.clear()
+        try:
+            collect(keep=0)
+        except Exception:
+            pending.clear()
         result.error = f"unexpected {type(exc).__name__}: {extract.first_line(exc)}"
     return result
 
@@ -140,7 +164,8 @@ def to_json(results: list[InputResult], model, model_path: str) -> dict:
     images = [im for r in results for im in r.images]
     medical = sum(im["label"] == model.classes[0] for im in images)
     return {
-        "model": {"path": model_path, "arch": model.arch, "threshold": model.threshold},
+        "model": {"path": model_path, "arch": model.arch, "threshold": round(model.threshold, 4),
+                  "engine": model.name},
         "inputs": [{"input": r.input, "kind": r.kind, "error": r.error, "images": r.images, "skipped": r.skipped}
                    for r in results],
         "summary": {"images": len(images), "medical": medical, "non-medical": len(images) - medical,
@@ -235,11 +260,10 @@ threshold {report['model']['threshold']:.3f}.</p>"""]
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import model as model_lib  # after argument checks, so --help is instant
-
+    note = lambda message: print(f"note: {message}", file=sys.stderr)
     try:
-        model = model_lib.load_model(args.model, model_lib.select_device(args.device), args.backbone_weights)
-    except model_lib.ModelError as exc:
+        model = engine.open_engine(args.model, args.engine, args.device, args.backbone_weights, note)
+    except engine.EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.threshold is not None:
@@ -247,10 +271,11 @@ def main(argv=None) -> int:
     options = extract.Options(min_size=args.min_size, max_images=args.max_images, timeout=args.timeout,
                               workers=args.workers, keep_encoded=bool(args.save_dir))
     results = []
-    with tqdm(desc="images", unit="img", file=sys.stderr, disable=args.quiet) as bar:
+    with tqdm(desc="images", unit="img", file=sys.stderr, disable=args.quiet) as bar, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="model") as model_thread:
         for index, text in enumerate(args.inputs):
             bar.set_postfix_str(_shorten(text, 40))
-            result = classify_input(text, index, model, options, args, bar)
+            result = classify_input(text, index, model, options, args, bar, model_thread)
             if result.error and not args.quiet:
                 tqdm.write(f"error: {text}: {result.error}", file=sys.stderr)
             results.append(result)

@@ -23,6 +23,7 @@ def main():
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--arch", default="efficientnet_lite0", choices=sorted(model.BACKBONES))
     p.add_argument("--batch-size", type=int, default=64, help="backbone batch size")
+    p.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"], help="backbone pass engine")
     args = p.parse_args()
     torch.manual_seed(0)
     paths = corpus_sample(args.images // 2, "medical") + corpus_sample(args.images // 2, "non_medical")
@@ -34,16 +35,18 @@ def main():
     quiet = lambda *a: None
     times = {}
     warm = part.subset(np.arange(8))
-    train.compute_features(net, [warm], args.batch_size, desc="warm-up")  # one-time start-up, kept out of both
+    features = train.feature_function(net, args.engine)
+    train.compute_features(net, [warm], args.batch_size, desc="warm-up", features=features)  # kept out of both
 
     with timed(times, "cached"):
-        x, y, _, _ = train.compute_features(net, [part], args.batch_size, desc="cached features")
+        x, y, _, _ = train.compute_features(net, [part], args.batch_size, desc="cached features", features=features)
         train.fit_head(net.head, x, y, weights, x[:0], y[:0], epochs=args.epochs, log=quiet)
 
     net.head.reset_parameters()
     with timed(times, "every_epoch"):
         for epoch in range(args.epochs):
-            x, y, _, _ = train.compute_features(net, [part], args.batch_size, desc=f"epoch {epoch + 1} features")
+            x, y, _, _ = train.compute_features(net, [part], args.batch_size, desc=f"epoch {epoch + 1} features",
+                                                features=features)
             train.fit_head(net.head, x, y, weights, x[:0], y[:0], epochs=1, log=quiet)
 
     print(f"{args.arch}, {len(paths)} images, {args.epochs} epochs, CPU threads {torch.get_num_threads()}")

@@ -51,7 +51,7 @@ def test_json_contract(inputs, tmp_path, capsys, shipped_model_path):
     report = json.loads(out)
     assert set(report) == {"model", "inputs", "summary"}
     assert report["model"] == {"path": os.path.abspath(shipped_model_path), "arch": "efficientnet_lite0",
-                               "threshold": pytest.approx(report["model"]["threshold"])}
+                               "threshold": pytest.approx(report["model"]["threshold"]), "engine": "onnx"}
     assert [i["kind"] for i in report["inputs"]] == ["pdf", "image", "folder"]
     for entry in report["inputs"]:
         assert set(entry) == {"input", "kind", "error", "images", "skipped"} and entry["error"] is None

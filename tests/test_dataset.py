@@ -163,5 +163,4 @@ def test_both_classes_go_through_the_identical_transform(tmp_path):
     a, *_ = train.compute_features(net, [medical])
     b, *_ = train.compute_features(net, [non_medical])
     assert torch.allclose(a, b, atol=1e-5)
-    batch, _ = next(train.array_batches(rgb, 2, "cpu", net.transform))
-    assert batch.shape == (2, 3, 224, 224)
+    assert train.ArrayImages(rgb, net.preprocess)[0].shape == (224, 224, 3)

@@ -1,8 +1,10 @@
 """model.py: backbones, the checkpoint contract, predict, and its errors."""
-import torch
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import engine
 import model
 from conftest import corpus_images
 
@@ -19,12 +21,13 @@ def test_efficientnet_lite0_weights_are_the_imagenet_ones():
 
     categories = ResNet50_Weights.IMAGENET1K_V2.meta["categories"]
     net = model.efficientnet_lite0_imagenet().eval()
-    transform = model.build_transform(model.get_backbone("efficientnet_lite0").preprocess)
+    preprocess = model.get_backbone("efficientnet_lite0").preprocess
     paths = [corpus_images("non_medical", "photo", 1, stem)[0]
              for stem in ("_robin", "_scorpion", "_hummingbird", "_king_crab")]
-    batch = torch.stack([transform(model.image_to_uint8(Image.open(p))) for p in paths])
+    batch = torch.from_numpy(np.stack([engine.prepare(Image.open(p), preprocess) for p in paths]))
+    scale, shift = (torch.from_numpy(v).view(1, 3, 1, 1) for v in engine.normalization(preprocess))
     with torch.no_grad():
-        top1 = net(batch).argmax(1).tolist()
+        top1 = net(batch.permute(0, 3, 1, 2).float() * scale - shift).argmax(1).tolist()
     assert [categories[i] for i in top1] == ["robin", "scorpion", "hummingbird", "king crab"]
 
 

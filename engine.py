@@ -1,0 +1,301 @@
+"""Run the classifier: ONNX Runtime on the CPU, torch on CUDA/MPS, one preprocessing for both.
+
+`prepare` (Pillow and numpy only) turns any PIL image into the model's input, a uint8
+(crop, crop, 3) array; training, both engines and evaluation all call it, so they cannot
+drift. Normalisation lives inside the model (and so inside its ONNX graph).
+
+The ONNX file is a derived twin of the checkpoint (`best_model.pth` -> `best_model.onnx`),
+bound to it by the checkpoint's SHA-256 in the graph's metadata: an export made from
+another checkpoint is never used. Nothing here imports torch; the torch engine lives in
+model.py and is imported only when it is asked for.
+"""
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ("medical", "non-medical")
+MEDICAL = 0  # index of "medical" in CLASSES
+EXPORT_FORMAT = 1  # bumped when the graph's inputs, outputs or metadata change meaning
+ONNX_INPUT, ONNX_PROBABILITIES, ONNX_FEATURES = "images", "probabilities", "features"
+CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "medical-image-classifier")
+RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+            "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+
+
+class EngineError(Exception):
+    """The model cannot be run as asked; the message is one line and says what to do."""
+
+
+# ---------------------------------------------------------------- preprocessing
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB; grey is replicated and alpha is flattened on white, as pages show it."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def prepare(image: Image.Image, preprocess: dict) -> np.ndarray:
+    """PIL image -> the model's uint8 input (crop, crop, 3).
+
+    `fit` "crop" (the default): the shorter side resized to `resize`, then the centre `crop`
+    square, as torchvision's Resize + CenterCrop do. "letterbox": the whole image scaled to
+    fit `crop` and centred on a white square, so wide figures keep their sides.
+    """
+    image = to_rgb(image)
+    resize, crop = preprocess["resize"], preprocess["crop"]
+    resample = RESAMPLE[preprocess.get("interpolation", "bilinear")]
+    width, height = image.size
+    if preprocess.get("fit", "crop") == "letterbox":
+        scale = crop / max(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        canvas = Image.new("RGB", (crop, crop), (255, 255, 255))
+        canvas.paste(image.resize(size, resample), ((crop - size[0]) // 2, (crop - size[1]) // 2))
+        return np.asarray(canvas)
+    if width <= height:
+        size = (resize, max(resize, int(resize * height / width)))
+    else:
+        size = (max(resize, int(resize * width / height)), resize)
+    if size != (width, height):
+        image = image.resize(size, resample)
+    left, top = int(round((size[0] - crop) / 2.0)), int(round((size[1] - crop) / 2.0))
+    return np.asarray(image.crop((left, top, left + crop, top + crop)))
+
+
+def normalization(preprocess: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) per channel so that uint8 x * scale - shift == (x / 255 - mean) / std."""
+    mean, std = np.asarray(preprocess["mean"], np.float32), np.asarray(preprocess["std"], np.float32)
+    return 1.0 / (255.0 * std), mean / std
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def prepare_pool() -> ThreadPoolExecutor:
+    """Threads that decode and resize while the model runs (Pillow releases the GIL)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="prepare")
+        return _pool
+
+
+# ---------------------------------------------------------------- engines
+
+class Engine:
+    """What the CLI, evaluation and tests call: predict() over PIL images, the one inference path."""
+
+    name = "engine"
+    pad_batches = False  # run every batch at the full batch size (a GPU then never meets a new shape)
+    default_batch_size = 16
+
+    def __init__(self, arch: str, preprocess: dict, threshold: float, classes: Sequence[str] = CLASSES,
+                 info: dict | None = None):
+        self.arch, self.preprocess, self.threshold = arch, dict(preprocess), float(threshold)
+        self.classes, self.info = tuple(classes), dict(info or {})
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (N, crop, crop, 3) -> class probabilities (N, 2)."""
+        raise NotImplementedError
+
+    def predict(self, images: Iterable[Image.Image], batch_size: int | None = None,
+                progress: bool = False) -> list[float]:
+        """PIL images -> the probability that each is medical; preparation overlaps the model."""
+        batch_size = batch_size or self.default_batch_size
+        prepared = prepare_pool().map(lambda im: prepare(im, self.preprocess), images)
+        out: list[float] = []
+        batch: list[np.ndarray] = []
+        for array in prepared:
+            batch.append(array)
+            if len(batch) == batch_size:
+                out += self._run_batch(batch, batch_size)
+        if batch:
+            out += self._run_batch(batch, batch_size)
+        return out
+
+    def _run_batch(self, batch: list, batch_size: int) -> list[float]:
+        n = len(batch)
+        if self.pad_batches and n < batch_size:
+            batch += [batch[-1]] * (batch_size - n)
+        probabilities = self.run(np.stack(batch))[:n, MEDICAL]
+        batch.clear()
+        return [float(p) for p in probabilities]
+
+    def label(self, p_medical: float) -> str:
+        return self.classes[MEDICAL] if p_medical >= self.threshold else self.classes[1 - MEDICAL]
+
+
+def installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (torch alone takes 1-2 s)."""
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
+
+
+def onnxruntime_available() -> bool:
+    return installed("onnxruntime")
+
+
+def torch_available() -> bool:
+    return installed("torch")
+
+
+def _ort_session(path: str, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+class OnnxEngine(Engine):
+    """The exported graph on ONNX Runtime's CPU provider."""
+
+    name = "onnx"
+
+    def __init__(self, path: str, session, metadata: dict):
+        super().__init__(metadata["arch"], json.loads(metadata["preprocess"]), float(metadata["threshold"]),
+                         json.loads(metadata["classes"]), json.loads(metadata.get("info", "{}")))
+        self.path, self.session = path, session
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([ONNX_PROBABILITIES], {ONNX_INPUT: batch})[0]
+
+
+def onnx_runner(path: str, output: str = ONNX_FEATURES, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A function uint8 batch -> one named output of an ONNX file (train.py's feature pass)."""
+    session = _ort_session(path, threads)
+    return lambda batch: session.run([output], {ONNX_INPUT: batch})[0]
+
+
+# ---------------------------------------------------------------- the export twin
+
+def file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_path(checkpoint_path: str) -> str:
+    """best_model.pth -> best_model.onnx, beside it."""
+    stem, ext = os.path.splitext(checkpoint_path)
+    return (stem if ext == ".pth" else checkpoint_path) + ".onnx"
+
+
+def cached_export_path(digest: str) -> str:
+    """Where an export goes when the checkpoint's folder cannot be written."""
+    return os.path.join(CACHE_DIR, f"{digest[:32]}.onnx")
+
+
+def export_metadata(arch: str, preprocess: dict, threshold: float, classes: Sequence[str], digest: str,
+                    info: dict | None = None) -> dict:
+    """The strings stored in the graph, enough to run it without the checkpoint."""
+    return {"export_format": str(EXPORT_FORMAT), "arch": arch, "preprocess": json.dumps(preprocess),
+            "threshold": repr(float(threshold)), "classes": json.dumps(list(classes)), "checkpoint_sha256": digest,
+            "info": json.dumps(info or {})}
+
+
+def open_export(path: str, digest: str, threads: int | None = None) -> tuple[OnnxEngine | None, str]:
+    """(engine, "") when `path` is a valid export of the checkpoint with this digest, else (None, why not)."""
+    if not os.path.isfile(path):
+        return None, "no ONNX export"
+    try:
+        session = _ort_session(path, threads)
+        metadata = session.get_modelmeta().custom_metadata_map
+    except Exception as exc:
+        return None, f"unreadable ONNX export ({type(exc).__name__})"
+    if metadata.get("export_format") != str(EXPORT_FORMAT):
+        return None, f"ONNX export of another format ({metadata.get('export_format', 'none')})"
+    if metadata.get("checkpoint_sha256") != digest:
+        return None, "stale ONNX export (made from another checkpoint)"
+    return OnnxEngine(path, session, metadata), ""
+
+
+def gpu_likely() -> bool:
+    """A cheap guess, without importing torch, at whether torch would find a GPU here."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    if os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia/version"):
+        return True
+    return sys.platform == "darwin" and os.uname().machine == "arm64"
+
+
+def open_engine(model_path: str, engine: str = "auto", device: str = "auto", backbone_weights: str | None = None,
+                note: Callable[[str], None] = lambda message: None) -> Engine:
+    """The engine to classify with: a valid ONNX export on the CPU, else torch; `note` hears every fallback.
+
+    auto: torch where a CUDA/MPS device is asked for or found, ONNX Runtime otherwise. A checkpoint
+    without a valid export gets one made once (beside it, or in the user's cache folder) when torch
+    is installed; if that fails, torch runs it.
+    """
+    if engine == "onnx" and device in ("cuda", "mps"):
+        raise EngineError(f"the ONNX engine runs on the CPU; use --engine torch (or auto) for --device {device}")
+    if engine == "onnx" and not onnxruntime_available():
+        raise EngineError("--engine onnx needs onnxruntime: pip install -r requirements-cli.txt")
+    use_torch = engine == "torch" or device in ("cuda", "mps") or not onnxruntime_available()
+    if engine == "auto" and device in ("auto", "cpu") and not onnxruntime_available():
+        note("onnxruntime is not installed: running the model on torch, several times slower on a CPU")
+    if engine == "auto" and device == "auto" and torch_available() and gpu_likely():
+        import model as model_lib
+
+        use_torch = model_lib.select_device("auto").type != "cpu"
+    if use_torch:
+        return _torch_engine(model_path, device, backbone_weights)
+    if not os.path.isfile(model_path):
+        raise EngineError(f"model file not found: {model_path} (train one with `python train.py` or pass --model PATH)")
+    digest = file_digest(model_path)
+    reasons = []
+    for candidate in (export_path(model_path), cached_export_path(digest)):
+        found, why = open_export(candidate, digest)
+        if found:
+            return found
+        reasons.append(why)
+    if not torch_available():
+        raise EngineError(f"{model_path} has {reasons[0]} at {export_path(model_path)}, and torch, which makes one, "
+                          f"is not installed: pip install -r requirements.txt and run once more")
+    import model as model_lib
+
+    classifier = model_lib.load_model(model_path, "cpu", backbone_weights)
+    note(f"{reasons[0]} for {model_path}: making one (once, a few seconds)")
+    for target in (export_path(model_path), cached_export_path(digest)):
+        try:
+            model_lib.export_onnx(classifier, target, digest)
+        except OSError as exc:
+            note(f"could not write {target} ({exc.strerror or type(exc).__name__})")
+            continue
+        found, why = open_export(target, digest)
+        if found:
+            note(f"wrote {target}")
+            return found
+        note(f"the export at {target} does not load ({why})")
+    note("running the model on torch instead of ONNX Runtime")
+    return model_lib.TorchEngine(classifier)
+
+
+def _torch_engine(model_path: str, device: str, backbone_weights: str | None) -> Engine:
+    if not torch_available():
+        raise EngineError("torch is not installed (needed for --engine torch and GPUs): "
+                          "pip install -r requirements.txt")
+    import model as model_lib
+
+    try:
+        return model_lib.TorchEngine(model_lib.load_model(model_path, model_lib.select_device(device),
+                                                               backbone_weights))
+    except model_lib.ModelError as exc:
+        raise EngineError(str(exc)) from None

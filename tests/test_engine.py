@@ -1,0 +1,232 @@
+"""engine.py: one preprocessing, ONNX Runtime and torch agreeing, the export twin bound to its checkpoint."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import engine
+import model
+from conftest import CORPUS, ROOT, corpus_images
+
+PREPROCESS = {"resize": 256, "crop": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
+
+
+def corpus_spread(n: int) -> list:
+    """n corpus images spread over both labels and every kind, in a fixed order."""
+    import csv
+
+    with open(CORPUS / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    step = max(1, len(rows) // n)
+    return [Image.open(CORPUS / r["path"]) for r in rows[::step][:n]]
+
+
+@pytest.fixture
+def model_copy(tmp_path, shipped_model_path):
+    """The shipped checkpoint alone in a folder of its own (no export beside it)."""
+    path = tmp_path / "m.pth"
+    shutil.copy(shipped_model_path, path)
+    return str(path)
+
+
+def test_prepare_crops_the_centre_and_keeps_uint8():
+    wide = Image.new("RGB", (600, 300), (0, 0, 0))
+    wide.paste((255, 0, 0), (0, 0, 100, 300))  # a red band on the left edge, outside the centre crop
+    out = engine.prepare(wide, PREPROCESS)
+    assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+    assert out[..., 0].max() == 0  # the band was cropped away
+
+
+def test_prepare_letterbox_keeps_the_whole_image_on_white():
+    wide = Image.new("RGB", (600, 300), (0, 0, 0))
+    wide.paste((255, 0, 0), (0, 0, 100, 300))
+    out = engine.prepare(wide, {**PREPROCESS, "fit": "letterbox"})
+    assert out.shape == (224, 224, 3)
+    assert tuple(out[112, 5]) == (255, 0, 0)  # the band is kept
+    assert tuple(out[2, 112]) == (255, 255, 255)  # padding above the image is white
+    assert tuple(out[112, 112]) == (0, 0, 0)
+
+
+def test_prepare_flattens_transparency_on_white_and_replicates_grey():
+    clear = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    assert (engine.prepare(clear, PREPROCESS) == 255).all()
+    grey = Image.new("L", (64, 64), 77)
+    assert (engine.prepare(grey, PREPROCESS) == 77).all()
+
+
+def test_prepare_is_what_torchvision_did_for_training():
+    """The shipped head was trained on torchvision's Resize + CenterCrop; Pillow gives the same pixels within 1."""
+    from torchvision.transforms import v2 as T
+
+    old = T.Compose([T.Resize(256, antialias=True), T.CenterCrop(224)])
+    for image in corpus_spread(12):
+        rgb = engine.to_rgb(image)
+        reference = old(T.functional.pil_to_tensor(rgb)).permute(1, 2, 0).numpy().astype(int)
+        assert np.abs(engine.prepare(rgb, PREPROCESS).astype(int) - reference).max() <= 1
+
+
+def test_both_engines_agree_on_200_corpus_images(shipped_model_path):
+    images = corpus_spread(200)
+    onnx = engine.open_engine(shipped_model_path, "onnx", "cpu")
+    torch_engine = engine.open_engine(shipped_model_path, "torch", "cpu")
+    assert (onnx.name, torch_engine.name) == ("onnx", "torch")
+    p_onnx = np.array(onnx.predict(images, batch_size=32))
+    p_torch = np.array(torch_engine.predict(images, batch_size=7))  # a remainder batch too
+    assert len(p_onnx) == 200 and np.abs(p_onnx - p_torch).max() <= 1e-4
+    assert onnx.threshold == pytest.approx(torch_engine.threshold) and onnx.arch == torch_engine.arch
+    assert onnx.preprocess == torch_engine.preprocess and onnx.classes == ("medical", "non-medical")
+
+
+def test_the_shipped_export_is_current(shipped_model_path):
+    """The repository ships best_model.onnx made from best_model.pth, so the CPU path never needs torch."""
+    found, why = engine.open_export(engine.export_path(shipped_model_path), engine.file_digest(shipped_model_path))
+    assert found is not None, why
+
+
+def test_a_missing_export_is_made_once_beside_the_checkpoint(model_copy, shipped_model_path):
+    notes = []
+    first = engine.open_engine(model_copy, "auto", "cpu", note=notes.append)
+    assert first.name == "onnx" and len(notes) == 2
+    assert notes[0].startswith("no ONNX export for") and notes[1] == f"wrote {engine.export_path(model_copy)}"
+    notes.clear()
+    again = engine.open_engine(model_copy, "auto", "cpu", note=notes.append)
+    assert again.name == "onnx" and notes == []
+    image = corpus_images("medical", "xray", 1)[0]
+    shipped = engine.open_engine(shipped_model_path, "onnx", "cpu")
+    assert again.predict([Image.open(image)]) == pytest.approx(shipped.predict([Image.open(image)]), abs=1e-6)
+
+
+def test_a_stale_export_is_never_used(model_copy):
+    engine.open_engine(model_copy, "onnx", "cpu")
+    checkpoint = torch.load(model_copy, weights_only=True)
+    checkpoint["threshold"] = 0.123
+    torch.save(checkpoint, model_copy)  # retrained in place: the export beside it is now stale
+    notes = []
+    fresh = engine.open_engine(model_copy, "onnx", "cpu", note=notes.append)
+    assert notes[0].startswith("stale ONNX export (made from another checkpoint)")
+    assert fresh.threshold == pytest.approx(0.123)
+    meta = fresh.session.get_modelmeta().custom_metadata_map
+    assert meta["checkpoint_sha256"] == engine.file_digest(model_copy)
+
+
+def test_an_unreadable_export_is_replaced(model_copy):
+    with open(engine.export_path(model_copy), "wb") as f:
+        f.write(b"not a graph" * 100)
+    notes = []
+    assert engine.open_engine(model_copy, "onnx", "cpu", note=notes.append).name == "onnx"
+    assert notes[0].startswith("unreadable ONNX export")
+
+
+def test_an_unwritable_folder_uses_the_cache_then_torch(model_copy, tmp_path, monkeypatch):
+    import os
+
+    os.mkdir(engine.export_path(model_copy))  # a folder where the export would go: it cannot be written
+    monkeypatch.setattr(engine, "CACHE_DIR", str(tmp_path / "cache"))
+    notes = []
+    cached = engine.open_engine(model_copy, "auto", "cpu", note=notes.append)
+    assert cached.name == "onnx" and cached.path.startswith(str(tmp_path / "cache"))
+    assert any(n.startswith("could not write") for n in notes)
+    assert engine.open_engine(model_copy, "auto", "cpu", note=notes.append).path == cached.path  # found again
+
+    monkeypatch.setattr(engine, "CACHE_DIR", model_copy)  # a file: the cache cannot be made either
+    notes.clear()
+    fallback = engine.open_engine(model_copy, "auto", "cpu", note=notes.append)
+    assert fallback.name == "torch" and notes[-1] == "running the model on torch instead of ONNX Runtime"
+
+
+def test_a_bad_model_file_is_one_error_before_any_export(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a model")
+    heard = []
+    with pytest.raises(engine.EngineError, match="not a readable checkpoint") as info:
+        engine.open_engine(str(notes), "auto", "cpu", note=heard.append)
+    assert heard == [] and "\n" not in str(info.value)
+    with pytest.raises(engine.EngineError, match="model file not found"):
+        engine.open_engine(str(tmp_path / "absent.pth"), "onnx", "cpu")
+
+
+def test_onnx_engine_refuses_a_gpu():
+    with pytest.raises(engine.EngineError, match="runs on the CPU; use --engine torch"):
+        engine.open_engine("best_model.pth", "onnx", "cuda")
+
+
+def run_blocked(blocked: str, cli_args: list, cwd) -> subprocess.CompletedProcess:
+    """The CLI in a fresh interpreter in which `import <blocked>` fails, as if it were not installed.
+
+    Its last stderr line lists the distributions of every module the run imported.
+    """
+    code = (f"import sys; before = set(sys.modules); sys.modules[{blocked!r}] = None; "
+            f"sys.path.insert(0, {str(ROOT)!r}); "
+            "import final_classification_script as cli; code = cli.main(sys.argv[1:]); "
+            "from importlib.metadata import packages_distributions as pd; d = pd(); "
+            "print(sorted({dist for m in set(sys.modules) - before if sys.modules[m] is not None "
+            "for dist in d.get(m.split('.')[0], [])}), file=sys.stderr); sys.exit(code)")
+    return subprocess.run([sys.executable, "-c", code] + cli_args, capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def test_the_cpu_path_never_imports_torch_and_needs_only_requirements_cli(tmp_path):
+    import pymupdf
+
+    pdf = tmp_path / "paper.pdf"
+    doc = pymupdf.open()
+    doc.new_page().insert_image(pymupdf.Rect(50, 50, 400, 400), filename=str(corpus_images("medical", "ct", 1)[0]))
+    doc.save(pdf)
+    image = corpus_images("non_medical", "photo", 1)[0]
+    done = run_blocked("torch", ["--json", "--quiet", str(pdf), str(image)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["model"]["engine"] == "onnx" and report["summary"]["images"] == 2
+    imported = {canonical(d) for d in json.loads(done.stderr.strip().splitlines()[-1].replace("'", '"'))}
+    listed = {canonical(re.split(r"[=<>~ ;\[]", line.strip())[0])
+              for line in (ROOT / "requirements-cli.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    missing = imported - installed_closure(listed)
+    assert not missing, f"imported on the CPU path, not pulled in by requirements-cli.txt: {missing}"
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_closure(names: set) -> set:
+    """The distributions `names` need, as their installed metadata says (extras left out)."""
+    from importlib import metadata
+
+    seen, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        todo += [canonical(re.split(r"[=<>~!; \[(]", r)[0]) for r in requires if "extra ==" not in r]
+    return seen
+
+
+def test_engine_onnx_without_onnxruntime_is_a_clear_exit_2(tmp_path):
+    image = corpus_images("non_medical", "photo", 1)[0]
+    done = run_blocked("onnxruntime", ["--engine", "onnx", "--quiet", str(image)], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0] == ("error: --engine onnx needs onnxruntime: "
+                                           "pip install -r requirements-cli.txt")
+    falls_back = run_blocked("onnxruntime", ["--json", "--quiet", str(image)], tmp_path)  # auto: torch
+    assert falls_back.returncode == 0 and json.loads(falls_back.stdout)["model"]["engine"] == "torch"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_agrees_with_the_cpu_within_001(shipped_model_path):
+    images = corpus_spread(200)
+    cpu = np.array(engine.open_engine(shipped_model_path, "onnx", "cpu").predict(images))
+    gpu = engine.open_engine(shipped_model_path, "auto", "cuda")
+    assert gpu.name == "torch" and gpu.pad_batches
+    assert np.abs(np.array(gpu.predict(images)) - cpu).max() <= 0.01
