@@ -43,7 +43,8 @@ class Options:
     workers: int = 8
     max_redirects: int = 5
     keep_encoded: bool = False  # keep each image's file bytes (for --save-dir)
-    working_size: int = 1024  # decoded images are reduced to this longest side; width/height stay the original
+    working_size: int = 1024  # decoded images are reduced to this shorter side (the CLI: the model's resize);
+    # width/height stay the original's, and JPEGs are decoded at the smallest DCT scale that still covers it
 
 
 @dataclass
@@ -103,10 +104,19 @@ def sniff(data: bytes) -> str:
 
 
 def _reduce(image: Image.Image, size: int) -> Image.Image:
-    if max(image.size) > size:
-        image = image.copy() if image.readonly else image
-        image.thumbnail((size, size), Image.Resampling.BILINEAR)
-    return image
+    """Shrink (never enlarge) until the shorter side is `size`: all a model resizing to `size` needs.
+
+    The longer side is rounded as torchvision's Resize and engine.prepare round it, so preparing
+    the reduced image resizes nothing more: one resampling, the same pixels as from the original.
+    """
+    width, height = image.size
+    if min(width, height) <= size:
+        return image
+    if width <= height:
+        new = (size, int(size * height / width))
+    else:
+        new = (int(size * width / height), size)
+    return image.resize(new, Image.Resampling.BILINEAR)
 
 
 def decode_image(data: bytes, source: str, options: Options, page: int | None = None) -> Found | Skipped:

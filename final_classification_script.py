@@ -98,6 +98,13 @@ def _save(found: extract.Found, save_dir: str, prefix: str, n: int) -> str:
     return os.path.abspath(path)
 
 
+def extract_options(args, model: engine.Engine) -> extract.Options:
+    """Decoded images are kept only as large as the model needs (its resize), never at full resolution."""
+    return extract.Options(min_size=args.min_size, max_images=args.max_images, timeout=args.timeout,
+                           workers=args.workers, keep_encoded=bool(args.save_dir),
+                           working_size=max(model.preprocess["resize"], model.preprocess["crop"]))
+
+
 def classify_input(text: str, index: int, model: engine.Engine, options: extract.Options, args, bar,
                    model_thread: ThreadPoolExecutor) -> InputResult:
     """Extract and classify one input in batches, so full-size images never pile up.
@@ -268,8 +275,7 @@ def main(argv=None) -> int:
         return 2
     if args.threshold is not None:
         model.threshold = args.threshold
-    options = extract.Options(min_size=args.min_size, max_images=args.max_images, timeout=args.timeout,
-                              workers=args.workers, keep_encoded=bool(args.save_dir))
+    options = extract_options(args, model)
     results = []
     with tqdm(desc="images", unit="img", file=sys.stderr, disable=args.quiet) as bar, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="model") as model_thread:

@@ -1,6 +1,7 @@
 """End-to-end classification of a 200-image PDF and a 200-image page (127.0.0.1, 50 ms per response),
 against the same work done the way the reference did it: images fetched one after another and
-classified one at a time. Same model, same images, side by side in one run.
+classified one at a time on torch. Also the classification stage alone (decode + prepare + model over
+the same 200 images) on each engine. Side by side in one run.
 
     python benchmarks/end_to_end.py --images 200 --latency 0.05
 """
@@ -16,9 +17,9 @@ from PIL import Image
 
 from common import DEFAULT_MODEL, corpus_sample, serve, timed, upscaled_jpeg, write_pdf
 
+import engine
 import extract
 import final_classification_script as cli
-import model
 
 
 def reference_page(url: str, net) -> list[float]:
@@ -44,17 +45,28 @@ def reference_pdf(path: str, net) -> list[float]:
     return out
 
 
+class NoBar:
+    def update(self, n):
+        pass
+
+
 def ours(text: str, net, args) -> list[float]:
-    options = extract.Options(workers=args.workers)
+    """The CLI's own path for one input: extraction overlapping the model thread, batched."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    options = cli.extract_options(args, net)
     cli_args = argparse.Namespace(batch_size=args.batch_size, save_dir=None, report=None)
-
-    class NoBar:
-        def update(self, n):
-            pass
-
-    result = cli.classify_input(text, 0, net, options, cli_args, NoBar())
+    with ThreadPoolExecutor(max_workers=1) as model_thread:
+        result = cli.classify_input(text, 0, net, options, cli_args, NoBar(), model_thread)
     assert result.error is None, result.error
     return [im["p_medical"] for im in result.images]
+
+
+def classification_stage(jpegs: list, net, args) -> list[float]:
+    """Decode + prepare + model over encoded images already in memory, as the CLI decodes them."""
+    options = cli.extract_options(args, net)
+    found = [extract.decode_image(data, f"{i}.jpg", options) for i, data in enumerate(jpegs)]
+    return net.predict([f.image for f in found], batch_size=args.batch_size)
 
 
 def main():
@@ -62,38 +74,55 @@ def main():
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--latency", type=float, default=0.05, help="seconds added to every HTTP response")
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--min-size", type=int, default=32)
+    p.add_argument("--max-images", type=int, default=500)
+    p.add_argument("--timeout", type=float, default=20.0)
+    p.add_argument("--save-dir", default=None)
     args = p.parse_args()
-    net = model.load_model(args.model, "cpu")
+    nets = {name: engine.open_engine(args.model, name, "cpu") for name in ("onnx", "torch")}
     images = [upscaled_jpeg(x)[0] for x in corpus_sample(args.images)]
     files = {f"/img/{i}.jpg": (data, "image/jpeg") for i, data in enumerate(images)}
     files["/page.html"] = ("".join(f'<p>figure {i}</p><img src="img/{i}.jpg">' for i in range(len(images)))
                            .encode(), "text/html")
     httpd, base = serve(files, args.latency)
-    times = {}
+    times, p = {}, {}
     with tempfile.TemporaryDirectory() as folder:
         pdf_path = os.path.join(folder, "200.pdf")
         write_pdf(pdf_path, images)
-        net.predict([Image.open(io.BytesIO(images[0]))])  # warm-up, kept out of both
+        for net in nets.values():
+            net.predict([Image.open(io.BytesIO(images[0]))])  # warm-up, kept out of every figure
+        for name, net in nets.items():
+            with timed(times, f"stage_{name}"):
+                p[f"stage_{name}"] = classification_stage(images, net, args)
         with timed(times, "pdf_reference"):
-            ref_pdf = reference_pdf(pdf_path, net)
-        with timed(times, "pdf_ours"):
-            our_pdf = ours(pdf_path, net, args)
+            p["pdf_reference"] = reference_pdf(pdf_path, nets["torch"])
+        for name, net in nets.items():
+            with timed(times, f"pdf_{name}"):
+                p[f"pdf_{name}"] = ours(pdf_path, net, args)
         with timed(times, "page_reference"):
-            ref_page = reference_page(base + "/page.html", net)
-        with timed(times, "page_ours"):
-            our_page = ours(base + "/page.html", net, args)
+            p["page_reference"] = reference_page(base + "/page.html", nets["torch"])
+        for name, net in nets.items():
+            with timed(times, f"page_{name}"):
+                p[f"page_{name}"] = ours(base + "/page.html", net, args)
     httpd.shutdown()
-    assert len(ref_pdf) == len(our_pdf) == len(ref_page) == len(our_page) == len(images)
-    agree = sum((a >= net.threshold) == (b >= net.threshold) for a, b in zip(ref_page, our_page)) / len(images)
-    print(f"{len(images)} images, model {net.arch} on CPU ({__import__('torch').get_num_threads()} threads), "
-          f"latency {args.latency * 1000:.0f} ms per response, batch {args.batch_size}, {args.workers} download workers")
+    assert all(len(v) == len(images) for v in p.values()), {k: len(v) for k, v in p.items()}
+    threshold = nets["onnx"].threshold
+    agree = sum((a >= threshold) == (b >= threshold) for a, b in zip(p["page_reference"], p["page_onnx"]))
+    print(f"{len(images)} upscaled corpus JPEGs, CPU ({os.cpu_count()} cores), latency {args.latency * 1000:.0f} ms "
+          f"per response, batch {args.batch_size or 'default'}, {args.workers} download workers")
+    n = len(images)
+    print(f"  classification stage (decode + prepare + model): torch {times['stage_torch']:5.1f} s "
+          f"({n / times['stage_torch']:5.1f} img/s)  onnx {times['stage_onnx']:5.1f} s "
+          f"({n / times['stage_onnx']:5.1f} img/s)  ratio {times['stage_torch'] / times['stage_onnx']:.2f}x")
     for what in ("pdf", "page"):
-        ref, our = times[f"{what}_reference"], times[f"{what}_ours"]
-        print(f"  {what:4s}: reference {ref:6.1f} s ({len(images) / ref:5.1f} img/s)   ours {our:6.1f} s "
-              f"({len(images) / our:5.1f} img/s)   ratio {ref / our:.2f}x")
-    print(f"  labels agree between the two ways on {agree:.1%} of the page images")
+        ref = times[f"{what}_reference"]
+        print(f"  {what:4s}: reference (one at a time, torch) {ref:5.1f} s ({n / ref:5.1f} img/s)   "
+              + "   ".join(f"ours {name} {times[f'{what}_{name}']:5.1f} s ({n / times[f'{what}_{name}']:5.1f} img/s, "
+                           f"{ref / times[f'{what}_{name}']:.2f}x)" for name in nets))
+    print(f"  labels agree between the reference and ours (onnx) on {agree / n:.1%} of the page images; "
+          f"max |p difference| {max(abs(a - b) for a, b in zip(p['page_reference'], p['page_onnx'])):.2e}")
 
 
 if __name__ == "__main__":

@@ -230,3 +230,24 @@ def test_cuda_agrees_with_the_cpu_within_001(shipped_model_path):
     gpu = engine.open_engine(shipped_model_path, "auto", "cuda")
     assert gpu.name == "torch" and gpu.pad_batches
     assert np.abs(np.array(gpu.predict(images)) - cpu).max() <= 0.01
+
+
+def test_decoding_keeps_only_what_the_model_needs():
+    """Decoded images shrink to the model's resize at once (JPEGs by DCT scaling), and prepare the same."""
+    import io
+
+    import extract
+
+    big = Image.open(corpus_images("medical", "ct", 1)[0]).convert("RGB").resize((1500, 1000))
+    options = extract.Options(working_size=256)
+    for fmt in ("PNG", "JPEG"):
+        buffer = io.BytesIO()
+        big.save(buffer, fmt, quality=95)
+        found = extract.decode_image(buffer.getvalue(), "x", options)
+        assert (found.width, found.height) == (1500, 1000) and found.image.size == (384, 256)
+        difference = np.abs(engine.prepare(found.image, PREPROCESS).astype(int)
+                            - engine.prepare(big, PREPROCESS).astype(int))
+        if fmt == "PNG":
+            assert difference.max() == 0  # one resampling, the same pixels as from the original
+        else:
+            assert difference.mean() < 2.0  # decoded at half scale by the JPEG decoder itself
