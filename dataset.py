@@ -273,6 +273,16 @@ def cifar10_source(data_dir: str, download: bool = True, seed: int = 0) -> list[
     return parts
 
 
+def missing_downloads(items: list[str], data_dir: str, medmnist_size: int) -> list[str]:
+    """Every downloadable file the sources need that is not in data_dir yet, named at once."""
+    missing = []
+    if "cifar10" in items:
+        missing += [f"{CIFAR_DIR}/{f}" for f in CIFAR_FILES if not os.path.isfile(os.path.join(data_dir, CIFAR_DIR, f))]
+    if "medmnist" in items:
+        missing += [f for f in medmnist_files(medmnist_size) if not os.path.isfile(os.path.join(data_dir, f))]
+    return missing
+
+
 def load_sources(spec: str, data_dir: str, medmnist_size: int = 28, download: bool = True,
                  seed: int = 0) -> list[Part]:
     """'medmnist+cifar10+folder:PATH' -> parts.
@@ -282,6 +292,11 @@ def load_sources(spec: str, data_dir: str, medmnist_size: int = 28, download: bo
     and the large sizes never sit whole in memory.
     """
     items = spec.split("+")
+    missing = [] if download else missing_downloads(items, data_dir, medmnist_size)
+    if missing:
+        raise DataError(f"{len(missing)} files missing from {data_dir}: {', '.join(missing)} (place them there, "
+                        f"or drop --no-download to fetch them: CIFAR-10 163 MB, MedMNIST "
+                        f"{MEDMNIST_DOWNLOAD[medmnist_size]})")
     parts = []
     for item in items:
         if item == "cifar10":

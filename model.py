@@ -72,19 +72,46 @@ def _build_resnet50(weights_path: str | None) -> nn.Module:
     if set(missing) - {"fc.weight", "fc.bias"} or unexpected:
         raise ModelError(f"{weights_path or weights.url} is not a torchvision ResNet50 state dict "
                          f"(missing {len(missing)} keys, {len(unexpected)} unexpected)")
-    net.fc = nn.Identity()
-    return net
+    blocks = [block for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for block in layer]
+    return Staged(nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool), blocks,
+                  nn.Sequential(net.avgpool, nn.Flatten(1)))
 
 
-class _EfficientNetFeatures(nn.Module):
-    """EfficientNet-Lite up to the global average pool: (N, 3, H, W) -> (N, 1280)."""
+class Staged(nn.Sequential):
+    """A backbone as stem, blocks and a pooling top, applied in turn: (N, 3, H, W) -> (N, feature_dim).
 
-    def __init__(self, net: nn.Module):
+    Splitting it lets train.py cache the activations before the last N blocks once and train
+    only those blocks and the head (`--finetune last-N`).
+    """
+
+    def __init__(self, stem: nn.Module, blocks: list, top: nn.Module):
+        super().__init__(stem, *blocks, top)
+        self.n_blocks = len(blocks)
+
+    def split(self, trained_blocks: int) -> tuple[nn.Sequential, nn.Sequential]:
+        """(frozen bottom, trained top): the top holds the last `trained_blocks` blocks and the pooling top."""
+        if not 0 <= trained_blocks <= self.n_blocks:
+            raise ModelError(f"this backbone has {self.n_blocks} blocks; cannot train the last {trained_blocks}")
+        cut = len(self) - 1 - trained_blocks
+        return nn.Sequential(*list(self)[:cut]), nn.Sequential(*list(self)[cut:])
+
+
+class _DropConnectBlock(nn.Module):
+    """An EfficientNet MBConv block with its own drop-connect rate, as extract_features calls it."""
+
+    def __init__(self, block: nn.Module, rate: float):
         super().__init__()
-        self.net = net
+        self.block, self.rate = block, rate
 
     def forward(self, x):
-        return self.net._avg_pooling(self.net.extract_features(x)).flatten(1)
+        return self.block(x, drop_connect_rate=self.rate)
+
+
+def _efficientnet_staged(net: nn.Module) -> Staged:
+    rate, n = net._global_params.drop_connect_rate or 0.0, len(net._blocks)
+    blocks = [_DropConnectBlock(block, rate * i / n) for i, block in enumerate(net._blocks)]
+    return Staged(nn.Sequential(net._conv_stem, net._bn0, net._swish), blocks,
+                  nn.Sequential(net._conv_head, net._bn1, net._swish, net._avg_pooling, nn.Flatten(1)))
 
 
 def efficientnet_lite0_weights_path() -> str:
@@ -112,7 +139,7 @@ def efficientnet_lite0_imagenet(weights_path: str | None = None) -> nn.Module:
 
 
 def _build_efficientnet_lite0(weights_path: str | None) -> nn.Module:
-    return _EfficientNetFeatures(efficientnet_lite0_imagenet(weights_path))
+    return _efficientnet_staged(efficientnet_lite0_imagenet(weights_path))
 
 
 def _imagenet_resnet_preprocess() -> dict:
@@ -159,13 +186,23 @@ def select_device(name: str = "auto") -> torch.device:
 
 # ---------------------------------------------------------------- the classifier
 
-class Classifier(nn.Module):
-    """Normalisation + frozen backbone + linear head, on uint8 (N, H, W, 3) batches from engine.prepare."""
+def make_head(feature_dim: int, hidden: int = 0) -> nn.Module:
+    """The two-class head: linear, or with `hidden` > 0 a small MLP."""
+    if not hidden:
+        return nn.Linear(feature_dim, len(CLASSES))
+    return nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, len(CLASSES)))
 
-    def __init__(self, arch: str, backbone: nn.Module, head: nn.Linear, preprocess: dict,
-                 threshold: float = 0.5, classes: Sequence[str] = CLASSES, backbone_source: str = ""):
+
+class Classifier(nn.Module):
+    """Normalisation + backbone (frozen, or its last blocks adapted) + head, on uint8 (N, H, W, 3) batches."""
+
+    def __init__(self, arch: str, backbone: Staged, head: nn.Module, preprocess: dict,
+                 threshold: float = 0.5, classes: Sequence[str] = CLASSES, backbone_source: str = "",
+                 feature_dim: int = 0, head_hidden: int = 0):
         super().__init__()
         self.arch, self.backbone, self.head = arch, backbone, head
+        self.feature_dim, self.head_hidden = feature_dim, head_hidden
+        self.trained_stages: list[int] = []  # backbone stages whose weights the checkpoint carries
         self.threshold, self.classes = threshold, tuple(classes)
         self.backbone_source = backbone_source
         self.training_info: dict = {}
@@ -182,7 +219,7 @@ class Classifier(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.head.weight.device
+        return self.scale.device
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) -> float (N, 3, H, W), (x / 255 - mean) / std."""
@@ -227,12 +264,14 @@ class TorchEngine(engine.Engine):
         return self.classifier(tensor).softmax(1).float().cpu().numpy()
 
 
-def build_model(arch: str, backbone_weights: str | None = None, device: str | torch.device = "cpu") -> Classifier:
+def build_model(arch: str, backbone_weights: str | None = None, device: str | torch.device = "cpu",
+                head_hidden: int = 0) -> Classifier:
     spec = get_backbone(arch)
     with contextlib.redirect_stdout(io.StringIO()):  # the EfficientNet package prints on load
         backbone = spec.build(backbone_weights)
-    head = nn.Linear(spec.feature_dim, len(CLASSES))
-    model = Classifier(arch, backbone, head, dict(spec.preprocess), 0.5, CLASSES, spec.source)
+    head = make_head(spec.feature_dim, head_hidden)
+    model = Classifier(arch, backbone, head, dict(spec.preprocess), 0.5, CLASSES, spec.source, spec.feature_dim,
+                       head_hidden)
     return model.to(device if isinstance(device, torch.device) else select_device(device))
 
 
@@ -244,11 +283,16 @@ def save_checkpoint(model: Classifier, path: str, training: dict) -> dict:
         "arch": model.arch,
         "backbone": model.backbone_source,
         "head": {k: v.detach().cpu().clone() for k, v in model.head.state_dict().items()},
+        "head_hidden": model.head_hidden,
         "classes": list(model.classes),
         "preprocess": dict(model.preprocess),
         "threshold": float(model.threshold),
         "training": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **training},
     }
+    if model.trained_stages:  # the adapted layers only: the frozen rest comes from `backbone`
+        prefixes = tuple(f"backbone.{i}." for i in model.trained_stages)
+        checkpoint["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+                                    if k.startswith(prefixes)}
     torch.save(checkpoint, path)
     return checkpoint
 
@@ -274,11 +318,16 @@ def read_checkpoint(path: str) -> dict:
 
 def load_model(path: str, device: str | torch.device = "cpu", backbone_weights: str | None = None) -> Classifier:
     checkpoint = read_checkpoint(path)
-    model = build_model(checkpoint["arch"], backbone_weights, "cpu")
+    model = build_model(checkpoint["arch"], backbone_weights, "cpu", int(checkpoint.get("head_hidden", 0)))
     try:
         model.head.load_state_dict(checkpoint["head"])
-        if "state_dict" in checkpoint:  # only present when backbone layers were unfrozen
-            model.load_state_dict(checkpoint["state_dict"])
+        if "state_dict" in checkpoint:  # only present when backbone layers were adapted
+            unexpected = set(checkpoint["state_dict"]) - set(model.state_dict())
+            if unexpected:
+                raise RuntimeError(f"unexpected keys {sorted(unexpected)[:3]}")
+            model.load_state_dict(checkpoint["state_dict"], strict=False)
+            model.trained_stages = sorted({int(k.split(".")[1]) for k in checkpoint["state_dict"]
+                                           if k.startswith("backbone.")})
     except RuntimeError as exc:
         raise ModelError(f"model file {path} does not fit arch {checkpoint['arch']}: {str(exc).splitlines()[0]}") from None
     model.set_preprocess(checkpoint["preprocess"])
@@ -302,15 +351,13 @@ class _Exported(nn.Module):
         return self.classifier.head(features).softmax(1), features
 
 
-def export_onnx(classifier: Classifier, path: str, checkpoint_digest: str) -> str:
-    """Write the classifier as ONNX (dynamic batch, opset 17) with the checkpoint's description and digest.
+def export_graph(module: nn.Module, path: str, crop: int, outputs: list[str], metadata: dict | None = None) -> str:
+    """Write `module` (uint8 (N, crop, crop, 3) in) as ONNX, dynamic batch, opset 17, with string metadata.
 
     Written to a temporary file beside `path` and renamed into place, so a half-written export never exists.
     """
     import onnx
 
-    crop = classifier.preprocess["crop"]
-    module = _Exported(classifier.to("cpu").eval())
     example = torch.zeros(2, crop, crop, 3, dtype=torch.uint8)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -318,19 +365,13 @@ def export_onnx(classifier: Classifier, path: str, checkpoint_digest: str) -> st
         raw = os.path.join(scratch, "raw.onnx")
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), raw, input_names=[engine.ONNX_INPUT],
-                              output_names=[engine.ONNX_PROBABILITIES, engine.ONNX_FEATURES],
-                              dynamic_axes={name: {0: "batch"} for name in
-                                            (engine.ONNX_INPUT, engine.ONNX_PROBABILITIES, engine.ONNX_FEATURES)},
+            torch.onnx.export(module.to("cpu").eval(), (example,), raw, input_names=[engine.ONNX_INPUT],
+                              output_names=outputs,
+                              dynamic_axes={name: {0: "batch"} for name in [engine.ONNX_INPUT, *outputs]},
                               opset_version=17, dynamo=False)
         graph = onnx.load(raw)
-    metrics = classifier.training_info.get("metrics", {})
-    info = {"backbone": classifier.backbone_source,
-            "test_accuracy": metrics.get("test_accuracy"), "date": classifier.training_info.get("date")}
-    metadata = engine.export_metadata(classifier.arch, classifier.preprocess, classifier.threshold,
-                                      classifier.classes, checkpoint_digest, info)
     del graph.metadata_props[:]
-    for key, value in metadata.items():
+    for key, value in (metadata or {}).items():
         graph.metadata_props.add(key=key, value=value)
     handle, temporary = tempfile.mkstemp(suffix=".onnx.tmp", dir=folder)
     try:
@@ -345,6 +386,17 @@ def export_onnx(classifier: Classifier, path: str, checkpoint_digest: str) -> st
             os.remove(temporary)
         raise
     return path
+
+
+def export_onnx(classifier: Classifier, path: str, checkpoint_digest: str) -> str:
+    """The classifier's ONNX twin: probabilities and features, with the checkpoint's description and digest."""
+    metrics = classifier.training_info.get("metrics", {})
+    info = {"backbone": classifier.backbone_source, "finetune": classifier.training_info.get("args", {}).get("finetune"),
+            "test_accuracy": metrics.get("test_accuracy"), "date": classifier.training_info.get("date")}
+    metadata = engine.export_metadata(classifier.arch, classifier.preprocess, classifier.threshold,
+                                      classifier.classes, checkpoint_digest, info)
+    return export_graph(_Exported(classifier), path, classifier.preprocess["crop"],
+                        [engine.ONNX_PROBABILITIES, engine.ONNX_FEATURES], metadata)
 
 
 def export_beside(checkpoint_path: str, classifier: Classifier | None = None) -> str:

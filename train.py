@@ -25,8 +25,14 @@ import engine
 import model as model_lib
 
 
+AUGMENT_VERSION = 2  # part of the feature-cache key: bump when the augmentation changes
+
+
 def augmentation(size: int) -> T.Compose:
-    """What real inputs do to an image: crops, rescaling, borders, colour, greyscale, JPEG (PIL in, PIL out)."""
+    """What real inputs do to an image: crops, rescaling, borders, colour, greyscale, figure marks, JPEG.
+
+    PIL in, PIL out. Both classes get the same, so no mark becomes a shortcut to a label.
+    """
     return T.Compose([
         T.RandomResizedCrop(size, scale=(0.35, 1.0), ratio=(0.6, 1.67), antialias=True),
         T.RandomHorizontalFlip(),
@@ -34,10 +40,67 @@ def augmentation(size: int) -> T.Compose:
         T.RandomApply([T.RandomZoomOut(fill=0, side_range=(1.0, 1.4))], p=0.1),
         T.RandomApply([T.ColorJitter(0.3, 0.3, 0.25, 0.03)], p=0.5),
         T.RandomGrayscale(p=0.2),
+        T.RandomApply([PaperLook()], p=0.35),
         T.RandomApply([T.RandomChoice([T.Resize(s, antialias=True) for s in (48, 64, 96, 128)]),
                        T.Resize(size, antialias=True)], p=0.25),
         T.RandomApply([RandomJPEG((25, 90))], p=0.5),
     ])
+
+
+def _uniform(low: float, high: float) -> float:
+    return low + (high - low) * torch.rand(()).item()
+
+
+class PaperLook(nn.Module):
+    """How figures look in papers and on pages: boxes, arrows, contours, letters, a scale bar,
+    a circular field of view on black (a microscope eyepiece), a white border with caption lines."""
+
+    COLOURS = ((255, 255, 0), (255, 0, 0), (0, 255, 0), (255, 255, 255), (0, 0, 0), (0, 128, 255))
+
+    def forward(self, image: Image.Image) -> Image.Image:
+        from PIL import ImageDraw, ImageFont
+
+        image = image.copy()
+        w, h = image.size
+        draw = ImageDraw.Draw(image)
+        colour = self.COLOURS[int(torch.randint(len(self.COLOURS), ()))]
+        width = max(1, int(min(w, h) * _uniform(0.005, 0.02)))
+        choice = int(torch.randint(5, ()))
+        if choice == 0:  # boxes and contours
+            for _ in range(int(torch.randint(1, 4, ()))):
+                x0, y0 = _uniform(0, 0.7) * w, _uniform(0, 0.7) * h
+                box = (x0, y0, x0 + _uniform(0.1, 0.3) * w, y0 + _uniform(0.1, 0.3) * h)
+                (draw.rectangle if torch.rand(()) < 0.5 else draw.ellipse)(box, outline=colour, width=width)
+        elif choice == 1:  # arrows and letters
+            font = ImageFont.load_default(size=max(8, int(min(w, h) * _uniform(0.06, 0.15))))
+            for _ in range(int(torch.randint(1, 4, ()))):
+                x, y = _uniform(0.1, 0.8) * w, _uniform(0.1, 0.8) * h
+                dx, dy = _uniform(-0.15, 0.15) * w, _uniform(-0.15, 0.15) * h
+                draw.line((x, y, x + dx, y + dy), fill=colour, width=width)
+                draw.polygon([(x, y), (x + dx * 0.3 - dy * 0.15, y + dy * 0.3 + dx * 0.15),
+                              (x + dx * 0.3 + dy * 0.15, y + dy * 0.3 - dx * 0.15)], fill=colour)
+                draw.text((x + dx, y + dy), "ABCD*"[int(torch.randint(5, ()))], fill=colour, font=font)
+        elif choice == 2:  # a scale bar with its length
+            font = ImageFont.load_default(size=max(8, int(h * 0.06)))
+            x1, y1 = w * 0.95, h * 0.92
+            draw.rectangle((x1 - w * _uniform(0.1, 0.3), y1 - max(2, h * 0.015), x1, y1), fill=colour)
+            draw.text((x1 - w * 0.25, y1 - h * 0.1), ("50 µm", "1 cm", "100 µm", "5 mm")[int(torch.randint(4, ()))],
+                      fill=colour, font=font)
+        elif choice == 3:  # circular field of view
+            mask = Image.new("L", (w, h), 0)
+            radius = min(w, h) * _uniform(0.4, 0.55)
+            ImageDraw.Draw(mask).ellipse((w / 2 - radius, h / 2 - radius, w / 2 + radius, h / 2 + radius), fill=255)
+            image = Image.composite(image, Image.new("RGB", (w, h), (0, 0, 0)), mask)
+        else:  # a white border with a caption below
+            pad, caption = int(min(w, h) * _uniform(0.02, 0.08)), int(h * _uniform(0.1, 0.3))
+            framed = Image.new("RGB", (w + 2 * pad, h + 2 * pad + caption), (255, 255, 255))
+            framed.paste(image, (pad, pad))
+            lines = ImageDraw.Draw(framed)
+            for i in range(max(1, caption // 12)):
+                y = h + 2 * pad + 4 + i * 12
+                lines.line((pad, y, pad + (w - pad) * _uniform(0.5, 1.0), y), fill=(60, 60, 60), width=3)
+            image = framed.resize((w, h))
+        return image
 
 
 class RandomJPEG(nn.Module):
@@ -101,20 +164,35 @@ def _one_thread(_worker_id):
     torch.set_num_threads(1)  # decoding workers must not fight the backbone for cores
 
 
-def feature_function(net, engine_name: str = "auto"):
-    """uint8 (N, H, W, 3) batch -> backbone features (N, D) on the CPU.
+class FrozenPart(nn.Module):
+    """uint8 (N, H, W, 3) -> what the trained part starts from: the features, or the activations before the last N blocks."""
 
-    On a CPU the frozen backbone runs on ONNX Runtime (about 6x torch there); elsewhere on torch.
+    def __init__(self, net, trained_blocks: int = 0):
+        super().__init__()
+        self.net = net
+        self.bottom = net.backbone if trained_blocks == 0 else net.backbone.split(trained_blocks)[0]
+
+    def forward(self, batch):
+        return self.bottom(self.net.normalize(batch.to(self.net.device)))
+
+
+def feature_function(net, engine_name: str = "auto", trained_blocks: int = 0):
+    """uint8 (N, H, W, 3) batch -> the frozen part's output on the CPU (fp16 for block activations).
+
+    On a CPU the frozen part runs on ONNX Runtime (about 6x torch there); elsewhere on torch.
     """
+    frozen = FrozenPart(net, trained_blocks).eval()
+    half = (lambda x: x.half()) if trained_blocks else (lambda x: x)
     if net.device.type == "cpu" and engine_name != "torch" and engine.onnxruntime_available():
         try:
             with tempfile.TemporaryDirectory() as folder:
-                path = model_lib.export_onnx(net, os.path.join(folder, "features.onnx"), "training")
+                path = model_lib.export_graph(frozen, os.path.join(folder, "frozen.onnx"), net.preprocess["crop"],
+                                              [engine.ONNX_FEATURES])
                 run = engine.onnx_runner(path, engine.ONNX_FEATURES)
-            return lambda batch: torch.from_numpy(run(batch.numpy()))
+            return lambda batch: half(torch.from_numpy(run(batch.numpy())))
         except ImportError as exc:  # onnx missing: torch still works
-            print(f"note: feature pass on torch ({exc})", file=sys.stderr)
-    return lambda batch: net.features(batch).float().cpu()
+            print(f"note: frozen pass on torch ({exc})", file=sys.stderr)
+    return lambda batch: half(frozen(batch).float().cpu())
 
 
 @torch.inference_mode()
@@ -148,49 +226,90 @@ def compute_features(model, parts, batch_size=64, workers=0, views=0, seed=0, de
         kinds += [part.kinds[i] for i in index]
         unreadable += sorted({part.images[i] for i in np.tile(np.arange(len(part)), n_views)[~ok_all]})
     bar.close()
-    dim = model.head.in_features
-    return (torch.cat(feats) if feats else torch.zeros(0, dim), np.concatenate(labels) if labels else np.zeros(0, int),
-            kinds, unreadable)
+    return (torch.cat(feats) if feats else torch.zeros(0, model.feature_dim),
+            np.concatenate(labels) if labels else np.zeros(0, int), kinds, unreadable)
 
 
-def fit_head(head: nn.Linear, train_x, train_y, train_w, val_x, val_y, epochs=10, batch_size=256, lr=1e-3,
-             weight_decay=1e-4, seed=0, log=print):
-    """Adam + (weighted) cross-entropy on cached features; returns the best epoch's state and the history."""
-    device = head.weight.device
-    generator = torch.Generator().manual_seed(seed)
-    x, y, w = train_x.to(device), torch.as_tensor(train_y).to(device), torch.as_tensor(train_w, dtype=torch.float32).to(device)
-    vx, vy = val_x.to(device), torch.as_tensor(val_y).to(device)
-    optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Adapted blocks keep their ImageNet batch statistics: small batches would only add noise."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def fit(trainable: nn.Module, epoch_batches, val_probabilities, val_y, val_kinds, epochs=10, lr=1e-3,
+        weight_decay=1e-4, label_smoothing=0.0, schedule="constant", steps_per_epoch=1, log=print):
+    """Adam + (weighted) cross-entropy; keeps the epoch with the best validation kind-macro accuracy.
+
+    epoch_batches(epoch) yields (inputs, labels, weights) on the device; val_probabilities() gives
+    p_medical of the validation set with the current weights. Returns the best epoch and the history.
+    """
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    scheduler = (torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * max(1, steps_per_epoch))
+                 if schedule == "onecycle" else None)
     best, history = None, []
     for epoch in range(1, epochs + 1):
-        head.train()
-        order = torch.randperm(len(x), generator=generator).to(device)
-        total_loss = correct = 0.0
-        for start in tqdm(range(0, len(x), batch_size), desc=f"epoch {epoch}/{epochs}", unit="batch",
-                          file=sys.stderr, leave=False, disable=len(x) < 20 * batch_size):
-            idx = order[start:start + batch_size]
-            logits = head(x[idx])
-            loss = (nn.functional.cross_entropy(logits, y[idx], reduction="none") * w[idx]).sum() / w[idx].sum()
+        trainable.train()
+        freeze_batchnorm(trainable)
+        total_loss = correct = seen = 0.0
+        for x, y, w in epoch_batches(epoch):
+            logits = trainable(x)
+            loss = (nn.functional.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing)
+                    * w).sum() / w.sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += loss.item() * len(idx)
-            correct += (logits.argmax(1) == y[idx]).sum().item()
-        head.eval()
-        with torch.no_grad():
-            val_logits = head(vx) if len(vx) else torch.zeros(0, 2, device=device)
-            val_loss = nn.functional.cross_entropy(val_logits, vy).item() if len(vx) else float("nan")
-            val_acc = (val_logits.argmax(1) == vy).float().mean().item() if len(vx) else float("nan")
-        row = {"epoch": epoch, "train_loss": total_loss / max(len(x), 1), "train_accuracy": correct / max(len(x), 1),
-               "val_loss": val_loss, "val_accuracy": val_acc}
+            if scheduler and scheduler.last_epoch + 1 < scheduler.total_steps:
+                scheduler.step()
+            total_loss += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+        trainable.eval()
+        val = evaluate(val_probabilities(), val_y, val_kinds, 0.5)
+        row = {"epoch": epoch, "train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+               "val_accuracy": val["accuracy"], "val_kind_macro_accuracy": val["kind_macro_accuracy"],
+               "val_auroc": val["auroc"]}
         history.append(row)
         log(f"epoch {epoch:3d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "
-            f"val loss {val_loss:.4f} acc {val_acc:.4f}")
-        key = (val_acc if val_acc == val_acc else -1.0, -val_loss if val_loss == val_loss else 0.0)
+            f"val acc {val['accuracy']:.4f} kind-macro {val['kind_macro_accuracy']:.4f} auroc {val['auroc']:.4f}")
+        key = tuple(-1.0 if v != v else v for v in (val["kind_macro_accuracy"], val["accuracy"], val["auroc"]))
         if best is None or key > best[0]:
-            best = (key, epoch, {k: v.detach().clone() for k, v in head.state_dict().items()})
-    head.load_state_dict(best[2])
+            best = (key, epoch, {k: v.detach().clone() for k, v in trainable.state_dict().items()})
+    trainable.load_state_dict(best[2])
+    trainable.eval()
     return best[1], history
+
+
+def cached_batches(x: torch.Tensor, y, w, batch_size: int, device, seed: int):
+    """epoch -> shuffled (inputs, labels, weights) batches of cached tensors."""
+    y, w = torch.as_tensor(y), torch.as_tensor(w, dtype=torch.float32)
+
+    def batches(epoch):
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            yield x[idx].to(device).float(), y[idx].to(device), w[idx].to(device)
+    return batches
+
+
+@torch.no_grad()
+def probabilities(trainable: nn.Module, x: torch.Tensor, device, batch_size: int = 256) -> np.ndarray:
+    trainable.eval()
+    out = [trainable(x[i:i + batch_size].to(device).float()).softmax(1)[:, model_lib.MEDICAL].cpu()
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def parse_finetune(text: str) -> int | None:
+    """'head' -> 0 blocks trained, 'last-N' -> N, 'all' -> None (every layer)."""
+    if text == "head":
+        return 0
+    if text == "all":
+        return None
+    if text.startswith("last-") and text[5:].isdigit() and int(text[5:]) > 0:
+        return int(text[5:])
+    raise argparse.ArgumentTypeError(f"--finetune must be head, last-N (N >= 1) or all, not {text!r}")
 
 
 def choose_threshold(p_medical: np.ndarray, labels: np.ndarray) -> float:
@@ -208,23 +327,39 @@ def balanced_accuracy(p_medical, labels, threshold):
     return np.mean([(pred[labels == c] == c).mean() for c in (dataset.MEDICAL, dataset.NON_MEDICAL) if (labels == c).any()])
 
 
+def auroc(p_medical: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve with medical as the positive class (ties count half)."""
+    pos, neg = p_medical[labels == dataset.MEDICAL], p_medical[labels == dataset.NON_MEDICAL]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    values = np.concatenate([pos, neg])[order]
+    ranks[order] = np.arange(1, len(order) + 1)
+    for v in np.unique(values[np.r_[False, values[1:] == values[:-1]]]):  # average ranks of ties
+        tied = np.concatenate([pos, neg]) == v
+        ranks[tied] = ranks[tied].mean()
+    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+MIN_KIND_IMAGES = 5  # kinds with fewer test images do not enter the kind-macro accuracy
+
+
 def evaluate(p_medical: np.ndarray, labels: np.ndarray, kinds, threshold: float) -> dict:
-    """Accuracy, recalls, confusion matrix (rows: true medical, non-medical) and accuracy per kind."""
+    """Accuracy, recalls, AUROC, confusion matrix (rows: true medical, non-medical), accuracy per kind
+    and the kind-macro accuracy (the mean over kinds with at least MIN_KIND_IMAGES images)."""
     pred = np.where(p_medical >= threshold, dataset.MEDICAL, dataset.NON_MEDICAL)
     recall = lambda c: float((pred[labels == c] == c).mean()) if (labels == c).any() else float("nan")
     confusion = [[int(((labels == t) & (pred == p)).sum()) for p in (0, 1)] for t in (0, 1)]
-    by_kind = {}
+    per_kind = {}
     for kind in sorted(set(kinds)):
         mask = np.array([k == kind for k in kinds])
-        by_kind[kind] = {"n": int(mask.sum()), "accuracy": float((pred[mask] == labels[mask]).mean())}
+        per_kind[kind] = {"n": int(mask.sum()), "accuracy": float((pred[mask] == labels[mask]).mean())}
+    counted = [v["accuracy"] for v in per_kind.values() if v["n"] >= MIN_KIND_IMAGES]
     return {"accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
             "recall_medical": recall(dataset.MEDICAL), "recall_non_medical": recall(dataset.NON_MEDICAL),
-            "confusion": confusion, "by_kind": by_kind, "n": int(len(labels))}
-
-
-def head_probabilities(head: nn.Linear, features: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
-        return head(features.to(head.weight.device)).softmax(1)[:, model_lib.MEDICAL].cpu().numpy()
+            "auroc": auroc(p_medical, labels), "confusion": confusion, "per_kind": per_kind,
+            "kind_macro_accuracy": float(np.mean(counted)) if counted else float("nan"), "n": int(len(labels))}
 
 
 def feature_cache_path(args, parts, views: int) -> str | None:
@@ -232,7 +367,8 @@ def feature_cache_path(args, parts, views: int) -> str | None:
     if not args.cache_dir:
         return None
     os.makedirs(args.cache_dir, exist_ok=True)
-    key = hashlib.sha1(repr((args.arch, args.backbone_weights, views, args.seed, args.medmnist_size,
+    key = hashlib.sha1(repr((args.arch, args.backbone_weights, views, args.seed, args.medmnist_size, args.fit,
+                             parse_finetune(args.finetune), AUGMENT_VERSION,
                              [(p.name, len(p), p.groups[:1], p.groups[-1:]) for p in parts],
                              [str(x) for p in parts if not isinstance(p.images, np.ndarray) for x in p.images]
                              )).encode()).hexdigest()[:16]
@@ -243,20 +379,28 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default="medmnist+cifar10",
                    help="data sources joined with +: medmnist, cifar10, folder:PATH (PATH/medical/..., PATH/non_medical/...)")
-    p.add_argument("--arch", default="resnet50", choices=sorted(model_lib.BACKBONES), help="frozen backbone")
+    p.add_argument("--arch", default="resnet50", choices=sorted(model_lib.BACKBONES), help="ImageNet backbone")
     p.add_argument("--backbone-weights", default=None,
                    help="local file of the backbone's ImageNet state dict (for offline machines)")
+    p.add_argument("--finetune", default="head", type=str,
+                   help="what is trained: head (frozen backbone), last-N (the last N blocks, the final conv and "
+                        "the head, on cached activations of the block before them) or all (every layer; a GPU job)")
+    p.add_argument("--head-hidden", type=int, default=0, help="hidden units of an MLP head; 0 = a linear head")
+    p.add_argument("--fit", default="crop", choices=["crop", "letterbox"],
+                   help="preprocessing: the centre crop, or the whole image letterboxed on white")
     p.add_argument("--data-dir", default="data", help="where MedMNIST and CIFAR-10 are downloaded or placed")
     p.add_argument("--no-download", action="store_true", help="use only files already in --data-dir")
     p.add_argument("--medmnist-size", type=int, default=28, choices=dataset.MEDMNIST_SIZES,
                    help="MedMNIST image size; all twelve files: "
                         + ", ".join(f"{s} px {d}" for s, d in dataset.MEDMNIST_DOWNLOAD.items())
                         + ". 28 matches CIFAR-10's 32 px, so sharpness is no label cue")
-    p.add_argument("--epochs", type=int, default=10, help="head training epochs")
-    p.add_argument("--batch-size", type=int, default=256, help="head training batch size")
-    p.add_argument("--feature-batch-size", type=int, default=256, help="batch size of the backbone pass")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size (default: 256 for head, 64 else)")
+    p.add_argument("--feature-batch-size", type=int, default=256, help="batch size of the frozen pass")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (the peak with --schedule onecycle)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay")
+    p.add_argument("--schedule", default="constant", choices=["constant", "onecycle"], help="learning-rate schedule")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
     p.add_argument("--views", type=int, default=0,
                    help="augmented views per folder training image, cached beside the plain one")
     p.add_argument("--kind-weight-power", type=float, default=0.0,
@@ -264,17 +408,67 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed for sampling, splits, augmentation and training")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run")
     p.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
-                   help="the backbone pass on a CPU: auto and onnx use ONNX Runtime (about 6x torch), torch torch")
-    p.add_argument("--workers", type=int, default=2, help="image loading processes for folder sources")
+                   help="the frozen pass on a CPU: auto and onnx use ONNX Runtime (about 6x torch), torch torch")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="image loading processes")
     p.add_argument("--cache-dir", default=None,
-                   help="keep backbone features here, so a rerun with other head settings skips the backbone")
+                   help="keep the frozen pass's outputs here, so a rerun with other training settings skips it")
     p.add_argument("--output", default="best_model.pth", help="where to write the best checkpoint")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        parse_finetune(args.finetune)
+    except argparse.ArgumentTypeError as exc:
+        p.error(str(exc))
+    if args.epochs < 1:
+        p.error("--epochs must be at least 1")
+    return args
+
+
+def frozen_outputs(args, net, splits, trained_blocks: int, device) -> dict:
+    """split -> (frozen-part outputs, labels, kinds): computed once (train images also as --views views), cached."""
+    cached, run = {}, None
+    for split in dataset.SPLITS:
+        views = args.views if split == "train" else 0
+        cache_file = feature_cache_path(args, splits[split], views)
+        if cache_file and os.path.isfile(cache_file):
+            saved = torch.load(cache_file, weights_only=True)
+            cached[split] = (saved["x"], saved["y"].numpy(), saved["kinds"])
+            continue
+        run = run or feature_function(net, args.engine, trained_blocks)
+        x, y, kinds, unreadable = compute_features(net, splits[split], args.feature_batch_size, args.workers,
+                                                   views, args.seed, f"{split} frozen pass", run)
+        for path in unreadable:
+            print(f"warning: skipped unreadable image {path}", file=sys.stderr)
+        if cache_file:
+            torch.save({"x": x, "y": torch.as_tensor(y), "kinds": kinds}, cache_file)
+        cached[split] = (x, y, kinds)
+    return cached, run is not None
+
+
+def streamed_batches(net, parts, seed: int, batch_size: int, workers: int, weights_of, device):
+    """epoch -> batches of freshly augmented training images (--finetune all: nothing to cache)."""
+    augment = augmentation(net.preprocess["resize"])
+
+    def batches(epoch):
+        for part in parts:
+            w, labels = torch.as_tensor(weights_of(part), dtype=torch.float32), torch.as_tensor(part.labels)
+            order = torch.randperm(len(part), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+            data = FileViews(part.images, 1, net.preprocess, augment, seed + epoch)
+            view = torch.utils.data.Subset(data, (order + len(part)).tolist())  # view 1: augmented, shuffled
+            loader = DataLoader(view, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+                                worker_init_fn=_one_thread)
+            for start, (x, ok) in zip(range(0, len(part), batch_size), loader):
+                idx = order[start:start + batch_size][ok]
+                if x is not None:
+                    yield x.to(device), labels[idx].to(device), w[idx].to(device)
+    return batches
 
 
 def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
+    trained_blocks = parse_finetune(args.finetune)
+    batch_size = args.batch_size or (256 if trained_blocks == 0 else 64)
     timings = {}
     try:
         device = model_lib.select_device(args.device)
@@ -288,54 +482,83 @@ def main(argv=None):
         if not splits["train"] or not splits["val"]:
             raise dataset.DataError(f"{args.data}: too few images/groups for train and validation splits")
         t0 = time.perf_counter()
-        net = model_lib.build_model(args.arch, args.backbone_weights, device)
+        net = model_lib.build_model(args.arch, args.backbone_weights, device, args.head_hidden)
+        net.set_preprocess({**net.preprocess, "fit": args.fit})
+        if trained_blocks is not None:
+            net.backbone.split(trained_blocks)  # checks N against the backbone's blocks
         timings["build_model_s"] = time.perf_counter() - t0
     except (dataset.DataError, model_lib.ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    cached, features = {}, None
-    t0 = time.perf_counter()
-    for split in dataset.SPLITS:
-        views = args.views if split == "train" else 0
-        cache_file = feature_cache_path(args, splits[split], views)
-        if cache_file and os.path.isfile(cache_file):
-            saved = torch.load(cache_file, weights_only=True)
-            x, y, kinds, unreadable = saved["x"], saved["y"].numpy(), saved["kinds"], []
+    if trained_blocks is None:  # every layer: augmented images streamed each epoch, nothing cached
+        t0 = time.perf_counter()
+        net.backbone.requires_grad_(True)
+        net.trained_stages = list(range(len(net.backbone)))
+        trainable = net
+        as_is = lambda batch: batch  # validation and test keep their prepared uint8 images
+        cached = {s: compute_features(net, splits[s], args.feature_batch_size, args.workers, 0, args.seed,
+                                      f"{s} images", as_is)[:3] for s in ("val", "test")}
+        train_parts = splits["train"]
+        all_w = dataset.kind_weights(np.concatenate([p.labels for p in train_parts]),
+                                     [k for p in train_parts for k in p.kinds], args.kind_weight_power)
+        starts = dict(zip(map(id, train_parts), np.cumsum([0] + [len(p) for p in train_parts])))
+        weights_of = lambda part: all_w[starts[id(part)]:starts[id(part)] + len(part)]
+        epoch_batches = streamed_batches(net, train_parts, args.seed, batch_size, args.workers, weights_of, device)
+        steps = sum(-(-len(p) // batch_size) for p in train_parts)
+        timings["frozen_pass_s"] = time.perf_counter() - t0
+    else:
+        t0 = time.perf_counter()
+        cached, ran_frozen = frozen_outputs(args, net, splits, trained_blocks, device)
+        timings["frozen_pass_s"] = time.perf_counter() - t0
+        n = sum(len(v[0]) for v in cached.values())
+        if ran_frozen:
+            print(f"frozen pass: {n} images in {timings['frozen_pass_s']:.1f} s "
+                  f"({n / timings['frozen_pass_s']:.0f} images/s on {device})")
         else:
-            features = features or feature_function(net, args.engine)
-            x, y, kinds, unreadable = compute_features(net, splits[split], args.feature_batch_size, args.workers,
-                                                       views, args.seed, f"{split} features", features)
-            if cache_file:
-                torch.save({"x": x, "y": torch.as_tensor(y), "kinds": kinds}, cache_file)
-        for path in unreadable:
-            print(f"warning: skipped unreadable image {path}", file=sys.stderr)
-        cached[split] = (x, y, kinds)
-    timings["features_s"] = time.perf_counter() - t0
-    n_feat = sum(len(v[0]) for v in cached.values())
-    print(f"features: {n_feat} images in {timings['features_s']:.1f} s ({n_feat / timings['features_s']:.0f} images/s on {device})")
+            print(f"frozen pass: {n} images read from the cache in {args.cache_dir}")
+        if trained_blocks:
+            cut = len(net.backbone) - 1 - trained_blocks
+            net.trained_stages = list(range(cut, len(net.backbone)))
+            top = net.backbone.split(trained_blocks)[1].requires_grad_(True)
+            trainable = nn.Sequential(top, net.head)
+        else:
+            trainable = net.head
+        train_x, train_y, train_kinds = cached["train"]
+        weights = dataset.kind_weights(train_y, train_kinds, args.kind_weight_power)
+        epoch_batches = cached_batches(train_x, train_y, weights, batch_size, device, args.seed)
+        steps = -(-len(train_x) // batch_size)
 
-    train_x, train_y, train_kinds = cached["train"]
-    weights = dataset.kind_weights(train_y, train_kinds, args.kind_weight_power)
+    trainable.to(device)
+    val_x, val_y, val_kinds = cached["val"]
     t0 = time.perf_counter()
-    best_epoch, history = fit_head(net.head, train_x, train_y, weights, cached["val"][0], cached["val"][1],
-                                   args.epochs, args.batch_size, args.lr, args.weight_decay, args.seed)
-    timings["head_training_s"] = time.perf_counter() - t0
+    best_epoch, history = fit(trainable, epoch_batches, lambda: probabilities(trainable, val_x, device), val_y,
+                              val_kinds, args.epochs, args.lr, args.weight_decay, args.label_smoothing, args.schedule,
+                              steps)
+    timings["training_s"] = time.perf_counter() - t0
 
-    val_p = head_probabilities(net.head, cached["val"][0])
-    net.threshold = choose_threshold(val_p, cached["val"][1])
-    val_metrics = evaluate(val_p, cached["val"][1], cached["val"][2], net.threshold)
+    val_p = probabilities(trainable, val_x, device)
+    net.threshold = choose_threshold(val_p, val_y)
+    val = evaluate(val_p, val_y, val_kinds, net.threshold)
     test_x, test_y, test_kinds = cached["test"]
-    test = evaluate(head_probabilities(net.head, test_x), test_y, test_kinds, net.threshold)
-    print(f"best epoch {best_epoch}, threshold {net.threshold:.3f}; val accuracy {val_metrics['accuracy']:.4f}")
-    print(f"test: {test['n']} images, accuracy {test['accuracy']:.4f}, recall medical {test['recall_medical']:.4f}, "
-          f"recall non-medical {test['recall_non_medical']:.4f}")
-    print("confusion (rows true, columns predicted; medical, non-medical):")
+    test = evaluate(probabilities(trainable, test_x, device), test_y, test_kinds, net.threshold)
+    print(f"best epoch {best_epoch}, threshold {net.threshold:.3f}")
+    for name, m in (("val", val), ("test", test)):
+        print(f"{name}: {m['n']} images, accuracy {m['accuracy']:.4f}, kind-macro accuracy "
+              f"{m['kind_macro_accuracy']:.4f}, AUROC {m['auroc']:.4f}, recall medical {m['recall_medical']:.4f}, "
+              f"recall non-medical {m['recall_non_medical']:.4f}")
+    print("test confusion (rows true, columns predicted; medical, non-medical):")
     for name, row in zip(model_lib.CLASSES, test["confusion"]):
         print(f"  {name:12s} {row[0]:6d} {row[1]:6d}")
+    print("per kind (val | test): " + "; ".join(
+        f"{k} {val['per_kind'].get(k, {}).get('accuracy', float('nan')):.2f}/{val['per_kind'].get(k, {}).get('n', 0)}"
+        f" | {v['accuracy']:.2f}/{v['n']}" for k, v in test["per_kind"].items()))
     metrics = {"test_accuracy": test["accuracy"], "test_recall_medical": test["recall_medical"],
-               "test_recall_non_medical": test["recall_non_medical"], "test_confusion": test["confusion"],
-               "test_n": test["n"], "test_by_kind": test["by_kind"], "val_accuracy": val_metrics["accuracy"],
+               "test_recall_non_medical": test["recall_non_medical"], "test_auroc": test["auroc"],
+               "test_kind_macro_accuracy": test["kind_macro_accuracy"], "test_per_kind": test["per_kind"],
+               "test_confusion": test["confusion"], "test_n": test["n"],
+               "val_accuracy": val["accuracy"], "val_auroc": val["auroc"],
+               "val_kind_macro_accuracy": val["kind_macro_accuracy"], "val_per_kind": val["per_kind"],
                "best_epoch": best_epoch}
     training = {"args": {k: v for k, v in vars(args).items()}, "data": summary, "metrics": metrics,
                 "history": history, "timings_s": timings, "device": str(device),

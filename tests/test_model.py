@@ -99,8 +99,8 @@ def test_resnet50_loads_a_local_state_dict(tmp_path):
     path = tmp_path / "resnet50.pth"
     torch.save(reference.state_dict(), path)
     net = model.build_model("resnet50", backbone_weights=str(path))
-    assert torch.equal(net.backbone.conv1.weight, reference.conv1.weight)
-    assert net.preprocess["resize"] == 232 and net.head.in_features == 2048
+    assert torch.equal(net.backbone[0][0].weight, reference.conv1.weight)  # the stem's first convolution
+    assert net.preprocess["resize"] == 232 and net.feature_dim == 2048
 
 
 def test_wrong_backbone_weights_file_is_refused(tmp_path):
