@@ -79,6 +79,18 @@ def test_finetune_last_blocks_on_cached_activations(small_folder, tmp_path):
     assert np.abs(np.array(onnx.predict(images)) - np.array(p_torch)).max() <= 1e-4
 
 
+def test_finetune_all_trains_every_layer_from_streamed_images(small_folder, tmp_path):
+    out = tmp_path / "all.pth"
+    code = train.main(["--data", f"folder:{small_folder}", "--arch", "efficientnet_lite0", "--finetune", "all",
+                       "--epochs", "1", "--batch-size", "16", "--workers", "0", "--output", str(out)])
+    assert code == 0
+    raw = torch.load(out, weights_only=True)
+    assert {int(k.split(".")[1]) for k in raw["state_dict"]} == set(range(18))  # stem, 16 blocks, final conv
+    rebuilt, fresh = model.load_model(str(out)), model.build_model("efficientnet_lite0")
+    assert not torch.equal(rebuilt.backbone[0][0].weight, fresh.backbone[0][0].weight)  # the stem was trained
+    assert raw["training"]["metrics"]["test_n"] > 0
+
+
 def test_finetune_spec_is_checked(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--finetune", "last-x"])
