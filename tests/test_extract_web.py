@@ -5,6 +5,8 @@ import time
 import pytest
 
 import extract
+import images
+import pages
 from conftest import corpus_images, endless, image_bytes, slow, trickle
 
 PHOTOS = corpus_images("non_medical", "photo", 6)
@@ -41,11 +43,11 @@ def test_srcset_takes_the_largest_candidate_even_with_commas_in_urls():
 
 
 def test_parse_srcset_follows_the_html_rules():
-    assert extract.parse_srcset("a.jpg, b.jpg 2x") == [("a.jpg", 1.0), ("b.jpg", 2000.0)]
-    assert extract.parse_srcset("a.jpg,b.jpg 2x") == [("a.jpg,b.jpg", 2000.0)]  # no space: one URL with a comma
-    assert extract.parse_srcset("f(1,2).jpg 10w, g.jpg 20w") == [("f(1,2).jpg", 10.0), ("g.jpg", 20.0)]
-    assert extract.parse_srcset(" x.png 300w ,\n y.png 600w") == [("x.png", 300.0), ("y.png", 600.0)]
-    assert extract.parse_srcset("") == []
+    assert pages.parse_srcset("a.jpg, b.jpg 2x") == [("a.jpg", 1.0), ("b.jpg", 2000.0)]
+    assert pages.parse_srcset("a.jpg,b.jpg 2x") == [("a.jpg,b.jpg", 2000.0)]  # no space: one URL with a comma
+    assert pages.parse_srcset("f(1,2).jpg 10w, g.jpg 20w") == [("f(1,2).jpg", 10.0), ("g.jpg", 20.0)]
+    assert pages.parse_srcset(" x.png 300w ,\n y.png 600w") == [("x.png", 300.0), ("y.png", 600.0)]
+    assert pages.parse_srcset("") == []
 
 
 def test_picture_sources():
@@ -90,7 +92,7 @@ def test_non_http_schemes_are_returned_for_reporting_not_fetched():
 def test_malformed_urls_found_by_fuzzing_are_kept_for_reporting():
     assert urls('<img src="A://["><img src="http://[::1">') == ["A://[", "http://[::1"]
     assert urls('<img src="a #x"><img src="a">') == ["https://example.org/articles/a"]
-    skipped = extract._download_image("http://[::1", BASE, 0, extract.Options(), {})
+    skipped = pages._download_image("http://[::1", BASE, 0, extract.Options(), {})
     assert skipped.reason == "invalid URL"
 
 
@@ -233,6 +235,6 @@ def test_image_declaring_a_decompression_bomb_is_refused_from_its_header():
 
     bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
-    skipped = extract.decode_image(bomb, "bomb.png", extract.Options())
+    skipped = images.decode_image(bomb, "bomb.png", extract.Options())
     assert isinstance(skipped, extract.Skipped)
     assert skipped.reason == "over the pixel cap (100000x100000 > 100,000,000 pixels)"
