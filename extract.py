@@ -5,41 +5,84 @@ not classified, with the reason); a problem with the input as a whole raises
 `InputError` with a one-line message. Nothing here knows about the model.
 """
 import os
+from pathlib import Path
 from typing import Iterator
 
-from images import (IMAGE_EXTENSIONS, Found, ImageBudget, InputError, Options, Skipped, decode_image,  # noqa: F401 (re-exported)
-                    first_line, sniff)
-from pages import FetchError, fetch, find_image_urls, page_images, url_scheme  # noqa: F401
+from images import (CONTENT_NAMES, IMAGE_EXTENSIONS, Found, ImageBudget, InputError, Options,  # noqa: F401
+                    Skipped, decode_images, first_line, read_file, sniff)
+from pages import FetchError, LocalFolder, fetch, find_image_urls, page_images, url_scheme  # noqa: F401 (re-exported)
 from pdfs import pdf_images
+
+READ_KINDS = ("pdf", "dicom", "image", "svg", "html")  # content the tool reads; anything else is not an input
+HEAD_BYTES = 8192  # enough of a file to tell what it is
+
 
 # ---------------------------------------------------------------- inputs
 
-def _file_items(path: str, data: bytes, options: Options, budget: ImageBudget | None = None
-                ) -> tuple[str, Iterator[Found | Skipped]]:
+def _is_page(name: str, kind: str) -> bool:
+    """HTML content is a saved page unless the name claims an image or PDF (then it is an error page)."""
+    return kind == "html" and not name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _not_read(kind: str) -> str:
+    """The one-line problem of content the tool does not read."""
+    return f"{CONTENT_NAMES.get(kind, kind)}: not an image, PDF, DICOM or web page"
+
+
+def _image_items(data: bytes, source: str, options: Options, budget: ImageBudget, standalone: bool
+                 ) -> Iterator[Found | Skipped]:
+    for item in decode_images(data, source, options):
+        if standalone and isinstance(item, Skipped) and item.undecodable:
+            raise InputError(f"damaged or truncated image: {item.reason}")
+        yield budget.admit(item)
+
+
+def _content_items(name: str, data: bytes, options: Options, budget: ImageBudget | None = None,
+                   standalone: bool = True, local: LocalFolder | None = None) -> tuple[str, Iterator[Found | Skipped]]:
+    """Bytes of one file or URL response -> (kind, items), by content. Content the tool does not read raises
+    InputError when `standalone`; in a folder it is one Skipped. HTML here is a saved page (`local` set) or an
+    error page."""
     budget = budget or ImageBudget(options.max_images)
-    if sniff(data) == "pdf":
-        return "pdf", pdf_images(data, path, options, budget)
-    return "image", iter([budget.admit(decode_image(data, path, options))])
+    kind = sniff(data)
+    if kind == "pdf":
+        return "pdf", pdf_images(data, name, options, budget)
+    if kind == "html" and local is not None and _is_page(name, kind):
+        return "page", page_images(data, Path(os.path.abspath(name)).as_uri(), options, local)
+    if kind in ("image", "dicom", "svg"):
+        return "image", _image_items(data, name, options, budget, standalone)
+    if standalone:
+        raise InputError(_not_read(kind))
+    return "image", iter([Skipped(name, _not_read(kind))])
 
 
-def _read_file(path: str, options: Options) -> bytes:
-    size = os.path.getsize(path)
-    if size > options.max_bytes * 4:
-        raise InputError(f"file of {size:,} bytes is over the {options.max_bytes * 4:,} byte cap")
+def _file_items(path: str, data: bytes, options: Options, budget: ImageBudget | None = None,
+                standalone: bool = True, seen: set | None = None) -> tuple[str, Iterator[Found | Skipped]]:
+    local = LocalFolder(os.path.dirname(os.path.abspath(path)), set() if seen is None else seen)
+    return _content_items(path, data, options, budget, standalone, local)
+
+
+def _head(path: str) -> bytes:
     with open(path, "rb") as f:
-        return f.read()
+        return f.read(HEAD_BYTES)
 
 
 def _folder_items(root: str, options: Options) -> Iterator[Found | Skipped]:
-    budget = ImageBudget(options.max_images)
+    """Every file whose content is an image, PDF, DICOM or page, whatever its name; a file named as an image whose
+    content is not is listed as skipped; other files are passed over silently. A file a saved page of the folder
+    showed is not read again."""
+    budget, seen = ImageBudget(options.max_images), set()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
-            if not (name.lower().endswith(IMAGE_EXTENSIONS + (".pdf", ".svg"))):
+            if os.path.realpath(path) in seen:
                 continue
             try:
-                yield from _file_items(path, _read_file(path, options), options, budget)[1]
+                kind = sniff(_head(path))
+                if kind not in READ_KINDS and not name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                seen.add(os.path.realpath(path))
+                yield from _file_items(path, read_file(path, options), options, budget, False, seen)[1]
             except (InputError, OSError) as exc:
                 yield Skipped(path, str(exc) if isinstance(exc, InputError) else f"unreadable ({exc.strerror})")
 
@@ -58,11 +101,9 @@ def open_input(text: str, options: Options) -> tuple[str, Iterator[Found | Skipp
         except FetchError as exc:
             return "url", _raise(InputError(str(exc)))
         kind = sniff(response.data)
-        if kind == "pdf":
-            return "pdf", pdf_images(response.data, response.url, options)
-        if kind == "html" or "html" in response.content_type.lower():
+        if kind == "html" or (kind in ("text", "unknown") and "html" in response.content_type.lower()):
             return "url", page_images(response.data, response.url, options)
-        return "image", iter([decode_image(response.data, response.url, options)])
+        return _content_items(response.url, response.data, options)
     if len(scheme) > 1 and not os.path.exists(text):
         raise InputError(f"unsupported URL scheme {scheme}: (only http and https, or a local path)")
     if os.path.isdir(text):
@@ -70,7 +111,7 @@ def open_input(text: str, options: Options) -> tuple[str, Iterator[Found | Skipp
     if not os.path.isfile(text):
         raise InputError("no such file, folder or URL")
     try:
-        data = _read_file(text, options)
+        data = read_file(text, options)
     except OSError as exc:
         raise InputError(f"unreadable ({exc.strerror})") from None
     return _file_items(text, data, options)

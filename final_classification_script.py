@@ -34,6 +34,15 @@ class InputResult:
     thumbnails: list = field(default_factory=list)  # for --report only, never in JSON
 
 
+def _page_ranges(text: str):
+    import pdfs
+
+    try:
+        return pdfs.parse_pages(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -51,6 +60,11 @@ def parse_args(argv=None):
     p.add_argument("--max-images", type=int, default=500, help="at most this many images per input (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=20.0, help="seconds allowed for each download (default: %(default)s)")
     p.add_argument("--workers", type=int, default=8, help="concurrent image downloads per page (default: %(default)s)")
+    p.add_argument("--pages", type=_page_ranges, metavar="RANGES",
+                   help="PDF pages to read, 1-based: 3-10, 1,4,7- (default: all)")
+    p.add_argument("--password", help="tried on an encrypted PDF the empty password does not open (never printed)")
+    p.add_argument("--all-frames", action="store_true",
+                   help="classify every frame of a multi-frame DICOM (default: its middle frame)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: %(default)s")
     p.add_argument("--batch-size", type=int, default=16, help="images per model batch (default: %(default)s)")
     p.add_argument("--backbone-weights", help="local file of the backbone's ImageNet weights, for offline machines")
@@ -83,14 +97,27 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.split("?")[0].rstrip("/").split("/")[-1])[-60:] or "input"
 
 
-def _save(found: extract.Found, save_dir: str, prefix: str, n: int) -> str:
+def save_name(found: extract.Found) -> str:
+    """The input's stem, then page, image index and frame where they apply: paper_p003_i02, scan_f004."""
+    stem = os.path.splitext(_slug(found.source.split("#")[0]))[0] or "image"
+    if "#data-uri-" in found.source:
+        stem += "_data" + found.source.rsplit("-", 1)[1]
+    parts = [stem] + [f"{tag}{value:0{width}d}" for tag, value, width in
+                      (("p", found.page, 3), ("i", found.index, 2), ("f", found.frame, 3)) if value is not None]
+    return "_".join(parts)
+
+
+def _save(found: extract.Found, save_dir: str) -> str:
     os.makedirs(save_dir, exist_ok=True)
-    path = os.path.join(save_dir, f"{prefix}_{n:04d}.{found.ext}")
+    name, ext, n = save_name(found), found.ext if found.encoded is not None else "png", 1
+    path = os.path.join(save_dir, f"{name}.{ext}")
+    while os.path.exists(path):  # the same name from another input or folder
+        n += 1
+        path = os.path.join(save_dir, f"{name}-{n}.{ext}")
     if found.encoded is not None:
         with open(path, "wb") as f:
             f.write(found.encoded)
     else:
-        path = os.path.splitext(path)[0] + ".png"
         found.image.save(path)
     return os.path.abspath(path)
 
@@ -106,10 +133,11 @@ def classify_input(text: str, index: int, model, options: extract.Options, args,
         for found, p in zip(batch, model.predict([f.image for f in batch], batch_size=args.batch_size)):
             saved = None
             if args.save_dir:
-                saved = _save(found, args.save_dir, f"{index + 1:02d}_{_slug(text)}", len(result.images) + 1)
+                saved = _save(found, args.save_dir)
             result.images.append({"source": found.source, "page": found.page, "width": found.width,
                                   "height": found.height, "label": model.label(p), "p_medical": round(p, 4),
-                                  "saved_path": saved})
+                                  "saved_path": saved, "format": found.format,
+                                  **({"thumbnail": found.thumbnail} if found.thumbnail else {})})
             if args.report:
                 result.thumbnails.append(_thumbnail(found.image))
         bar.update(len(batch))
@@ -245,7 +273,8 @@ def main(argv=None) -> int:
     if args.threshold is not None:
         model.threshold = args.threshold
     options = extract.Options(min_size=args.min_size, max_images=args.max_images, timeout=args.timeout,
-                              workers=args.workers, keep_encoded=bool(args.save_dir))
+                              workers=args.workers, keep_encoded=bool(args.save_dir), pages=args.pages,
+                              password=args.password, all_frames=args.all_frames)
     results = []
     with tqdm(desc="images", unit="img", file=sys.stderr, disable=args.quiet) as bar:
         for index, text in enumerate(args.inputs):

@@ -2,16 +2,19 @@
 
 The finder is pure (HTML in, URLs out); network access is in `fetch` and `page_images`.
 """
+import os
 import re
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
-from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+from urllib.parse import quote, unquote, unquote_to_bytes, urljoin, urlsplit
+from urllib.request import url2pathname
 
-from images import Found, ImageBudget, Options, Skipped, decode_image, sniff
+from images import (IMAGE_EXTENSIONS, Found, ImageBudget, InputError, Options, Skipped, decode_images,
+                    read_file, sniff)
 
 USER_AGENT = "medical-image-classifier/1.0 (image extraction for classification; python-requests)"
 # The attributes lazy-loading scripts read their real URL from, most specific first.
@@ -65,8 +68,10 @@ def is_http_url(url: str) -> bool:
     return url_scheme(url) in ("http", "https")
 
 
-def fetch(url: str, options: Options, html_cap: bool = True, dead_hosts: dict | None = None) -> Response:
+def fetch(url: str, options: Options, html_cap: bool = True, dead_hosts: dict | None = None,
+          images_only: bool = False) -> Response:
     """GET with timeouts, a byte cap (streamed, counted), and redirects followed by hand: http(s) only.
+    `images_only`: a response served as HTML is refused before its body is read (a link that may be an image).
 
     `dead_hosts` (host -> reason) remembers hosts that could not be reached, so a
     page with a hundred images on one dead host waits for it once, not a hundred times.
@@ -101,6 +106,8 @@ def fetch(url: str, options: Options, html_cap: bool = True, dead_hosts: dict | 
                 continue
             if response.status_code >= 400:
                 raise FetchError(f"HTTP {response.status_code}")
+            if images_only and "html" in response.headers.get("content-type", "").lower():
+                raise FetchError("a page, not an image")
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > options.max_bytes:
                 raise FetchError(f"response of {int(declared):,} bytes is over the {options.max_bytes:,} byte cap")
@@ -181,8 +188,53 @@ def css_image_urls(css: str) -> list[str]:
     return [url for decl in CSS_IMAGE_DECL.finditer(css) for url in css_urls(decl.group(1))]
 
 
-def find_image_urls(html: str | bytes, base_url: str) -> list[str]:
-    """Every image a reader of the page sees, as absolute URLs (or data: URIs), in page order, deduplicated.
+@dataclass
+class PageImage:
+    """One picture a page shows: the URL it shows (its largest candidate), and the larger image an enclosing
+    link leads to, if any (`link_is_image`: the link's name says image; otherwise only its response can)."""
+    url: str
+    link: str | None = None
+    link_is_image: bool = False
+
+
+def _urlish(value: str) -> bool:
+    """Whether an attribute holds a URL (lazy-loading scripts also keep JSON and templates there)."""
+    value = value.strip()
+    return bool(value) and not value.startswith(("{", "[", "<")) and " " not in value
+
+
+def _element_url(elements: list) -> str | None:
+    """The one URL to read for an <img> or <source>: the largest srcset candidate (lazy ones included), else a
+    lazy-loading attribute, else `src`; a data: placeholder loses to any real URL."""
+    sized, lazy, plain = [], [], []
+    for attrs in elements:
+        for a in ("srcset",) + LAZY_SRCSET_ATTRS:
+            if isinstance(attrs.get(a), str):
+                sized += parse_srcset(attrs[a])
+        lazy += [attrs[a] for a in LAZY_SRC_ATTRS if isinstance(attrs.get(a), str) and _urlish(attrs[a])]
+        if isinstance(attrs.get("src"), str) and attrs["src"].strip():
+            plain.append(attrs["src"])
+    for group in ([u for u, _ in sorted(sized, key=lambda c: -c[1])], lazy, plain):
+        real = [u for u in group if not u.strip().lower().startswith("data:")]
+        if real:
+            return real[0]
+    for group in (sized and [max(sized, key=lambda c: c[1])[0]], lazy, plain):
+        if group:
+            return group[0]
+    return None
+
+
+def _enclosing_link(tag) -> str | None:
+    """The href of the <a> around an image when that link holds only this one image."""
+    anchor = tag.find_parent("a", href=True)
+    if anchor is None or len(anchor.find_all(["img", "picture"])) != 1:
+        return None
+    href = anchor["href"].strip()
+    return href if href and not href.startswith(("#", "javascript:", "mailto:", "data:")) else None
+
+
+def find_images(html: str | bytes, base_url: str) -> list[PageImage]:
+    """Every picture a reader of the page sees, once each, as absolute URLs (or data: URIs), in page order.
 
     Pure: no network. Non-http(s) URLs are kept so the caller can report them as skipped.
     """
@@ -193,57 +245,70 @@ def find_image_urls(html: str | bytes, base_url: str) -> list[str]:
     if base and base["href"].strip():
         resolved = safe_urljoin(base_url, base["href"].strip())
         base_url = resolved if is_http_url(resolved) else base_url  # a base of another scheme resolves nothing
-    raw: list[str] = []
+    raw: list[tuple[str, str | None]] = []  # (url, enclosing link)
 
     for meta in soup.find_all("meta"):
         key = (meta.get("property") or meta.get("name") or "").strip().lower()
         if key in META_IMAGE_KEYS and meta.get("content"):
-            raw.append(meta["content"])
+            raw.append((meta["content"], None))
     for link in soup.find_all("link", href=True):
         rel = " ".join(link.get("rel") or []).lower()
         if rel == "image_src":
-            raw.append(link["href"])
+            raw.append((link["href"], None))
 
     for tag in soup.find_all(True):
         name = tag.name
         attrs = tag.attrs
         if name == "img" or name == "source" or name == "input" and (attrs.get("type") or "").lower() == "image":
-            lazy = [attrs[a] for a in LAZY_SRC_ATTRS if isinstance(attrs.get(a), str) and attrs[a].strip()]
-            lazy += [c for a in LAZY_SRCSET_ATTRS if isinstance(attrs.get(a), str)
-                     for c in [largest_candidate(attrs[a])] if c]
-            raw += lazy
-            srcset = attrs.get("srcset")
-            if isinstance(srcset, str) and (best := largest_candidate(srcset)):
-                raw.append(best)
-            src = attrs.get("src")
-            if isinstance(src, str) and src.strip() and not (lazy and src.strip().startswith("data:")):
-                raw.append(src)
+            url = _element_url([attrs])
+            if url:
+                raw.append((url, _enclosing_link(tag) if name == "img" else None))
         elif name == "video" and isinstance(attrs.get("poster"), str):
-            raw.append(attrs["poster"])
+            raw.append((attrs["poster"], None))
         elif name == "image" and isinstance(attrs.get("href") or attrs.get("xlink:href"), str):
-            raw.append(attrs.get("href") or attrs.get("xlink:href"))
+            raw.append((attrs.get("href") or attrs.get("xlink:href"), None))
         elif name == "style" and tag.string:
-            raw += css_image_urls(tag.string)
+            raw += [(u, None) for u in css_image_urls(tag.string)]
         for a in BACKGROUND_ATTRS:
             value = attrs.get(a)
             if isinstance(value, str) and value.strip():
                 urls = css_urls(value)
-                raw += urls or ([largest_candidate(value)] if a == "data-bgset" else [value])
+                raw += [(u, None) for u in urls or ([largest_candidate(value)] if a == "data-bgset" else [value])]
         style = attrs.get("style")
         if isinstance(style, str) and "url(" in style:
-            raw += css_image_urls(style)
+            raw += [(u, None) for u in css_image_urls(style)]
 
     seen, out = set(), []
-    for url in raw:
-        url = (url or "").strip()
-        if not url or url.startswith("#"):
+    for url, link in raw:
+        absolute = _absolute(url, base_url)
+        if not absolute or absolute in seen:
             continue
-        absolute = url if url.lower().startswith("data:") else safe_urljoin(base_url, url)
-        absolute = absolute.split("#")[0].strip() if not absolute.lower().startswith("data:") else absolute
-        if absolute and absolute not in seen:
-            seen.add(absolute)
-            out.append(absolute)
+        seen.add(absolute)
+        target = _absolute(link, base_url) if link else None
+        if target in seen or target == absolute or url_scheme(target or "") not in ("http", "https", "file"):
+            target = None
+        if target:
+            seen.add(target)
+        is_image = bool(target) and urlsplit(target).path.lower().endswith(IMAGE_EXTENSIONS)
+        out.append(PageImage(absolute, target, is_image))
     return out
+
+
+def _absolute(url: str | None, base_url: str) -> str | None:
+    """A page's URL made absolute, without its fragment; data: URIs as they are; None for nothing."""
+    url = (url or "").strip()
+    if not url or url.startswith("#"):
+        return None
+    if url.lower().startswith("data:"):
+        return url
+    absolute = safe_urljoin(base_url, url).split("#")[0].strip()
+    # as a browser requests it: characters outside ASCII percent-encoded (UTF-8)
+    return re.sub(r"[^\x21-\x7e]+", lambda m: quote(m.group()), absolute) or None
+
+
+def find_image_urls(html: str | bytes, base_url: str) -> list[str]:
+    """The URL each picture of the page shows (see `find_images`)."""
+    return [image.url for image in find_images(html, base_url)]
 
 
 def decode_data_uri(uri: str) -> bytes:
@@ -267,33 +332,100 @@ def bounded_map(function, items: Iterable, workers: int) -> Iterator:
             yield pending.popleft().result()
 
 
-def _download_image(url: str, page_url: str, index: int, options: Options, dead_hosts: dict) -> Found | Skipped:
+@dataclass
+class LocalFolder:
+    """A saved page's folder: its file: images are read from disk, inside this folder tree only, each file once
+    (`seen` holds the real paths read, shared with a folder walk that holds the page)."""
+    root: str
+    seen: set = field(default_factory=set)
+
+    def read(self, url: str, options: Options) -> bytes | None:
+        """The file's bytes, or None when it was read already. Raises FetchError."""
+        path = os.path.realpath(url2pathname(unquote(urlsplit(url).path)))
+        if os.path.commonpath([path, os.path.realpath(self.root)]) != os.path.realpath(self.root):
+            raise FetchError("outside the saved page's folder (not read)")
+        if path in self.seen:
+            return None
+        self.seen.add(path)
+        try:
+            return read_file(path, options)
+        except InputError as exc:
+            raise FetchError(str(exc)) from None
+        except OSError as exc:
+            raise FetchError(f"unreadable ({exc.strerror})") from None
+
+
+def _read_image_url(url: str, options: Options, dead_hosts: dict, local: LocalFolder | None,
+                    images_only: bool = False) -> bytes | None:
+    """The bytes of an image URL: http(s), or a file: URL of a saved page (None: read already). Raises FetchError."""
+    if local is not None and url_scheme(url) == "file":
+        return local.read(url, options)
+    if not is_http_url(url):
+        scheme = url_scheme(url)
+        raise FetchError("invalid URL" if scheme is None else
+                         f"unsupported URL scheme {scheme or '(none)'}: (only http and https)")
+    return fetch(url, options, html_cap=False, dead_hosts=dead_hosts, images_only=images_only).data
+
+
+def _source(url: str, local: "LocalFolder | None") -> str:
+    """How a page image is named in results: its URL, or for a saved page's own file its path."""
+    if local is not None and url_scheme(url) == "file":
+        return url2pathname(unquote(urlsplit(url).path))
+    return url[:200] if not is_http_url(url) else url
+
+
+def _download_image(image: "PageImage | str", page_url: str, index: int, options: Options, dead_hosts: dict,
+                    local: LocalFolder | None = None) -> list[Found | Skipped]:
+    """One picture of a page -> its items; through its link when that leads to an image, else as shown."""
+    image = image if isinstance(image, PageImage) else PageImage(image)
+    url = image.url
     if url.lower().startswith("data:"):
         source = f"{page_url}#data-uri-{index}"
         if not url.lower().startswith("data:image/"):
-            return Skipped(source, "data: URI that is not an image")
+            return [Skipped(source, "data: URI that is not an image")]
         try:
             data = decode_data_uri(url)
         except Exception:
-            return Skipped(source, "undecodable data: URI")
-        return decode_image(data, source, options)
-    if not is_http_url(url):
-        scheme = url_scheme(url)
-        return Skipped(url[:200], "invalid URL" if scheme is None else
-                       f"unsupported URL scheme {scheme or '(none)'}: (only http and https)")
+            return [Skipped(source, "undecodable data: URI")]
+        return list(decode_images(data, source, options))
+    notes = []
+    if image.link:
+        try:
+            data = _read_image_url(image.link, options, dead_hosts, local, images_only=True)
+            if data is None:
+                return []
+            items = list(decode_images(data, _source(image.link, local), options))
+            if any(isinstance(item, Found) for item in items):
+                for item in items:
+                    if isinstance(item, Found):
+                        item.thumbnail = _source(url, local)
+                return items
+            reason = items[0].reason if items else "nothing in it"
+        except FetchError as exc:
+            reason = f"download failed: {exc}"
+        if image.link_is_image:  # a link named as an image that does not give one is worth a line
+            notes.append(Skipped(_source(image.link, local), f"linked image: {reason}; "
+                                                                   "the thumbnail is classified instead"))
     try:
-        response = fetch(url, options, html_cap=False, dead_hosts=dead_hosts)
+        data = _read_image_url(url, options, dead_hosts, local)
+        if data is None:
+            return notes
     except FetchError as exc:
-        return Skipped(url, f"download failed: {exc}")
-    return decode_image(response.data, url, options)
+        return notes + [Skipped(_source(url, local), exc.args[0] if str(exc) == "invalid URL" or
+                                str(exc).startswith(("unsupported URL", "outside")) else f"download failed: {exc}")]
+    return notes + list(decode_images(data, _source(url, local), options))
 
 
-def page_images(html: bytes, page_url: str, options: Options) -> Iterator[Found | Skipped]:
-    urls = find_image_urls(html, page_url)
-    budget, dead_hosts = ImageBudget(options.max_images), {}
-    # The cap applies to candidate URLs here, so images past it are never downloaded.
-    yield from bounded_map(lambda pair: _download_image(pair[1], page_url, pair[0], options, dead_hosts),
-                           enumerate(urls[:budget.limit]), options.workers)
-    for url in urls[budget.limit:]:
-        yield Skipped(url[:200], budget.reason)
-
+def page_images(html: bytes, page_url: str, options: Options, local: LocalFolder | None = None
+                ) -> Iterator[Found | Skipped]:
+    """Every picture of a page, downloaded on a bounded thread pool. For a saved page (`page_url` a file: URL),
+    `local` is its folder: its file: images are read from disk inside that folder only."""
+    pictures = find_images(html, page_url)
+    budget, dead_hosts, root = ImageBudget(options.max_images), {}, local
+    # The cap applies to candidate pictures here, so those past it are never downloaded.
+    for items in bounded_map(lambda pair: _download_image(pair[1], page_url, pair[0], options, dead_hosts, root),
+                             enumerate(pictures[:budget.limit]), options.workers):
+        for item in items:
+            yield budget.admit(item)
+    for picture in pictures[budget.limit:]:
+        yield Skipped(_source(picture.link or picture.url, root), budget.reason)

@@ -1,12 +1,13 @@
 """PDFs: the embedded raster images (not renders of pages), each once, with the page it is first drawn on."""
-import io
+import itertools
 import re
 import time
 from typing import Iterator
 
 from PIL import Image
 
-from images import Found, ImageBudget, InputError, Options, Skipped, decode_image, first_line, reduce
+from images import (Found, ImageBudget, InputError, Options, Skipped, decode_image, first_line, full_size_found,
+                    size_problem)
 
 def _pymupdf():
     import pymupdf
@@ -16,16 +17,20 @@ def _pymupdf():
     return pymupdf
 
 
-def open_pdf(data: bytes):
-    """Open, unlock with the empty password if needed, and refuse what cannot be read, in one line each."""
+def open_pdf(data: bytes, password: str | None = None):
+    """Open, unlock with the empty password, else with `password`, and refuse what cannot be read, in one line
+    each. The password is never part of a message."""
     pymupdf = _pymupdf()
     try:
         doc = pymupdf.open(stream=data, filetype="pdf")
     except Exception as exc:
         raise InputError(f"not a readable PDF ({first_line(exc)})") from None
     if doc.needs_pass and not doc.authenticate(""):
-        doc.close()
-        raise InputError("encrypted PDF that needs a password")
+        unlocked = bool(password) and doc.authenticate(password)
+        if not unlocked:
+            doc.close()
+            raise InputError("encrypted PDF: the --password given does not open it" if password else
+                             "encrypted PDF that needs a password")
     try:
         pages = doc.page_count
     except Exception as exc:
@@ -69,13 +74,32 @@ def _xref_image(doc, xref: int, smask: int, filters: str, source: str, page: int
             pix = pymupdf.Pixmap(pix, pymupdf.Pixmap(doc, smask))
         except Exception:
             pass  # a mask that does not fit is ignored, the image still shows
-    image = _pixmap_to_pil(pix)
-    encoded, ext = None, "png"
-    if options.keep_encoded:
-        buffer = io.BytesIO()
-        image.save(buffer, "PNG")
-        encoded = buffer.getvalue()
-    return Found(source, page, reduce(image, options.working_size), image.width, image.height, encoded, ext)
+    return full_size_found(_pixmap_to_pil(pix), source, page, options,
+                           format=PDF_FILTER_FORMATS.get(filters, filters.lower().removesuffix("decode") or "raw"))
+
+
+# What a PDF image stream is stored as, by its filter, for the `format` of a result.
+PDF_FILTER_FORMATS = {"DCTDecode": "jpeg", "JPXDecode": "jpeg2000", "JBIG2Decode": "jbig2",
+                      "CCITTFaxDecode": "ccitt", "FlateDecode": "flate", "RunLengthDecode": "rle"}
+
+
+def parse_pages(text: str) -> tuple[tuple[int, int | None], ...]:
+    """'3-10', '1,4,7-', '5' -> ((first, last or None), ...), 1-based and inclusive. Raises ValueError."""
+    ranges = []
+    for part in text.replace(" ", "").split(","):
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()) or int(first) < 1 or \
+                (last and int(last) < int(first)):
+            raise ValueError(f"not a page range: {part!r} (use e.g. 3-10, 1,4,7- or 5)")
+        ranges.append((int(first), int(last) if last else (None if dash else int(first))))
+    return tuple(ranges)
+
+
+def selected_pages(ranges: tuple | None, count: int) -> list[int]:
+    """0-based page numbers of a document of `count` pages that `ranges` (see parse_pages) select, in order."""
+    if not ranges:
+        return list(range(count))
+    return [n for n in range(count) if any(first <= n + 1 <= (last or count) for first, last in ranges)]
 
 
 def _inline_images(page, seen_digests: set, xobject_sizes: set, options: Options,
@@ -88,7 +112,7 @@ def _inline_images(page, seen_digests: set, xobject_sizes: set, options: Options
     pymupdf = _pymupdf()
     infos = [i for i in page.get_image_info(hashes=True, xrefs=True)
              if i.get("xref") == 0 and (i["width"], i["height"]) not in xobject_sizes]
-    wanted = {}
+    results: dict = {}  # number -> item, yielded in drawing order
     for info in infos:
         digest = info.get("digest")
         if digest in seen_digests:
@@ -96,21 +120,16 @@ def _inline_images(page, seen_digests: set, xobject_sizes: set, options: Options
         seen_digests.add(digest)
         w, h = info["width"], info["height"]
         if min(w, h) < options.min_size:
-            yield Skipped(source, f"inline image smaller than {options.min_size} px ({w}x{h})")
+            results[info["number"]] = Skipped(source, f"inline image smaller than {options.min_size} px ({w}x{h})")
         elif w * h > options.max_pixels:
-            yield Skipped(source, f"inline image over the pixel cap ({w}x{h})")
+            results[info["number"]] = Skipped(source, f"inline image over the pixel cap ({w}x{h})")
         else:
-            wanted[info["number"]] = info
-    if not wanted:
-        return
-    blocks = page.get_text("dict", flags=pymupdf.TEXT_PRESERVE_IMAGES)["blocks"]
-    for block in blocks:
-        if block.get("type") != 1 or block.get("number") not in wanted:
-            continue
-        found = decode_image(block["image"], source, options, page.number + 1)
-        if isinstance(found, Found):
-            found.source = f"{source} (inline image {block['number']})"
-        yield found
+            results[info["number"]] = None
+    if None in results.values():
+        for block in page.get_text("dict", flags=pymupdf.TEXT_PRESERVE_IMAGES)["blocks"]:
+            if block.get("type") == 1 and block.get("number") in results and results[block["number"]] is None:
+                results[block["number"]] = decode_image(block["image"], source, options, page.number + 1)
+    yield from (item for item in results.values() if item is not None)
 
 
 PDF_REF = re.compile(r"/[^\s/<>\[\]()]+\s+(\d+)\s+0\s+R")
@@ -121,6 +140,49 @@ def _key_int(doc, xref: int, key: str) -> int:
     return int(value.split()[0]) if kind in ("int", "xref") else 0
 
 
+def _refs(doc, xref: int, key: str) -> list[int]:
+    """The object numbers an array or dictionary under `key` refers to (directly or through a reference)."""
+    kind, value = doc.xref_get_key(xref, key)
+    if kind == "xref":
+        target = int(value.split()[0])
+        if not doc.xref_is_stream(target):
+            value = doc.xref_object(target, compressed=True)
+        else:
+            return [target]
+    elif kind not in ("array", "dict"):
+        return []
+    return [int(n) for n in re.findall(r"(\d+)\s+0\s+R", value)]
+
+
+def _appearance_streams(doc, page) -> list[int]:
+    """The normal appearance streams (/AP /N) of the page's annotations and form-field widgets that show: the
+    current state's (/AS) where there are several, none of a hidden annotation."""
+    streams = []
+    for annot in _refs(doc, page.xref, "Annots"):
+        if _key_int(doc, annot, "F") & 2:  # Hidden
+            continue
+        kind, value = doc.xref_get_key(annot, "AP/N")
+        if kind == "xref":
+            streams.append(int(value.split()[0]))
+        elif kind == "dict":
+            state = doc.xref_get_key(annot, "AS")[1]
+            chosen = doc.xref_get_key(annot, f"AP/N{state}") if state.startswith("/") else ("null", "")
+            streams += [int(chosen[1].split()[0])] if chosen[0] == "xref" else _refs(doc, annot, "AP/N")
+    return streams
+
+
+def _draw_order(page, listed: list) -> list:
+    """The page's images in the order they are first drawn (as MuPDF runs the page); those it does not report
+    (nested, or in annotations) after them, in the order found."""
+    try:
+        order = {}
+        for info in page.get_image_info(xrefs=True):
+            order.setdefault(info.get("xref") or 0, len(order))
+    except Exception:
+        return listed
+    return sorted(listed, key=lambda item: order.get(item[0], len(order) + listed.index(item)))
+
+
 def _page_images(doc, page) -> tuple[list[tuple[int, int, int, int, str]], set]:
     """(xref, smask, width, height, filter) of every image XObject a page draws, and the forms it walked.
 
@@ -128,7 +190,7 @@ def _page_images(doc, page) -> tuple[list[tuple[int, int, int, int, str]], set]:
     groups, so those are walked too, their own resources included.
     """
     images = {item[0]: (item[0], item[1], item[2], item[3], item[8]) for item in page.get_images(full=True)}
-    stack, visited = [page.xref] + [x[0] for x in page.get_xobjects()], set()
+    stack, visited = [page.xref] + [x[0] for x in page.get_xobjects()] + _appearance_streams(doc, page), set()
     while stack:
         holder = stack.pop()
         if holder in visited:
@@ -164,55 +226,62 @@ def _draws_inline_images(doc, page, forms: set) -> bool:
 
 def pdf_images(data: bytes, name: str, options: Options, budget: ImageBudget | None = None
                ) -> Iterator[Found | Skipped]:
-    """Embedded raster images of a PDF, each once (first page it appears on), in page order."""
-    doc = open_pdf(data=data)
+    """Embedded raster images of a PDF, annotation appearances included, each once (first page it is drawn on),
+    in page order; `name#page=3&image=2` is the second image first drawn on page 3."""
+    doc = open_pdf(data, options.password)
     seen_xrefs, seen_digests, smasks = set(), set(), set()
     budget = budget or ImageBudget(options.max_images)
     deadline = time.monotonic() + options.pdf_time_limit
     try:
-        for page in doc:
-            source = f"{name}#page={page.number + 1}"
+        for number in selected_pages(options.pages, doc.page_count):
+            page = doc[number]
+            page_source = f"{name}#page={number + 1}"
+            counter = itertools.count(1)
+
+            def numbered(item: Found | Skipped, inline: bool = False) -> Found | Skipped:
+                index = next(counter)
+                item.source = f"{page_source}&image={index}"
+                if isinstance(item, Found):
+                    item.index, item.inline = index, inline
+                return budget.admit(item)
+
             if time.monotonic() > deadline:
-                raise InputError(f"stopped at page {page.number + 1} of {doc.page_count} after "
+                raise InputError(f"stopped at page {number + 1} of {doc.page_count} after "
                                  f"{options.pdf_time_limit:g} s; the images before it are reported")
             try:
                 listed, forms = _page_images(doc, page)
             except Exception as exc:
-                yield Skipped(source, f"page could not be read ({first_line(exc)})")
+                yield Skipped(page_source, f"page could not be read ({first_line(exc)})")
                 continue
             smasks.update(item[1] for item in listed if item[1])
-            for xref, smask, width, height, filters in listed:
+            for xref, smask, width, height, filters in _draw_order(page, listed):
                 if xref in seen_xrefs or xref in smasks:
                     continue
                 seen_xrefs.add(xref)
                 if doc.xref_get_key(xref, "ImageMask")[1] == "true":
-                    yield Skipped(source, f"stencil mask ({width}x{height} 1-bit shape, not a picture)")
+                    yield numbered(Skipped(page_source, f"stencil mask ({width}x{height} 1-bit shape, not a picture)"))
                     continue
-                if min(width, height) < options.min_size:
-                    yield Skipped(source, f"smaller than {options.min_size} px ({width}x{height})")
-                    continue
-                if width * height > options.max_pixels:
-                    yield Skipped(source, f"over the pixel cap ({width}x{height} > {options.max_pixels:,} pixels)")
+                if problem := size_problem(width, height, options):
+                    yield numbered(Skipped(page_source, problem))
                     continue
                 if budget.full:  # checked before decoding, so a 10,000-image PDF is not decoded in vain
-                    yield Skipped(source, budget.reason)
+                    yield numbered(Skipped(page_source, budget.reason))
                     continue
                 try:
-                    item = _xref_image(doc, xref, smask, filters, source, page.number + 1, options)
+                    item = _xref_image(doc, xref, smask, filters, page_source, number + 1, options)
                 except Exception as exc:
-                    item = Skipped(source, f"image {xref} could not be decoded ({first_line(exc)})")
-                yield budget.admit(item)
+                    item = Skipped(page_source, f"image {xref} could not be decoded ({first_line(exc)})")
+                yield numbered(item)
             try:
                 if _draws_inline_images(doc, page, forms):
                     xobject_sizes = {(w, h) for _, _, w, h, _ in listed}
-                    for item in _inline_images(page, seen_digests, xobject_sizes, options, source):
-                        yield budget.admit(item)
+                    for item in _inline_images(page, seen_digests, xobject_sizes, options, page_source):
+                        yield numbered(item, inline=True)
             except Exception as exc:
-                yield Skipped(source, f"inline images could not be read ({first_line(exc)})")
+                yield Skipped(page_source, f"inline images could not be read ({first_line(exc)})")
     except InputError:
         raise
     except Exception as exc:  # a page tree that breaks while walking it
         raise InputError(f"damaged PDF ({first_line(exc)})") from None
     finally:
         doc.close()
-

@@ -56,12 +56,12 @@ def test_json_contract(inputs, tmp_path, capsys, shipped_model_path):
     for entry in report["inputs"]:
         assert set(entry) == {"input", "kind", "error", "images", "skipped"} and entry["error"] is None
         for image in entry["images"]:
-            assert set(image) == {"source", "page", "width", "height", "label", "p_medical", "saved_path"}
+            assert set(image) == {"source", "page", "width", "height", "label", "p_medical", "saved_path", "format"}
             assert image["label"] in ("medical", "non-medical") and 0 <= image["p_medical"] <= 1
             assert (image["label"] == "medical") == (image["p_medical"] >= report["model"]["threshold"])
     pdf_images = report["inputs"][0]["images"]
-    assert [(i["source"], i["page"]) for i in pdf_images] == [(inputs["pdf"] + "#page=1", 1),
-                                                              (inputs["pdf"] + "#page=2", 2)]
+    assert [(i["source"], i["page"], i["format"]) for i in pdf_images] == [
+        (inputs["pdf"] + "#page=1&image=1", 1, "jpeg"), (inputs["pdf"] + "#page=2&image=1", 2, "jpeg")]
     assert [i["label"] for i in pdf_images] == ["medical", "non-medical"]  # a CT slice and a photo
     assert report["inputs"][1]["images"][0]["label"] == "medical"
     assert report["summary"] == {"images": 5, "medical": report["summary"]["medical"],
@@ -111,7 +111,7 @@ def test_table_and_threshold_override(inputs, capsys):
     code, out, _ = run_cli([inputs["pdf"], "--threshold", "0"], capsys)
     assert code == 0
     assert out.count(" medical ") == 2 and "2 images: 2 medical, 0 non-medical" in out
-    assert "paper.pdf#page=2" in out and "size" in out and "confidence" in out
+    assert "paper.pdf#page=2&image=1" in out and "size" in out and "confidence" in out
 
 
 def test_csv_has_a_row_per_image_and_skip(inputs, tmp_path, capsys):
@@ -171,7 +171,8 @@ def test_page_url_through_the_cli(server, capsys):
     assert {(i["source"].rsplit("/", 1)[1], i["label"]) for i in entry["images"]} == {
         ("scan.png", "medical"), ("photo.jpg", "non-medical")}
     assert {s["source"].rsplit("/", 1)[1]: s["reason"] for s in entry["skipped"]} == {
-        "dot.gif": "smaller than 32 px (1x1)", "gone.png": "download failed: HTTP 404"}
+        "gone.png": "download failed: HTTP 404"}  # the placeholder dot.gif is not read: its element shows photo.jpg
+    assert server.hits.get("/dot.gif") is None
 
 
 def test_hostile_inputs_each_fail_clearly_and_the_good_one_completes(server, tmp_path, capsys):

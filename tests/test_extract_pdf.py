@@ -42,7 +42,8 @@ def test_jpeg_png_and_grey_images_come_out_once_each_at_full_size():
     assert len(found) == 2 and not skipped
     with Image.open(PHOTO) as im:
         assert (found[0].width, found[0].height) == im.size
-    assert found[0].page == 1 and found[0].source == "test.pdf#page=1"
+    assert found[0].page == 1 and [f.source for f in found] == ["test.pdf#page=1&image=1", "test.pdf#page=1&image=2"]
+    assert [f.index for f in found] == [1, 2] and found[0].format == "jpeg"
     assert np.abs(mean_rgb(found[0].image) - mean_rgb(Image.open(PHOTO))).max() < 6
 
 
@@ -93,7 +94,7 @@ def test_inline_images_are_found_and_tiny_ones_skipped():
     _page_with_content(doc, content)
     found, skipped = run(doc.tobytes())
     assert len(found) == 1 and (found[0].width, found[0].height) == (64, 48)
-    assert "inline" in found[0].source
+    assert found[0].inline and found[0].source == "test.pdf#page=1&image=1"
     assert np.abs(np.asarray(found[0].image.convert("L"), dtype=float) - big).mean() < 2
     assert any("smaller than 32 px" in s.reason for s in skipped)
 
