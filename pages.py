@@ -190,11 +190,13 @@ def css_image_urls(css: str) -> list[str]:
 
 @dataclass
 class PageImage:
-    """One picture a page shows: the URL it shows (its largest candidate), and the larger image an enclosing
-    link leads to, if any (`link_is_image`: the link's name says image; otherwise only its response can)."""
+    """One picture a page shows: the URL read for it (its largest candidate), the element's other candidates in
+    the order they are tried when that one gives no image, and the larger image an enclosing link leads to, if
+    any (`link_is_image`: the link's name says image; otherwise only its response can)."""
     url: str
     link: str | None = None
     link_is_image: bool = False
+    fallbacks: tuple = ()
 
 
 def _urlish(value: str) -> bool:
@@ -203,25 +205,18 @@ def _urlish(value: str) -> bool:
     return bool(value) and not value.startswith(("{", "[", "<")) and " " not in value
 
 
-def _element_url(elements: list) -> str | None:
-    """The one URL to read for an <img> or <source>: the largest srcset candidate (lazy ones included), else a
-    lazy-loading attribute, else `src`; a data: placeholder loses to any real URL."""
+def _element_candidates(attrs: dict) -> list[str]:
+    """The URLs an <img> or <source> may show, best first: srcset candidates (lazy ones included) largest first,
+    then lazy-loading attributes, then `src`; data: placeholders after every real URL."""
     sized, lazy, plain = [], [], []
-    for attrs in elements:
-        for a in ("srcset",) + LAZY_SRCSET_ATTRS:
-            if isinstance(attrs.get(a), str):
-                sized += parse_srcset(attrs[a])
-        lazy += [attrs[a] for a in LAZY_SRC_ATTRS if isinstance(attrs.get(a), str) and _urlish(attrs[a])]
-        if isinstance(attrs.get("src"), str) and attrs["src"].strip():
-            plain.append(attrs["src"])
-    for group in ([u for u, _ in sorted(sized, key=lambda c: -c[1])], lazy, plain):
-        real = [u for u in group if not u.strip().lower().startswith("data:")]
-        if real:
-            return real[0]
-    for group in (sized and [max(sized, key=lambda c: c[1])[0]], lazy, plain):
-        if group:
-            return group[0]
-    return None
+    for a in ("srcset",) + LAZY_SRCSET_ATTRS:
+        if isinstance(attrs.get(a), str):
+            sized += parse_srcset(attrs[a])
+    lazy += [attrs[a] for a in LAZY_SRC_ATTRS if isinstance(attrs.get(a), str) and _urlish(attrs[a])]
+    if isinstance(attrs.get("src"), str) and attrs["src"].strip():
+        plain.append(attrs["src"])
+    ordered = [u for u, _ in sorted(sized, key=lambda c: -c[1])] + lazy + plain
+    return sorted(ordered, key=lambda u: u.strip().lower().startswith("data:"))  # stable: real URLs first
 
 
 def _enclosing_link(tag) -> str | None:
@@ -245,42 +240,43 @@ def find_images(html: str | bytes, base_url: str) -> list[PageImage]:
     if base and base["href"].strip():
         resolved = safe_urljoin(base_url, base["href"].strip())
         base_url = resolved if is_http_url(resolved) else base_url  # a base of another scheme resolves nothing
-    raw: list[tuple[str, str | None]] = []  # (url, enclosing link)
+    raw: list[tuple[list[str], str | None]] = []  # (candidates of one picture, best first; enclosing link)
 
     for meta in soup.find_all("meta"):
         key = (meta.get("property") or meta.get("name") or "").strip().lower()
         if key in META_IMAGE_KEYS and meta.get("content"):
-            raw.append((meta["content"], None))
+            raw.append(([meta["content"]], None))
     for link in soup.find_all("link", href=True):
         rel = " ".join(link.get("rel") or []).lower()
         if rel == "image_src":
-            raw.append((link["href"], None))
+            raw.append(([link["href"]], None))
 
     for tag in soup.find_all(True):
         name = tag.name
         attrs = tag.attrs
         if name == "img" or name == "source" or name == "input" and (attrs.get("type") or "").lower() == "image":
-            url = _element_url([attrs])
-            if url:
-                raw.append((url, _enclosing_link(tag) if name == "img" else None))
+            candidates = _element_candidates(attrs)
+            if candidates:
+                raw.append((candidates, _enclosing_link(tag) if name == "img" else None))
         elif name == "video" and isinstance(attrs.get("poster"), str):
-            raw.append((attrs["poster"], None))
+            raw.append(([attrs["poster"]], None))
         elif name == "image" and isinstance(attrs.get("href") or attrs.get("xlink:href"), str):
-            raw.append((attrs.get("href") or attrs.get("xlink:href"), None))
+            raw.append(([attrs.get("href") or attrs.get("xlink:href")], None))
         elif name == "style" and tag.string:
-            raw += [(u, None) for u in css_image_urls(tag.string)]
+            raw += [([u], None) for u in css_image_urls(tag.string)]
         for a in BACKGROUND_ATTRS:
             value = attrs.get(a)
             if isinstance(value, str) and value.strip():
                 urls = css_urls(value)
-                raw += [(u, None) for u in urls or ([largest_candidate(value)] if a == "data-bgset" else [value])]
+                raw += [([u], None) for u in urls or ([largest_candidate(value)] if a == "data-bgset" else [value])]
         style = attrs.get("style")
         if isinstance(style, str) and "url(" in style:
-            raw += [(u, None) for u in css_image_urls(style)]
+            raw += [([u], None) for u in css_image_urls(style)]
 
     seen, out = set(), []
-    for url, link in raw:
-        absolute = _absolute(url, base_url)
+    for candidates, link in raw:
+        urls = list(dict.fromkeys(u for u in (_absolute(c, base_url) for c in candidates) if u))
+        absolute = urls[0] if urls else None
         if not absolute or absolute in seen:
             continue
         seen.add(absolute)
@@ -290,7 +286,7 @@ def find_images(html: str | bytes, base_url: str) -> list[PageImage]:
         if target:
             seen.add(target)
         is_image = bool(target) and urlsplit(target).path.lower().endswith(IMAGE_EXTENSIONS)
-        out.append(PageImage(absolute, target, is_image))
+        out.append(PageImage(absolute, target, is_image, tuple(urls[1:])))
     return out
 
 
@@ -346,9 +342,11 @@ class LocalFolder:
             raise FetchError("outside the saved page's folder (not read)")
         if path in self.seen:
             return None
-        self.seen.add(path)
         try:
-            return read_file(path, options)
+            data = read_file(path, options)
+            if sniff(data) not in ("html", "pdf"):  # a linked page or PDF is still read by a folder walk
+                self.seen.add(path)
+            return data
         except InputError as exc:
             raise FetchError(str(exc)) from None
         except OSError as exc:
@@ -374,11 +372,9 @@ def _source(url: str, local: "LocalFolder | None") -> str:
     return url[:200] if not is_http_url(url) else url
 
 
-def _download_image(image: "PageImage | str", page_url: str, index: int, options: Options, dead_hosts: dict,
-                    local: LocalFolder | None = None) -> list[Found | Skipped]:
-    """One picture of a page -> its items; through its link when that leads to an image, else as shown."""
-    image = image if isinstance(image, PageImage) else PageImage(image)
-    url = image.url
+def _read_candidate(url: str, page_url: str, index: int, options: Options, dead_hosts: dict,
+                    local: LocalFolder | None, images_only: bool = False) -> list[Found | Skipped]:
+    """One URL (or data: URI) of a picture -> its items; [] when a saved page's file was read already."""
     if url.lower().startswith("data:"):
         source = f"{page_url}#data-uri-{index}"
         if not url.lower().startswith("data:image/"):
@@ -388,32 +384,38 @@ def _download_image(image: "PageImage | str", page_url: str, index: int, options
         except Exception:
             return [Skipped(source, "undecodable data: URI")]
         return list(decode_images(data, source, options))
+    try:
+        data = _read_image_url(url, options, dead_hosts, local, images_only)
+    except FetchError as exc:
+        reason = str(exc)
+        refused = reason == "invalid URL" or reason.startswith(("unsupported URL", "outside"))
+        return [Skipped(_source(url, local), reason if refused else f"download failed: {reason}")]
+    return [] if data is None else list(decode_images(data, _source(url, local), options))
+
+
+def _download_image(image: "PageImage | str", page_url: str, index: int, options: Options, dead_hosts: dict,
+                    local: LocalFolder | None = None) -> list[Found | Skipped]:
+    """One picture of a page -> its items: through its link when that leads to an image, else its best
+    candidate, else the next candidate that gives an image (the best one's problem is reported when none does)."""
+    image = image if isinstance(image, PageImage) else PageImage(image)
     notes = []
     if image.link:
-        try:
-            data = _read_image_url(image.link, options, dead_hosts, local, images_only=True)
-            if data is None:
-                return []
-            items = list(decode_images(data, _source(image.link, local), options))
-            if any(isinstance(item, Found) for item in items):
-                for item in items:
-                    if isinstance(item, Found):
-                        item.thumbnail = _source(url, local)
-                return items
-            reason = items[0].reason if items else "nothing in it"
-        except FetchError as exc:
-            reason = f"download failed: {exc}"
-        if image.link_is_image:  # a link named as an image that does not give one is worth a line
-            notes.append(Skipped(_source(image.link, local), f"linked image: {reason}; "
-                                                                   "the thumbnail is classified instead"))
-    try:
-        data = _read_image_url(url, options, dead_hosts, local)
-        if data is None:
-            return notes
-    except FetchError as exc:
-        return notes + [Skipped(_source(url, local), exc.args[0] if str(exc) == "invalid URL" or
-                                str(exc).startswith(("unsupported URL", "outside")) else f"download failed: {exc}")]
-    return notes + list(decode_images(data, _source(url, local), options))
+        items = _read_candidate(image.link, page_url, index, options, dead_hosts, local, images_only=True)
+        if any(isinstance(item, Found) for item in items):
+            for item in items:
+                if isinstance(item, Found):
+                    item.thumbnail = _source(image.url, local)
+            return items
+        if image.link_is_image and items:  # a link named as an image that does not give one is worth a line
+            notes.append(Skipped(items[0].source, f"linked image: {items[0].reason}; the thumbnail is classified "
+                                                  "instead"))
+    first = None
+    for url in (image.url,) + image.fallbacks:
+        items = _read_candidate(url, page_url, index, options, dead_hosts, local)
+        if any(isinstance(item, Found) for item in items):
+            return notes + items
+        first = items if first is None else first
+    return notes + (first or [])
 
 
 def page_images(html: bytes, page_url: str, options: Options, local: LocalFolder | None = None

@@ -14,8 +14,9 @@ timed side by side.
 Pages: the images live on the real web, so the pure URL finder runs on each saved
 page with its original URL as base, against the URLs headless Chromium requested.
 A reference URL counts as found when the finder returned it or another candidate
-of the same <img> (a different srcset width), or is the image a link around the <img> leads to (which the tool
-reads instead of the thumbnail; a link that is not an image is never counted). URLs only lazy attributes hold
+of the same <img> (a different srcset width, a placeholder `src` beside a lazy-loading attribute: the tool reads
+one candidate per element, the largest, and the next ones only when it gives no image), or is the image a link
+around the <img> leads to (which the tool reads instead of the thumbnail). URLs only lazy attributes hold
 (`lazy_attr_only`) and og:image URLs are reported apart, not as extras.
 """
 import argparse
@@ -175,7 +176,8 @@ def run_pages():
         html = (PAGES / name).read_bytes()
         start = time.perf_counter()
         pictures = pages.find_images(html, entry["document_url_used"])
-        ours = {p.url for p in pictures} | {p.link for p in pictures if p.link}  # a link's image is read instead
+        # a picture is read as its best candidate (or the image its link leads to), its other candidates in turn
+        ours = {u for p in pictures for u in (p.url, p.link, *p.fallbacks) if u}
         seconds = time.perf_counter() - start
         reference = entry["reference"]["browser_requested_images"]
         sources = [set(s["srcset"]) for s in entry["dom"].get("picture_sources") or [] if s["srcset"]]
