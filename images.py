@@ -319,8 +319,6 @@ def dicom_images(data: bytes, source: str, options: Options) -> Iterator[Found |
     except ImportError:
         yield Skipped(source, "DICOM (pydicom is not installed: pip install pydicom)")
         return
-    from pydicom.pixels.utils import get_nr_frames
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -335,7 +333,8 @@ def dicom_images(data: bytes, source: str, options: Options) -> Iterator[Found |
                 yield Skipped(source, "DICOM image without Rows and Columns")
                 return
             width, height = int(ds.Columns), int(ds.Rows)
-            frames = int(get_nr_frames(ds, warn=False))
+            declared = ds.get("NumberOfFrames")  # pydicom reads 0 as 1; a file that says 0 has no image to show
+            frames = int(declared) if declared not in (None, "") else 1
         except Exception as exc:
             yield Skipped(source, f"DICOM that cannot be read ({first_line(exc)})")
             return

@@ -174,6 +174,8 @@ def _appearance_streams(doc, page) -> list[int]:
 def _draw_order(page, listed: list) -> list:
     """The page's images in the order they are first drawn (as MuPDF runs the page); those it does not report
     (nested, or in annotations) after them, in the order found."""
+    if len(listed) < 2:
+        return listed
     try:
         order = {}
         for info in page.get_image_info(xrefs=True):
