@@ -241,3 +241,72 @@ def test_every_shared_page_runs_without_traceback_or_hang():
     report = json.loads(result.stdout)
     assert [e["error"] for e in report["inputs"]] == [None] * len(urls)
     assert report["summary"]["skipped"] > 40 * 5
+
+
+def test_unusable_local_files_are_failed_inputs(tmp_path, capsys):
+    (tmp_path / "notes.pdf").write_text("Dear reviewer,\nthe PDF follows.\n")
+    (tmp_path / "empty.pdf").write_bytes(b"")
+    (tmp_path / "noise.jpg").write_bytes(os.urandom(4096))
+    names = ["notes.pdf", "empty.pdf", "noise.jpg"]
+    code, out, err = run_cli(["--json"] + [str(tmp_path / n) for n in names] + [str(MEDICAL[0])], capsys)
+    report = json.loads(out)
+    assert code == 1 and "Traceback" not in err
+    assert [e["error"] for e in report["inputs"]] == [
+        "text file: not an image, PDF, DICOM or web page", "empty file: not an image, PDF, DICOM or web page",
+        "unknown binary: not an image, PDF, DICOM or web page", None]
+    assert report["summary"]["failed_inputs"] == 3 and report["summary"]["images"] == 1
+
+
+def test_every_image_has_its_own_source_and_save_name(tmp_path, capsys):
+    doc = pymupdf.open()
+    page = doc.new_page()
+    for i, path in enumerate(NON_MEDICAL[:2]):
+        page.insert_image(pymupdf.Rect(20, 20 + 300 * i, 300, 300 + 300 * i), stream=image_bytes(path, "JPEG"))
+    doc.save(tmp_path / "paper.pdf")
+    frames = [Image.open(p).convert("L").resize((64, 64)) for p in MEDICAL]
+    frames[0].save(tmp_path / "scan.tif", save_all=True, append_images=frames[1:])
+    save = tmp_path / "saved"
+    code, out, _ = run_cli(["--json", "--save-dir", str(save), str(tmp_path / "paper.pdf"), str(tmp_path / "scan.tif")],
+                           capsys)
+    images = [i for e in json.loads(out)["inputs"] for i in e["images"]]
+    assert code == 0
+    assert [(i["source"].rsplit("/", 1)[1], os.path.basename(i["saved_path"]), i["format"]) for i in images] == [
+        ("paper.pdf#page=1&image=1", "paper_p001_i01.jpg", "jpeg"),
+        ("paper.pdf#page=1&image=2", "paper_p001_i02.jpg", "jpeg"),
+        ("scan.tif#frame=1", "scan_f001.png", "tiff"), ("scan.tif#frame=2", "scan_f002.png", "tiff"),
+        ("scan.tif#frame=3", "scan_f003.png", "tiff")]
+    for image in images:
+        with Image.open(image["saved_path"]) as saved:
+            assert saved.size == (image["width"], image["height"])
+
+
+def test_dicom_pages_and_password_through_the_cli(tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+
+    make_pdf(tmp_path / "plain.pdf", [MEDICAL[0], NON_MEDICAL[0], MEDICAL[1]])
+    pymupdf.open(tmp_path / "plain.pdf").save(tmp_path / "locked.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256,
+                                              user_pw="hunter2", owner_pw="owner")
+    (tmp_path / "us.dcm").write_bytes(open(get_testdata_file("examples_ybr_color.dcm"), "rb").read())
+    (tmp_path / "ct").write_bytes(open(get_testdata_file("CT_small.dcm"), "rb").read())
+    code, out, err = run_cli(["--json", "--pages", "2-", "--password", "hunter2", "--all-frames", "--max-images", "4",
+                              str(tmp_path / "locked.pdf"), str(tmp_path / "us.dcm"), str(tmp_path / "ct")], capsys)
+    assert code == 0 and "hunter2" not in out + err
+    pdf, us, ct = json.loads(out)["inputs"]
+    assert [i["page"] for i in pdf["images"]] == [2, 3]
+    assert [i["source"].rsplit("#", 1)[1] for i in us["images"]] == ["frame=1", "frame=2", "frame=3", "frame=4"]
+    assert len(us["skipped"]) == 26 and {i["format"] for i in us["images"] + ct["images"]} == {"dicom"}
+    assert ct["kind"] == "image" and ct["images"][0]["label"] == "medical"
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--pages", "9-2", str(tmp_path / "plain.pdf")])
+    assert info.value.code == 2
+    capsys.readouterr()
+
+
+def test_a_link_around_a_thumbnail_is_reported_with_both_urls(server, capsys):
+    server.add("/full.png", image_bytes(MEDICAL[0], "PNG"), "image/png")
+    server.add("/thumb.png", image_bytes(MEDICAL[0], "PNG", size=(48, 48)), "image/png")
+    server.add("/a.html", b'<a href="full.png"><img src="thumb.png"></a>')
+    code, out, _ = run_cli(["--json", server.url + "/a.html"], capsys)
+    [image] = json.loads(out)["inputs"][0]["images"]
+    assert (image["source"], image["thumbnail"], image["format"]) == (server.url + "/full.png",
+                                                                      server.url + "/thumb.png", "png")

@@ -3,6 +3,7 @@ import base64
 import time
 
 import pytest
+from PIL import Image
 
 import extract
 import images
@@ -237,3 +238,44 @@ def test_image_declaring_a_decompression_bomb_is_refused_from_its_header():
     skipped = images.decode_image(bomb, "bomb.png", extract.Options())
     assert isinstance(skipped, extract.Skipped)
     assert skipped.reason == "over the pixel cap (100000x100000 > 100,000,000 pixels)"
+
+
+# ---------------------------------------------------------------- one image per element, links to full size
+
+def test_one_picture_given_as_src_and_srcset_is_read_once(server):
+    server.add("/big.jpg", image_bytes(PHOTOS[0], "JPEG"), "image/jpeg")
+    server.add("/small.jpg", image_bytes(PHOTOS[0], "JPEG", size=(40, 40)), "image/jpeg")
+    page = "".join(f'<img src="/small.jpg?n={n}" srcset="/small.jpg?n={n} 1x, /big.jpg?n={n} 2x">' for n in range(20))
+    server.add("/twenty.html", page.encode())
+    kind, found, skipped = collect(server.url + "/twenty.html")
+    assert len(found) == 20 and not skipped
+    assert server.hits.get("/small.jpg") is None and server.hits["/big.jpg"] == 20
+
+
+def test_a_candidate_that_gives_no_image_falls_back_to_the_next(server):
+    server.add("/real.jpg", image_bytes(PHOTOS[1], "JPEG"), "image/jpeg")
+    server.add("/only-src.html", b'<img data-src="/gone.jpg" src="/real.jpg">')
+    kind, found, skipped = collect(server.url + "/only-src.html")
+    assert list(found) == [server.url + "/real.jpg"] and not skipped
+    assert server.hits["/gone.jpg"] == 1
+
+
+def test_a_link_to_a_larger_image_is_classified_instead_of_its_thumbnail(server):
+    server.add("/full.jpg", image_bytes(PHOTOS[2], "JPEG"), "image/jpeg")
+    server.add("/thumb.jpg", image_bytes(PHOTOS[2], "JPEG", size=(48, 48)), "image/jpeg")
+    server.add("/view", image_bytes(SCANS[0], "PNG"), "image/png")  # served as an image, whatever its name
+    server.add("/scan-thumb.png", image_bytes(SCANS[0], "PNG", size=(48, 48)), "image/png")
+    server.add("/article.html", b"<html>an article</html>")
+    server.add("/photo.jpg", image_bytes(PHOTOS[3], "JPEG"), "image/jpeg")
+    server.add("/story-thumb.jpg", image_bytes(PHOTOS[4], "JPEG"), "image/jpeg")
+    server.add("/g.html", b'<a href="/full.jpg"><img src="/thumb.jpg"></a><a href="/view?id=7"><img src="/scan-thumb.png">'
+                          b'</a><a href="/article.html"><img src="/story-thumb.jpg"></a>'
+                          b'<a href="/missing.jpg"><img src="/photo.jpg"></a>')
+    kind, found, skipped = collect(server.url + "/g.html")
+    u = server.url
+    assert {s: f.thumbnail for s, f in found.items()} == {
+        f"{u}/full.jpg": f"{u}/thumb.jpg", f"{u}/view?id=7": f"{u}/scan-thumb.png",
+        f"{u}/story-thumb.jpg": None, f"{u}/photo.jpg": None}
+    assert found[f"{u}/full.jpg"].width == Image.open(PHOTOS[2]).width
+    assert skipped == {f"{u}/missing.jpg": "linked image: download failed: HTTP 404; the thumbnail is classified instead"}
+    assert server.hits.get("/thumb.jpg") is None and server.hits.get("/scan-thumb.png") is None
