@@ -299,11 +299,15 @@ def decode_image(data: bytes, source: str, options: Options, page: int | None = 
 # ---------------------------------------------------------------- DICOM
 
 def _quiet_pydicom():
+    """pydicom, with its warnings and log lines about odd files kept off stderr (each skip says what is wrong)."""
     import logging
+    import warnings
 
     import pydicom
 
-    logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # its warnings about odd files would reach stderr
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     return pydicom
 
 
@@ -312,55 +316,51 @@ def dicom_images(data: bytes, source: str, options: Options) -> Iterator[Found |
     Modality LUT (rescale slope/intercept), then the VOI LUT or window, else a percentile window; MONOCHROME1
     inverted; palette and YBR colour converted to RGB. What cannot be decoded is one Skipped naming the
     transfer syntax."""
-    import warnings
-
     try:
         pydicom = _quiet_pydicom()
     except ImportError:
         yield Skipped(source, "DICOM (pydicom is not installed: pip install pydicom)")
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        syntax_name = getattr(syntax, "name", None) or str(syntax or "no transfer syntax")
+        if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            kind = ds.get("Modality") or ds.get("SOPClassUID", "")
+            yield Skipped(source, f"DICOM without pixel data ({getattr(kind, 'name', kind) or 'no image'})")
+            return
+        if "Rows" not in ds or "Columns" not in ds:
+            yield Skipped(source, "DICOM image without Rows and Columns")
+            return
+        width, height = int(ds.Columns), int(ds.Rows)
+        declared = ds.get("NumberOfFrames")  # pydicom reads 0 as 1; a file that says 0 has no image to show
+        frames = int(declared) if declared not in (None, "") else 1
+    except Exception as exc:
+        yield Skipped(source, f"DICOM that cannot be read ({first_line(exc)})")
+        return
+    if frames < 1:
+        yield Skipped(source, f"DICOM with {frames} frames (transfer syntax {syntax_name})")
+        return
+    if problem := size_problem(width, height, options):
+        yield Skipped(source, problem)
+        return
+    indexes = range(frames) if options.all_frames else [frames // 2]
+    for count, index in enumerate(indexes):
+        frame_source = f"{source}#frame={index + 1}" if frames > 1 else source
+        if count >= options.max_images:
+            yield Skipped(frame_source, f"over --max-images ({options.max_images})")
+            continue
         try:
-            ds = pydicom.dcmread(io.BytesIO(data))
-            syntax = ds.file_meta.get("TransferSyntaxUID")
-            syntax_name = getattr(syntax, "name", None) or str(syntax or "no transfer syntax")
-            if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-                kind = ds.get("Modality") or ds.get("SOPClassUID", "")
-                yield Skipped(source, f"DICOM without pixel data ({getattr(kind, 'name', kind) or 'no image'})")
-                return
-            if "Rows" not in ds or "Columns" not in ds:
-                yield Skipped(source, "DICOM image without Rows and Columns")
-                return
-            width, height = int(ds.Columns), int(ds.Rows)
-            declared = ds.get("NumberOfFrames")  # pydicom reads 0 as 1; a file that says 0 has no image to show
-            frames = int(declared) if declared not in (None, "") else 1
+            image = dicom_frame_to_image(ds, index)
         except Exception as exc:
-            yield Skipped(source, f"DICOM that cannot be read ({first_line(exc)})")
-            return
-        if frames < 1:
-            yield Skipped(source, f"DICOM with {frames} frames (transfer syntax {syntax_name})")
-            return
-        if problem := size_problem(width, height, options):
-            yield Skipped(source, problem)
-            return
-        indexes = range(frames) if options.all_frames else [frames // 2]
-        for count, index in enumerate(indexes):
-            frame_source = f"{source}#frame={index + 1}" if frames > 1 else source
-            if count >= options.max_images:
-                yield Skipped(frame_source, f"over --max-images ({options.max_images})")
-                continue
-            try:
-                image = dicom_frame_to_image(ds, index)
-            except Exception as exc:
-                yield Skipped(frame_source, f"DICOM whose pixel data cannot be decoded (transfer syntax "
-                                            f"{syntax_name}: {first_line(exc)})")
-                continue
-            yield full_size_found(image, frame_source, None, options, format="dicom",
-                                  frame=index + 1 if frames > 1 else None)
-        if frames > 1 and not options.all_frames:
-            yield Skipped(source, f"{frames - 1} other frames of a multi-frame DICOM not classified "
-                                  "(--all-frames classifies each)")
+            yield Skipped(frame_source, f"DICOM whose pixel data cannot be decoded (transfer syntax "
+                                        f"{syntax_name}: {first_line(exc)})")
+            continue
+        yield full_size_found(image, frame_source, None, options, format="dicom",
+                              frame=index + 1 if frames > 1 else None)
+    if frames > 1 and not options.all_frames:
+        yield Skipped(source, f"{frames - 1} other frames of a multi-frame DICOM not classified "
+                              "(--all-frames classifies each)")
 
 
 def dicom_frame_to_image(ds, index: int) -> Image.Image:

@@ -251,3 +251,17 @@ def test_saved_page_reads_its_folder_and_downloads_absolute_urls(tmp_path, serve
     assert {s.reason for s in skips} == {"outside the saved page's folder (not read)"} and len(skips) == 2
     kind, got, skips = items_of(str(site))  # in a folder walk the page's own images are not read twice
     assert kind == "folder" and len(got) == 2 and len(skips) == 2
+
+
+def test_extraction_of_every_kind_never_imports_torch(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "scan.dcm").write_bytes(dicom_bytes("CT_small.dcm"))
+    (tmp_path / "photo.png").write_bytes(image_bytes(PHOTOS[0], "PNG"))
+    (tmp_path / "page.html").write_text('<html><img src="photo.png"></html>')
+    code = (f"import sys, extract; kind, items = extract.open_input({str(tmp_path)!r}, extract.Options()); "
+            "n = len(list(items)); print(n, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=str(extract.__file__).rsplit("/", 1)[0])
+    assert result.stdout.split() == ["2", "False"], result.stderr[-2000:]
