@@ -25,6 +25,8 @@ LAZY_SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset", "data-original-set", "da
 BACKGROUND_ATTRS = ("data-bg", "data-background", "data-background-image", "data-bg-src", "data-bgset")
 META_IMAGE_KEYS = ("og:image", "og:image:url", "og:image:secure_url", "twitter:image", "twitter:image:src")
 MAX_HTML_BYTES = 16 * 1024 * 1024
+# Content types a link may be served with to count as a link to an image (octet-stream: the bytes decide).
+IMAGE_TYPES = ("image/", "application/dicom", "application/octet-stream")
 
 class FetchError(Exception):
     pass
@@ -71,7 +73,8 @@ def is_http_url(url: str) -> bool:
 def fetch(url: str, options: Options, html_cap: bool = True, dead_hosts: dict | None = None,
           images_only: bool = False) -> Response:
     """GET with timeouts, a byte cap (streamed, counted), and redirects followed by hand: http(s) only.
-    `images_only`: a response served as HTML is refused before its body is read (a link that may be an image).
+    `images_only`: a response served as something other than an image is refused before its body is read (a link
+    that may lead to an image, or to an article).
 
     `dead_hosts` (host -> reason) remembers hosts that could not be reached, so a
     page with a hundred images on one dead host waits for it once, not a hundred times.
@@ -106,8 +109,9 @@ def fetch(url: str, options: Options, html_cap: bool = True, dead_hosts: dict | 
                 continue
             if response.status_code >= 400:
                 raise FetchError(f"HTTP {response.status_code}")
-            if images_only and "html" in response.headers.get("content-type", "").lower():
-                raise FetchError("a page, not an image")
+            served = response.headers.get("content-type", "").split(";")[0].strip().lower()
+            if images_only and served and not served.startswith(IMAGE_TYPES):
+                raise FetchError(f"served as {served[:60]}, not an image")
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > options.max_bytes:
                 raise FetchError(f"response of {int(declared):,} bytes is over the {options.max_bytes:,} byte cap")
@@ -400,7 +404,8 @@ def _download_image(image: "PageImage | str", page_url: str, index: int, options
     image = image if isinstance(image, PageImage) else PageImage(image)
     notes = []
     if image.link:
-        items = _read_candidate(image.link, page_url, index, options, dead_hosts, local, images_only=True)
+        items = _read_candidate(image.link, page_url, index, options, dead_hosts, local,
+                                images_only=not image.link_is_image)
         if any(isinstance(item, Found) for item in items):
             for item in items:
                 if isinstance(item, Found):

@@ -182,7 +182,8 @@ def _draw_order(page, listed: list) -> list:
             order.setdefault(info.get("xref") or 0, len(order))
     except Exception:
         return listed
-    return sorted(listed, key=lambda item: order.get(item[0], len(order) + listed.index(item)))
+    ranked = sorted(enumerate(listed), key=lambda pair: order.get(pair[1][0], len(order) + pair[0]))
+    return [item for _, item in ranked]
 
 
 def _page_images(doc, page) -> tuple[list[tuple[int, int, int, int, str]], set]:
