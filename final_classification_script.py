@@ -178,7 +178,7 @@ def to_json(results: list[InputResult], model, model_path: str) -> dict:
 
 
 CSV_FIELDS = ["input", "kind", "status", "source", "page", "width", "height", "label", "p_medical", "saved_path",
-              "reason"]
+              "reason", "format", "thumbnail"]
 
 
 def to_csv(report: dict) -> str:

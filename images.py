@@ -101,10 +101,10 @@ def read_file(path: str, options: Options) -> bytes:
 
 # ---------------------------------------------------------------- what a file is
 
-# Signatures of the image formats Pillow reads; anything else Pillow identifies from its header counts too.
-IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
-                    b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xffO\xffQ", b"\x00\x00\x01\x00", b"8BPS", b"qoif",
-                    b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"P7", b"Pf", b"PF", b"DDS ", b"icns")
+# Unmistakable signatures of image formats Pillow reads. Formats with a weak one (BMP's "BM", Netpbm's "P6", TGA)
+# count when Pillow parses their header, so a text file that starts "BMI" is still a text file.
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*",
+                    b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xffO\xffQ", b"8BPS", b"qoif", b"DDS ", b"icns")
 HTML_STARTS = (b"<!doctype", b"<html", b"<head", b"<body", b"<!--", b"<meta", b"<div", b"<p", b"<title", b"<?xml",
                b"<script", b"<link", b"<style", b"<img", b"<table", b"<h1", b"<a ")
 # What a file whose content the tool does not read is, in the words of its one-line error.

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -246,7 +247,7 @@ def test_every_shared_page_runs_without_traceback_or_hang():
 def test_unusable_local_files_are_failed_inputs(tmp_path, capsys):
     (tmp_path / "notes.pdf").write_text("Dear reviewer,\nthe PDF follows.\n")
     (tmp_path / "empty.pdf").write_bytes(b"")
-    (tmp_path / "noise.jpg").write_bytes(os.urandom(4096))
+    (tmp_path / "noise.jpg").write_bytes(random.Random(0).randbytes(4096))
     names = ["notes.pdf", "empty.pdf", "noise.jpg"]
     code, out, err = run_cli(["--json"] + [str(tmp_path / n) for n in names] + [str(MEDICAL[0])], capsys)
     report = json.loads(out)

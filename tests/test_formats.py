@@ -195,11 +195,15 @@ def test_folder_reads_by_content_and_lists_image_named_files_that_are_not(tmp_pa
     (tmp_path / "fake.png").write_text("this is text")
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "error.jpg").write_bytes(b"<!DOCTYPE html><html><body>404 Not Found</body></html>")
+    (tmp_path / "cut.png").write_bytes(image_bytes(PHOTOS[2], "PNG")[:3000])  # an image that does not decode
+    (tmp_path / "BMI.txt").write_text("BMI 24.1, weight 70 kg")  # starts like a BMP, is text: passed over
     kind, got, skips = items_of(str(tmp_path))
     assert kind == "folder"
     assert sorted((i.source.rsplit("/", 1)[1], i.format) for i in got) == [
         ("photo.dat", "jpeg"), ("picture.avif", "avif"), ("scan", "dicom")]
-    assert {s.source.rsplit("/", 1)[1]: s.reason for s in skips} == {
+    reasons = {s.source.rsplit("/", 1)[1]: s.reason for s in skips}
+    assert reasons.pop("cut.png").startswith("not a decodable image")
+    assert reasons == {
         "empty.jpg": "empty file: not an image, PDF, DICOM or web page",
         "error.jpg": "HTML error page: not an image, PDF, DICOM or web page",
         "fake.png": "text file: not an image, PDF, DICOM or web page"}
