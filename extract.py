@@ -57,7 +57,7 @@ def _content_items(name: str, data: bytes, options: Options, budget: ImageBudget
 
 def _file_items(path: str, data: bytes, options: Options, budget: ImageBudget | None = None,
                 standalone: bool = True, seen: set | None = None) -> tuple[str, Iterator[Found | Skipped]]:
-    local = LocalFolder(os.path.dirname(os.path.abspath(path)), set() if seen is None else seen)
+    local = LocalFolder(path, set() if seen is None else seen)
     return _content_items(path, data, options, budget, standalone, local)
 
 

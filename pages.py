@@ -334,10 +334,20 @@ def bounded_map(function, items: Iterable, workers: int) -> Iterator:
 
 @dataclass
 class LocalFolder:
-    """A saved page's folder: its file: images are read from disk, inside this folder tree only, each file once
-    (`seen` holds the real paths read, shared with a folder walk that holds the page)."""
-    root: str
+    """A saved page (`page`, its path as given) and its folder: its file: images are read from disk, inside this
+    folder tree only, each file once (`seen` holds the real paths read, shared with a folder walk that holds the
+    page), and named by their path as the page's path was given."""
+    page: str
     seen: set = field(default_factory=set)
+
+    @property
+    def root(self) -> str:
+        return os.path.dirname(os.path.abspath(self.page))
+
+    def name(self, url: str) -> str:
+        path = url2pathname(unquote(urlsplit(url).path))
+        inside = os.path.relpath(path, self.root)
+        return path if inside.startswith(os.pardir) else os.path.join(os.path.dirname(self.page), inside)
 
     def read(self, url: str, options: Options) -> bytes | None:
         """The file's bytes, or None when it was read already. Raises FetchError."""
@@ -372,7 +382,7 @@ def _read_image_url(url: str, options: Options, dead_hosts: dict, local: LocalFo
 def _source(url: str, local: "LocalFolder | None") -> str:
     """How a page image is named in results: its URL, or for a saved page's own file its path."""
     if local is not None and url_scheme(url) == "file":
-        return url2pathname(unquote(urlsplit(url).path))
+        return local.name(url)
     return url[:200] if not is_http_url(url) else url
 
 
@@ -380,7 +390,7 @@ def _read_candidate(url: str, page_url: str, index: int, options: Options, dead_
                     local: LocalFolder | None, images_only: bool = False) -> list[Found | Skipped]:
     """One URL (or data: URI) of a picture -> its items; [] when a saved page's file was read already."""
     if url.lower().startswith("data:"):
-        source = f"{page_url}#data-uri-{index}"
+        source = f"{local.page if local else page_url}#data-uri-{index}"
         if not url.lower().startswith("data:image/"):
             return [Skipped(source, "data: URI that is not an image")]
         try:

@@ -241,7 +241,7 @@ def test_url_whose_content_is_nothing_readable_is_a_failed_input(server):
     assert kind == "image" and [i.format for i in got] == ["dicom"]
 
 
-def test_saved_page_reads_its_folder_and_downloads_absolute_urls(tmp_path, server):
+def test_saved_page_reads_its_folder_and_downloads_absolute_urls(tmp_path, server, monkeypatch):
     server.add("/remote.jpg", image_bytes(PHOTOS[2], "JPEG"), "image/jpeg")
     site = tmp_path / "site"
     (site / "page_files").mkdir(parents=True)
@@ -252,6 +252,9 @@ def test_saved_page_reads_its_folder_and_downloads_absolute_urls(tmp_path, serve
     kind, got, skips = items_of(str(site / "page.htm"))
     assert kind == "page"
     assert sorted(i.source for i in got) == sorted([str(site / "page_files" / "scan.png"), server.url + "/remote.jpg"])
+    monkeypatch.chdir(tmp_path)  # images are named as the page was: a relative page gives relative paths
+    kind, got, _ = items_of("site/page.htm")
+    assert sorted(i.source for i in got) == sorted(["site/page_files/scan.png", server.url + "/remote.jpg"])
     assert {s.reason for s in skips} == {"outside the saved page's folder (not read)"} and len(skips) == 2
     kind, got, skips = items_of(str(site))  # in a folder walk the page's own images are not read twice
     assert kind == "folder" and len(got) == 2 and len(skips) == 2
