@@ -47,7 +47,7 @@ def _content_items(name: str, data: bytes, options: Options, budget: ImageBudget
     if kind == "pdf":
         return "pdf", pdf_images(data, name, options, budget)
     if kind == "html" and local is not None and _is_page(name, kind):
-        return "page", page_images(data, Path(os.path.abspath(name)).as_uri(), options, local)
+        return "page", page_images(data, Path(os.path.abspath(name)).as_uri(), options, local, budget)
     if kind in ("image", "dicom", "svg"):
         return "image", _image_items(data, name, options, budget, standalone)
     if standalone:

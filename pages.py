@@ -349,9 +349,15 @@ class LocalFolder:
         inside = os.path.relpath(path, self.root)
         return path if inside.startswith(os.pardir) else os.path.join(os.path.dirname(self.page), inside)
 
+    def read_already(self, url: str) -> bool:
+        return url_scheme(url) == "file" and self._path(url) in self.seen
+
+    def _path(self, url: str) -> str:
+        return os.path.realpath(url2pathname(unquote(urlsplit(url).path)))
+
     def read(self, url: str, options: Options) -> bytes | None:
         """The file's bytes, or None when it was read already. Raises FetchError."""
-        path = os.path.realpath(url2pathname(unquote(urlsplit(url).path)))
+        path = self._path(url)
         if os.path.commonpath([path, os.path.realpath(self.root)]) != os.path.realpath(self.root):
             raise FetchError("outside the saved page's folder (not read)")
         if path in self.seen:
@@ -433,16 +439,19 @@ def _download_image(image: "PageImage | str", page_url: str, index: int, options
     return notes + (first or [])
 
 
-def page_images(html: bytes, page_url: str, options: Options, local: LocalFolder | None = None
-                ) -> Iterator[Found | Skipped]:
+def page_images(html: bytes, page_url: str, options: Options, local: LocalFolder | None = None,
+                budget: ImageBudget | None = None) -> Iterator[Found | Skipped]:
     """Every picture of a page, downloaded on a bounded thread pool. For a saved page (`page_url` a file: URL),
-    `local` is its folder: its file: images are read from disk inside that folder only."""
+    `local` is its folder: its file: images are read from disk inside that folder only. `budget`: --max-images
+    shared with the folder the page is in."""
     pictures = find_images(html, page_url)
-    budget, dead_hosts, root = ImageBudget(options.max_images), {}, local
+    budget, dead_hosts = budget or ImageBudget(options.max_images), {}
+    room = max(budget.limit - budget.used, 0)
     # The cap applies to candidate pictures here, so those past it are never downloaded.
-    for items in bounded_map(lambda pair: _download_image(pair[1], page_url, pair[0], options, dead_hosts, root),
-                             enumerate(pictures[:budget.limit]), options.workers):
+    for items in bounded_map(lambda pair: _download_image(pair[1], page_url, pair[0], options, dead_hosts, local),
+                             enumerate(pictures[:room]), options.workers):
         for item in items:
             yield budget.admit(item)
-    for picture in pictures[budget.limit:]:
-        yield Skipped(_source(picture.link or picture.url, root), budget.reason)
+    for picture in pictures[room:]:
+        if not (local and local.read_already(picture.url)):  # a folder's file listed already
+            yield Skipped(_source(picture.link or picture.url, local), budget.reason)

@@ -272,3 +272,12 @@ def test_extraction_of_every_kind_never_imports_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=str(extract.__file__).rsplit("/", 1)[0])
     assert result.stdout.split() == ["2", "False"], result.stderr[-2000:]
+
+
+def test_max_images_is_shared_by_a_folder_and_the_pages_in_it(tmp_path):
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(image_bytes(PHOTOS[i], "PNG", size=(64, 64)))
+    (tmp_path / "a.html").write_text('<img src="0.png"><img src="1.png"><img src="2.png">')
+    kind, got, skips = items_of(str(tmp_path), max_images=2)  # the files first, then the page showing them
+    assert len(got) == 2 and [(s.source.rsplit("/", 1)[1], s.reason) for s in skips] == [
+        ("2.png", "over --max-images (2)")]
