@@ -209,16 +209,17 @@ def _urlish(value: str) -> bool:
     return bool(value) and not value.startswith(("{", "[", "<")) and " " not in value
 
 
-def _element_candidates(attrs: dict) -> list[str]:
-    """The URLs an <img> or <source> may show, best first: srcset candidates (lazy ones included) largest first,
-    then lazy-loading attributes, then `src`; data: placeholders after every real URL."""
+def _element_candidates(elements: list[dict]) -> list[str]:
+    """The URLs an <img> (with the <source>s of its <picture>) may show, best first: srcset candidates (lazy ones
+    included) largest first, then lazy-loading attributes, then `src`; data: placeholders after every real URL."""
     sized, lazy, plain = [], [], []
-    for a in ("srcset",) + LAZY_SRCSET_ATTRS:
-        if isinstance(attrs.get(a), str):
-            sized += parse_srcset(attrs[a])
-    lazy += [attrs[a] for a in LAZY_SRC_ATTRS if isinstance(attrs.get(a), str) and _urlish(attrs[a])]
-    if isinstance(attrs.get("src"), str) and attrs["src"].strip():
-        plain.append(attrs["src"])
+    for attrs in elements:
+        for a in ("srcset",) + LAZY_SRCSET_ATTRS:
+            if isinstance(attrs.get(a), str):
+                sized += parse_srcset(attrs[a])
+        lazy += [attrs[a] for a in LAZY_SRC_ATTRS if isinstance(attrs.get(a), str) and _urlish(attrs[a])]
+        if isinstance(attrs.get("src"), str) and attrs["src"].strip():
+            plain.append(attrs["src"])
     ordered = [u for u, _ in sorted(sized, key=lambda c: -c[1])] + lazy + plain
     return sorted(ordered, key=lambda u: u.strip().lower().startswith("data:"))  # stable: real URLs first
 
@@ -255,11 +256,20 @@ def find_images(html: str | bytes, base_url: str) -> list[PageImage]:
         if rel == "image_src":
             raw.append(([link["href"]], None))
 
+    in_pictures: set = set()  # the <source>s and <img> of a <picture>: one picture, read with it
     for tag in soup.find_all(True):
         name = tag.name
         attrs = tag.attrs
-        if name == "img" or name == "source" or name == "input" and (attrs.get("type") or "").lower() == "image":
-            candidates = _element_candidates(attrs)
+        if id(tag) in in_pictures:
+            pass
+        elif name == "picture":
+            parts = tag.find_all(["source", "img"])
+            in_pictures.update(id(part) for part in parts)
+            candidates = _element_candidates([part.attrs for part in parts])
+            if candidates:
+                raw.append((candidates, _enclosing_link(tag)))
+        elif name == "img" or name == "source" or name == "input" and (attrs.get("type") or "").lower() == "image":
+            candidates = _element_candidates([attrs])
             if candidates:
                 raw.append((candidates, _enclosing_link(tag) if name == "img" else None))
         elif name == "video" and isinstance(attrs.get("poster"), str):

@@ -53,7 +53,9 @@ def test_parse_srcset_follows_the_html_rules():
 def test_picture_sources():
     html = ('<picture><source srcset="big.webp 1200w, small.webp 600w" type="image/webp">'
             '<img src="fallback.jpg"></picture>')
-    assert urls(html) == ["https://example.org/articles/big.webp", "https://example.org/articles/fallback.jpg"]
+    assert urls(html) == ["https://example.org/articles/big.webp"]  # one picture, read at its largest
+    [picture] = pages.find_images(html, BASE)
+    assert picture.fallbacks == ("https://example.org/articles/small.webp", "https://example.org/articles/fallback.jpg")
 
 
 def test_lazy_attributes_win_over_placeholder_src():
@@ -246,10 +248,12 @@ def test_one_picture_given_as_src_and_srcset_is_read_once(server):
     server.add("/big.jpg", image_bytes(PHOTOS[0], "JPEG"), "image/jpeg")
     server.add("/small.jpg", image_bytes(PHOTOS[0], "JPEG", size=(40, 40)), "image/jpeg")
     page = "".join(f'<img src="/small.jpg?n={n}" srcset="/small.jpg?n={n} 1x, /big.jpg?n={n} 2x">' for n in range(20))
+    page += ('<picture><source media="(min-width: 800px)" srcset="/big.jpg?p 900w"><source srcset="/small.jpg?p 300w">'
+             '<img src="/small.jpg?p"></picture>')
     server.add("/twenty.html", page.encode())
     kind, found, skipped = collect(server.url + "/twenty.html")
-    assert len(found) == 20 and not skipped
-    assert server.hits.get("/small.jpg") is None and server.hits["/big.jpg"] == 20
+    assert len(found) == 21 and not skipped
+    assert server.hits.get("/small.jpg") is None and server.hits["/big.jpg"] == 21
 
 
 def test_a_candidate_that_gives_no_image_falls_back_to_the_next(server):
