@@ -372,12 +372,11 @@ def dicom_frame_to_image(ds, index: int) -> Image.Image:
     if photometric == "PALETTE COLOR":
         array = apply_color_lut(array, ds)
     if array.ndim == 3 and array.shape[-1] in (3, 4):
-        bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
         rgb = array[..., :3]
-        pixels = rgb.astype(np.uint8) if rgb.dtype == np.uint8 else window_to_uint8(rgb, (0, 2 ** bits - 1)
-                                                                                    if photometric != "PALETTE COLOR"
-                                                                                    else None)
-        return Image.fromarray(pixels, "RGB")
+        if rgb.dtype != np.uint8:  # a 16-bit palette spans 0..65535; stored colour spans its Bits Stored
+            bits = 16 if photometric == "PALETTE COLOR" else int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
+            rgb = window_to_uint8(rgb, (0, 2 ** bits - 1))
+        return Image.fromarray(np.ascontiguousarray(rgb), "RGB")
     if array.ndim != 2:
         raise ValueError(f"unexpected pixel array shape {array.shape}")
     values = apply_modality_lut(array, ds)
