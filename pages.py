@@ -227,7 +227,7 @@ def _element_candidates(elements: list[dict]) -> list[str]:
 def _enclosing_link(tag) -> str | None:
     """The href of the <a> around an image when that link holds only this one image."""
     anchor = tag.find_parent("a", href=True)
-    if anchor is None or len(anchor.find_all(["img", "picture"])) != 1:
+    if anchor is None or len(anchor.find_all("img")) != 1:
         return None
     href = anchor["href"].strip()
     return href if href and not href.startswith(("#", "javascript:", "mailto:", "data:")) else None

@@ -98,6 +98,14 @@ def test_malformed_urls_found_by_fuzzing_are_kept_for_reporting():
     assert skipped.reason == "invalid URL"
 
 
+def test_links_around_pictures_and_single_images_only():
+    html = ('<a href="/full/1.jpg"><picture><source srcset="1.webp"><img src="1.jpg"></picture></a>'
+            '<a href="/gallery.html"><img src="2.jpg"><img src="3.jpg"></a>')
+    found = pages.find_images(html, BASE)
+    assert [(p.url.rsplit("/", 1)[1], p.link, p.link_is_image) for p in found] == [
+        ("1.webp", "https://example.org/full/1.jpg", True), ("2.jpg", None, False), ("3.jpg", None, False)]
+
+
 def test_noscript_fallbacks_are_found():
     assert urls('<noscript><img src="ns.jpg"></noscript>') == ["https://example.org/articles/ns.jpg"]
 
