@@ -235,8 +235,13 @@ def pdf_images(data: bytes, name: str, options: Options, budget: ImageBudget | N
     seen_xrefs, seen_digests, smasks = set(), set(), set()
     budget = budget or ImageBudget(options.max_images)
     deadline = time.monotonic() + options.pdf_time_limit
+    numbers = selected_pages(options.pages, doc.page_count)
+    if not numbers:
+        count = doc.page_count
+        doc.close()
+        raise InputError(f"--pages selects none of the PDF's {count} pages")
     try:
-        for number in selected_pages(options.pages, doc.page_count):
+        for number in numbers:
             page = doc[number]
             page_source = f"{name}#page={number + 1}"
             counter = itertools.count(1)

@@ -249,6 +249,8 @@ def test_pages_option_reads_only_those_pages():
     found, _ = run(doc.tobytes(), pages=extract_pdfs.parse_pages("1,4-"))
     assert [f.page for f in found] == [1, 4]
     assert extract_pdfs.parse_pages("3-10, 12") == ((3, 10), (12, 12))
+    with pytest.raises(extract.InputError, match="--pages selects none of the PDF's 4 pages"):
+        run(doc.tobytes(), pages=extract_pdfs.parse_pages("7-9"))
     for bad in ("0", "5-3", "a-b", "", "1,,2"):
         with pytest.raises(ValueError):
             extract_pdfs.parse_pages(bad)
