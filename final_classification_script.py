@@ -37,6 +37,15 @@ class InputResult:
     thumbnails: list = field(default_factory=list)  # for --report only, never in JSON
 
 
+def _page_ranges(text: str):
+    import pdfs
+
+    try:
+        return pdfs.parse_pages(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -54,6 +63,11 @@ def parse_args(argv=None):
     p.add_argument("--max-images", type=int, default=500, help="at most this many images per input (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=20.0, help="seconds allowed for each download (default: %(default)s)")
     p.add_argument("--workers", type=int, default=8, help="concurrent image downloads per page (default: %(default)s)")
+    p.add_argument("--pages", type=_page_ranges, metavar="RANGES",
+                   help="PDF pages to read, 1-based: 3-10, 1,4,7- (default: all)")
+    p.add_argument("--password", help="tried on an encrypted PDF the empty password does not open (never printed)")
+    p.add_argument("--all-frames", action="store_true",
+                   help="classify every frame of a multi-frame DICOM (default: its middle frame)")
     p.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
                    help="auto: ONNX Runtime on the CPU, torch on CUDA/MPS (default: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: %(default)s")
@@ -86,14 +100,27 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.split("?")[0].rstrip("/").split("/")[-1])[-60:] or "input"
 
 
-def _save(found: extract.Found, save_dir: str, prefix: str, n: int) -> str:
+def save_name(found: extract.Found) -> str:
+    """The input's stem, then page, image index and frame where they apply: paper_p003_i02, scan_f004."""
+    stem = os.path.splitext(_slug(found.source.split("#")[0]))[0] or "image"
+    if "#data-uri-" in found.source:
+        stem += "_data" + found.source.rsplit("-", 1)[1]
+    parts = [stem] + [f"{tag}{value:0{width}d}" for tag, value, width in
+                      (("p", found.page, 3), ("i", found.index, 2), ("f", found.frame, 3)) if value is not None]
+    return "_".join(parts)
+
+
+def _save(found: extract.Found, save_dir: str) -> str:
     os.makedirs(save_dir, exist_ok=True)
-    path = os.path.join(save_dir, f"{prefix}_{n:04d}.{found.ext}")
+    name, ext, n = save_name(found), found.ext if found.encoded is not None else "png", 1
+    path = os.path.join(save_dir, f"{name}.{ext}")
+    while os.path.exists(path):  # the same name from another input or folder
+        n += 1
+        path = os.path.join(save_dir, f"{name}-{n}.{ext}")
     if found.encoded is not None:
         with open(path, "wb") as f:
             f.write(found.encoded)
     else:
-        path = os.path.splitext(path)[0] + ".png"
         found.image.save(path)
     return os.path.abspath(path)
 
@@ -101,11 +128,12 @@ def _save(found: extract.Found, save_dir: str, prefix: str, n: int) -> str:
 def extract_options(args, model: engine.Engine) -> extract.Options:
     """Decoded images are kept only as large as the model needs (its resize), never at full resolution."""
     return extract.Options(min_size=args.min_size, max_images=args.max_images, timeout=args.timeout,
-                           workers=args.workers, keep_encoded=bool(args.save_dir),
+                           workers=args.workers, keep_encoded=bool(args.save_dir), pages=args.pages,
+                           password=args.password, all_frames=args.all_frames,
                            working_size=max(model.preprocess["resize"], model.preprocess["crop"]))
 
 
-def classify_input(text: str, index: int, model: engine.Engine, options: extract.Options, args, bar,
+def classify_input(text: str, model: engine.Engine, options: extract.Options, args, bar,
                    model_thread: ThreadPoolExecutor) -> InputResult:
     """Extract and classify one input in batches, so full-size images never pile up.
 
@@ -119,10 +147,11 @@ def classify_input(text: str, index: int, model: engine.Engine, options: extract
     def record(found: extract.Found, p: float):
         saved = None
         if args.save_dir:
-            saved = _save(found, args.save_dir, f"{index + 1:02d}_{_slug(text)}", len(result.images) + 1)
+            saved = _save(found, args.save_dir)
         result.images.append({"source": found.source, "page": found.page, "width": found.width,
                               "height": found.height, "label": model.label(p), "p_medical": round(p, 4),
-                              "saved_path": saved})
+                              "saved_path": saved, "format": found.format,
+                              **({"thumbnail": found.thumbnail} if found.thumbnail else {})})
         if args.report:
             result.thumbnails.append(_thumbnail(found.image))
 
@@ -182,7 +211,7 @@ def to_json(results: list[InputResult], model, model_path: str) -> dict:
 
 
 CSV_FIELDS = ["input", "kind", "status", "source", "page", "width", "height", "label", "p_medical", "saved_path",
-              "reason"]
+              "reason", "format", "thumbnail"]
 
 
 def to_csv(report: dict) -> str:
@@ -279,9 +308,9 @@ def main(argv=None) -> int:
     results = []
     with tqdm(desc="images", unit="img", file=sys.stderr, disable=args.quiet) as bar, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="model") as model_thread:
-        for index, text in enumerate(args.inputs):
+        for text in args.inputs:
             bar.set_postfix_str(_shorten(text, 40))
-            result = classify_input(text, index, model, options, args, bar, model_thread)
+            result = classify_input(text, model, options, args, bar, model_thread)
             if result.error and not args.quiet:
                 tqdm.write(f"error: {text}: {result.error}", file=sys.stderr)
             results.append(result)

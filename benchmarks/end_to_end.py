@@ -57,7 +57,7 @@ def ours(text: str, net, args) -> list[float]:
     options = cli.extract_options(args, net)
     cli_args = argparse.Namespace(batch_size=args.batch_size, save_dir=None, report=None)
     with ThreadPoolExecutor(max_workers=1) as model_thread:
-        result = cli.classify_input(text, 0, net, options, cli_args, NoBar(), model_thread)
+        result = cli.classify_input(text, net, options, cli_args, NoBar(), model_thread)
     assert result.error is None, result.error
     return [im["p_medical"] for im in result.images]
 
@@ -69,7 +69,7 @@ def classification_stage(jpegs: list, net, args, working_size: int | None = None
     """
     options = cli.extract_options(args, net)
     options.working_size = working_size or options.working_size
-    found = [extract.decode_image(data, f"{i}.jpg", options) for i, data in enumerate(jpegs)]
+    found = [next(extract.decode_images(data, f"{i}.jpg", options)) for i, data in enumerate(jpegs)]
     return net.predict([f.image for f in found], batch_size=args.batch_size)
 
 
@@ -84,6 +84,9 @@ def main():
     p.add_argument("--max-images", type=int, default=500)
     p.add_argument("--timeout", type=float, default=20.0)
     p.add_argument("--save-dir", default=None)
+    p.add_argument("--pages", default=None)
+    p.add_argument("--password", default=None)
+    p.add_argument("--all-frames", action="store_true")
     args = p.parse_args()
     nets = {name: engine.open_engine(args.model, name, "cpu") for name in ("onnx", "torch")}
     images = [upscaled_jpeg(x)[0] for x in corpus_sample(args.images)]

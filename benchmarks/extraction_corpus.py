@@ -14,7 +14,9 @@ timed side by side.
 Pages: the images live on the real web, so the pure URL finder runs on each saved
 page with its original URL as base, against the URLs headless Chromium requested.
 A reference URL counts as found when the finder returned it or another candidate
-of the same <img> (a different srcset width). URLs only lazy attributes hold
+of the same <img> (a different srcset width, a placeholder `src` beside a lazy-loading attribute: the tool reads
+one candidate per element, the largest, and the next ones only when it gives no image), or is the image a link
+around the <img> leads to (which the tool reads instead of the thumbnail). URLs only lazy attributes hold
 (`lazy_attr_only`) and og:image URLs are reported apart, not as extras.
 """
 import argparse
@@ -30,6 +32,7 @@ from collections import Counter
 from common import SHARED
 
 import extract
+import pages
 
 PDFS, PAGES = SHARED / "pdfs", SHARED / "pages"
 
@@ -46,7 +49,7 @@ def worker():
         try:
             _, items = extract.open_input(path, options)
             for item in items:
-                inline = "(inline image" in item.source if isinstance(item, extract.Found) else "inline" in item.reason
+                inline = item.inline if isinstance(item, extract.Found) else "inline" in item.reason
                 if isinstance(item, extract.Found):
                     counts["inline_found" if inline else "found"] += 1
                 else:
@@ -172,7 +175,9 @@ def run_pages():
         entry = manifest[name]
         html = (PAGES / name).read_bytes()
         start = time.perf_counter()
-        ours = set(extract.find_image_urls(html, entry["document_url_used"]))
+        pictures = pages.find_images(html, entry["document_url_used"])
+        # a picture is read as its best candidate (or the image its link leads to), its other candidates in turn
+        ours = {u for p in pictures for u in (p.url, p.link, *p.fallbacks) if u}
         seconds = time.perf_counter() - start
         reference = entry["reference"]["browser_requested_images"]
         sources = [set(s["srcset"]) for s in entry["dom"].get("picture_sources") or [] if s["srcset"]]

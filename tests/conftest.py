@@ -141,6 +141,7 @@ def shipped_model_path():
 
 @pytest.fixture(scope="session")
 def shipped_model(shipped_model_path):
-    import model
+    """The shipped model as the CLI runs it on a CPU (its ONNX twin)."""
+    import engine
 
-    return model.load_model(shipped_model_path, "cpu")
+    return engine.open_engine(shipped_model_path, "onnx", "cpu")

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -56,12 +57,12 @@ def test_json_contract(inputs, tmp_path, capsys, shipped_model_path):
     for entry in report["inputs"]:
         assert set(entry) == {"input", "kind", "error", "images", "skipped"} and entry["error"] is None
         for image in entry["images"]:
-            assert set(image) == {"source", "page", "width", "height", "label", "p_medical", "saved_path"}
+            assert set(image) == {"source", "page", "width", "height", "label", "p_medical", "saved_path", "format"}
             assert image["label"] in ("medical", "non-medical") and 0 <= image["p_medical"] <= 1
             assert (image["label"] == "medical") == (image["p_medical"] >= report["model"]["threshold"])
     pdf_images = report["inputs"][0]["images"]
-    assert [(i["source"], i["page"]) for i in pdf_images] == [(inputs["pdf"] + "#page=1", 1),
-                                                              (inputs["pdf"] + "#page=2", 2)]
+    assert [(i["source"], i["page"], i["format"]) for i in pdf_images] == [
+        (inputs["pdf"] + "#page=1&image=1", 1, "jpeg"), (inputs["pdf"] + "#page=2&image=1", 2, "jpeg")]
     assert [i["label"] for i in pdf_images] == ["medical", "non-medical"]  # a CT slice and a photo
     assert report["inputs"][1]["images"][0]["label"] == "medical"
     assert report["summary"] == {"images": 5, "medical": report["summary"]["medical"],
@@ -111,7 +112,7 @@ def test_table_and_threshold_override(inputs, capsys):
     code, out, _ = run_cli([inputs["pdf"], "--threshold", "0"], capsys)
     assert code == 0
     assert out.count(" medical ") == 2 and "2 images: 2 medical, 0 non-medical" in out
-    assert "paper.pdf#page=2" in out and "size" in out and "confidence" in out
+    assert "paper.pdf#page=2&image=1" in out and "size" in out and "confidence" in out
 
 
 def test_csv_has_a_row_per_image_and_skip(inputs, tmp_path, capsys):
@@ -171,7 +172,8 @@ def test_page_url_through_the_cli(server, capsys):
     assert {(i["source"].rsplit("/", 1)[1], i["label"]) for i in entry["images"]} == {
         ("scan.png", "medical"), ("photo.jpg", "non-medical")}
     assert {s["source"].rsplit("/", 1)[1]: s["reason"] for s in entry["skipped"]} == {
-        "dot.gif": "smaller than 32 px (1x1)", "gone.png": "download failed: HTTP 404"}
+        "gone.png": "download failed: HTTP 404"}  # the placeholder dot.gif is not read: its element shows photo.jpg
+    assert server.hits.get("/dot.gif") is None
 
 
 def test_hostile_inputs_each_fail_clearly_and_the_good_one_completes(server, tmp_path, capsys):
@@ -240,3 +242,72 @@ def test_every_shared_page_runs_without_traceback_or_hang():
     report = json.loads(result.stdout)
     assert [e["error"] for e in report["inputs"]] == [None] * len(urls)
     assert report["summary"]["skipped"] > 40 * 5
+
+
+def test_unusable_local_files_are_failed_inputs(tmp_path, capsys):
+    (tmp_path / "notes.pdf").write_text("Dear reviewer,\nthe PDF follows.\n")
+    (tmp_path / "empty.pdf").write_bytes(b"")
+    (tmp_path / "noise.jpg").write_bytes(random.Random(0).randbytes(4096))
+    names = ["notes.pdf", "empty.pdf", "noise.jpg"]
+    code, out, err = run_cli(["--json"] + [str(tmp_path / n) for n in names] + [str(MEDICAL[0])], capsys)
+    report = json.loads(out)
+    assert code == 1 and "Traceback" not in err
+    assert [e["error"] for e in report["inputs"]] == [
+        "text file: not an image, PDF, DICOM or web page", "empty file: not an image, PDF, DICOM or web page",
+        "unknown binary: not an image, PDF, DICOM or web page", None]
+    assert report["summary"]["failed_inputs"] == 3 and report["summary"]["images"] == 1
+
+
+def test_every_image_has_its_own_source_and_save_name(tmp_path, capsys):
+    doc = pymupdf.open()
+    page = doc.new_page()
+    for i, path in enumerate(NON_MEDICAL[:2]):
+        page.insert_image(pymupdf.Rect(20, 20 + 300 * i, 300, 300 + 300 * i), stream=image_bytes(path, "JPEG"))
+    doc.save(tmp_path / "paper.pdf")
+    frames = [Image.open(p).convert("L").resize((64, 64)) for p in MEDICAL]
+    frames[0].save(tmp_path / "scan.tif", save_all=True, append_images=frames[1:])
+    save = tmp_path / "saved"
+    code, out, _ = run_cli(["--json", "--save-dir", str(save), str(tmp_path / "paper.pdf"), str(tmp_path / "scan.tif")],
+                           capsys)
+    images = [i for e in json.loads(out)["inputs"] for i in e["images"]]
+    assert code == 0
+    assert [(i["source"].rsplit("/", 1)[1], os.path.basename(i["saved_path"]), i["format"]) for i in images] == [
+        ("paper.pdf#page=1&image=1", "paper_p001_i01.jpg", "jpeg"),
+        ("paper.pdf#page=1&image=2", "paper_p001_i02.jpg", "jpeg"),
+        ("scan.tif#frame=1", "scan_f001.png", "tiff"), ("scan.tif#frame=2", "scan_f002.png", "tiff"),
+        ("scan.tif#frame=3", "scan_f003.png", "tiff")]
+    for image in images:
+        with Image.open(image["saved_path"]) as saved:
+            assert saved.size == (image["width"], image["height"])
+
+
+def test_dicom_pages_and_password_through_the_cli(tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+
+    make_pdf(tmp_path / "plain.pdf", [MEDICAL[0], NON_MEDICAL[0], MEDICAL[1]])
+    pymupdf.open(tmp_path / "plain.pdf").save(tmp_path / "locked.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256,
+                                              user_pw="hunter2", owner_pw="owner")
+    (tmp_path / "us.dcm").write_bytes(open(get_testdata_file("examples_ybr_color.dcm"), "rb").read())
+    (tmp_path / "ct").write_bytes(open(get_testdata_file("CT_small.dcm"), "rb").read())
+    code, out, err = run_cli(["--json", "--pages", "2-", "--password", "hunter2", "--all-frames", "--max-images", "4",
+                              str(tmp_path / "locked.pdf"), str(tmp_path / "us.dcm"), str(tmp_path / "ct")], capsys)
+    assert code == 0 and "hunter2" not in out + err
+    pdf, us, ct = json.loads(out)["inputs"]
+    assert [i["page"] for i in pdf["images"]] == [2, 3]
+    assert [i["source"].rsplit("#", 1)[1] for i in us["images"]] == ["frame=1", "frame=2", "frame=3", "frame=4"]
+    assert len(us["skipped"]) == 26 and {i["format"] for i in us["images"] + ct["images"]} == {"dicom"}
+    assert ct["kind"] == "image" and ct["images"][0]["label"] == "medical"
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--pages", "9-2", str(tmp_path / "plain.pdf")])
+    assert info.value.code == 2
+    capsys.readouterr()
+
+
+def test_a_link_around_a_thumbnail_is_reported_with_both_urls(server, capsys):
+    server.add("/full.png", image_bytes(MEDICAL[0], "PNG"), "image/png")
+    server.add("/thumb.png", image_bytes(MEDICAL[0], "PNG", size=(48, 48)), "image/png")
+    server.add("/a.html", b'<a href="full.png"><img src="thumb.png"></a>')
+    code, out, _ = run_cli(["--json", server.url + "/a.html"], capsys)
+    [image] = json.loads(out)["inputs"][0]["images"]
+    assert (image["source"], image["thumbnail"], image["format"]) == (server.url + "/full.png",
+                                                                      server.url + "/thumb.png", "png")

@@ -243,7 +243,7 @@ def test_decoding_keeps_only_what_the_model_needs():
     for fmt in ("PNG", "JPEG"):
         buffer = io.BytesIO()
         big.save(buffer, fmt, quality=95)
-        found = extract.decode_image(buffer.getvalue(), "x", options)
+        found = next(extract.decode_images(buffer.getvalue(), "x", options))
         assert (found.width, found.height) == (1500, 1000) and found.image.size == (384, 256)
         difference = np.abs(engine.prepare(found.image, PREPROCESS).astype(int)
                             - engine.prepare(big, PREPROCESS).astype(int))

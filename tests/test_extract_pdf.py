@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 import extract
+import pdfs as extract_pdfs
 from conftest import corpus_images, image_bytes
 
 PHOTO = corpus_images("non_medical", "photo", 1)[0]
@@ -42,7 +43,8 @@ def test_jpeg_png_and_grey_images_come_out_once_each_at_full_size():
     assert len(found) == 2 and not skipped
     with Image.open(PHOTO) as im:
         assert (found[0].width, found[0].height) == im.size
-    assert found[0].page == 1 and found[0].source == "test.pdf#page=1"
+    assert found[0].page == 1 and [f.source for f in found] == ["test.pdf#page=1&image=1", "test.pdf#page=1&image=2"]
+    assert [f.index for f in found] == [1, 2] and found[0].format == "jpeg"
     assert np.abs(mean_rgb(found[0].image) - mean_rgb(Image.open(PHOTO))).max() < 6
 
 
@@ -93,7 +95,7 @@ def test_inline_images_are_found_and_tiny_ones_skipped():
     _page_with_content(doc, content)
     found, skipped = run(doc.tobytes())
     assert len(found) == 1 and (found[0].width, found[0].height) == (64, 48)
-    assert "inline" in found[0].source
+    assert found[0].inline and found[0].source == "test.pdf#page=1&image=1"
     assert np.abs(np.asarray(found[0].image.convert("L"), dtype=float) - big).mean() < 2
     assert any("smaller than 32 px" in s.reason for s in skipped)
 
@@ -184,3 +186,93 @@ def test_a_pdf_that_takes_too_long_stops_with_what_it_found():
     kind, items = extract._file_items("slow.pdf", doc.tobytes(), extract.Options(pdf_time_limit=0.0))
     with pytest.raises(extract.InputError, match="stopped at page 1 of 3 after 0 s"):
         list(items)
+
+
+# ---------------------------------------------------------------- annotations, page ranges, passwords, identity
+
+def _image_xobject(doc, jpeg: bytes) -> int:
+    """A JPEG image XObject written by hand, drawn by nothing yet."""
+    with Image.open(io.BytesIO(jpeg)) as im:
+        width, height = im.size
+    xref = doc.get_new_xref()
+    doc.update_object(xref, f"<</Type/XObject/Subtype/Image/Width {width}/Height {height}/ColorSpace/DeviceRGB"
+                            f"/BitsPerComponent 8/Filter/DCTDecode/Length {len(jpeg)}>>")
+    doc.update_stream(xref, jpeg, compress=False)
+    return xref
+
+
+def _form_drawing(doc, image_xref: int) -> int:
+    """A Form XObject (an appearance stream) that draws one image."""
+    xref = doc.get_new_xref()
+    doc.update_object(xref, f"<</Type/XObject/Subtype/Form/BBox[0 0 100 100]/Resources<</XObject<</Im0 "
+                            f"{image_xref} 0 R>>>>>>")
+    doc.update_stream(xref, b"q 100 0 0 100 0 0 cm /Im0 Do Q")
+    return xref
+
+
+def test_images_in_annotation_and_widget_appearances_are_found_once_each():
+    photos = [image_bytes(p, "JPEG") for p in corpus_images("non_medical", "photo", 4)]
+    doc = pymupdf.open()
+    for _ in range(3):
+        doc.new_page()
+    page = doc[0]
+    page.add_stamp_annot(pymupdf.Rect(50, 50, 250, 250), stamp=photos[0])  # an image stamp
+    widget = pymupdf.Widget()
+    widget.field_type, widget.field_name, widget.field_value = pymupdf.PDF_WIDGET_TYPE_CHECKBOX, "ok", True
+    widget.rect = pymupdf.Rect(300, 300, 400, 400)
+    page.add_widget(widget)
+    on, off = (_form_drawing(doc, _image_xobject(doc, photo)) for photo in photos[1:3])
+    [field] = list(page.widgets())
+    doc.xref_set_key(field.xref, "AP/N", f"<</Yes {on} 0 R/Off {off} 0 R>>")  # the checked state shows photo 1
+    hidden = page.add_stamp_annot(pymupdf.Rect(50, 300, 250, 500), stamp=photos[3])
+    doc.xref_set_key(hidden.xref, "F", "2")  # Hidden: never shown, not an image of the page
+    first_annot = doc.xref_get_key(page.xref, "Annots")[1].strip("[]").split()[0]
+    doc.xref_set_key(doc[1].xref, "Annots", f"[{first_annot} 0 R]")  # page 1's stamp again: not reported again
+    stamp = doc[2].add_stamp_annot(pymupdf.Rect(50, 50, 250, 250), stamp=photos[1])
+    found, skipped = run(doc.tobytes())
+    assert not skipped
+    assert [(f.source, f.page) for f in found] == [("test.pdf#page=1&image=1", 1), ("test.pdf#page=1&image=2", 1),
+                                                   ("test.pdf#page=3&image=1", 3)]
+    assert stamp.xref
+    widths = [f.width for f in found[:2]]
+    with Image.open(io.BytesIO(photos[0])) as stamp, Image.open(io.BytesIO(photos[1])) as checked:
+        assert sorted(widths) == sorted([stamp.width, checked.width])
+
+
+def test_pages_option_reads_only_those_pages():
+    doc = pymupdf.open()
+    photos = corpus_images("non_medical", "photo", 4)
+    for path in photos:
+        doc.new_page().insert_image(pymupdf.Rect(0, 0, 200, 200), stream=image_bytes(path, "JPEG"))
+    found, _ = run(doc.tobytes(), pages=extract_pdfs.parse_pages("2-3"))
+    assert [f.page for f in found] == [2, 3]
+    found, _ = run(doc.tobytes(), pages=extract_pdfs.parse_pages("1,4-"))
+    assert [f.page for f in found] == [1, 4]
+    assert extract_pdfs.parse_pages("3-10, 12") == ((3, 10), (12, 12))
+    with pytest.raises(extract.InputError, match="--pages selects none of the PDF's 4 pages"):
+        run(doc.tobytes(), pages=extract_pdfs.parse_pages("7-9"))
+    for bad in ("0", "5-3", "a-b", "", "1,,2"):
+        with pytest.raises(ValueError):
+            extract_pdfs.parse_pages(bad)
+
+
+def test_password_opens_an_encrypted_pdf_and_a_wrong_one_is_one_clear_error():
+    data = pdf_with(image_bytes(PHOTO, "JPEG")).tobytes(encryption=pymupdf.PDF_ENCRYPT_AES_256,
+                                                          user_pw="s3cret", owner_pw="owner")
+    found, _ = run(data, password="s3cret")
+    assert len(found) == 1
+    with pytest.raises(extract.InputError) as info:
+        run(data, password="wrong-guess")
+    assert str(info.value) == "encrypted PDF: the --password given does not open it"
+    assert "wrong-guess" not in repr(extract.Options(password="wrong-guess"))
+
+
+def test_an_image_that_cannot_be_decoded_stays_a_skipped_image():
+    doc = pdf_with(image_bytes(PHOTO, "JPEG"), image_bytes(MRI, "JPEG"))
+    xref = doc[0].get_images()[1][0]
+    doc.update_stream(xref, b"\x00" * 500, compress=False)  # a JPEG 2000 stream that is not one
+    doc.xref_set_key(xref, "Filter", "/JPXDecode")
+    found, skipped = run(doc.tobytes())
+    assert len(found) == 1 and found[0].source == "test.pdf#page=1&image=1"
+    assert len(skipped) == 1 and skipped[0].source == "test.pdf#page=1&image=2"
+    assert "could not be decoded" in skipped[0].reason

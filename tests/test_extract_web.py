@@ -3,8 +3,11 @@ import base64
 import time
 
 import pytest
+from PIL import Image
 
 import extract
+import images
+import pages
 from conftest import corpus_images, endless, image_bytes, slow, trickle
 
 PHOTOS = corpus_images("non_medical", "photo", 6)
@@ -36,22 +39,23 @@ def test_srcset_takes_the_largest_candidate_even_with_commas_in_urls():
     html = ('<img srcset="https://i.example/w_100,c_fill/a.jpg 100w, https://i.example/w_800,c_fill/a.jpg 800w,'
             ' https://i.example/w_400,c_fill/a.jpg 400w">')
     assert urls(html) == ["https://i.example/w_800,c_fill/a.jpg"]
-    assert urls('<img srcset="a.png 1x, b.png 2x" src="a.png">') == [
-        "https://example.org/articles/b.png", "https://example.org/articles/a.png"]
+    assert urls('<img srcset="a.png 1x, b.png 2x" src="a.png">') == ["https://example.org/articles/b.png"]
 
 
 def test_parse_srcset_follows_the_html_rules():
-    assert extract.parse_srcset("a.jpg, b.jpg 2x") == [("a.jpg", 1.0), ("b.jpg", 2000.0)]
-    assert extract.parse_srcset("a.jpg,b.jpg 2x") == [("a.jpg,b.jpg", 2000.0)]  # no space: one URL with a comma
-    assert extract.parse_srcset("f(1,2).jpg 10w, g.jpg 20w") == [("f(1,2).jpg", 10.0), ("g.jpg", 20.0)]
-    assert extract.parse_srcset(" x.png 300w ,\n y.png 600w") == [("x.png", 300.0), ("y.png", 600.0)]
-    assert extract.parse_srcset("") == []
+    assert pages.parse_srcset("a.jpg, b.jpg 2x") == [("a.jpg", 1.0), ("b.jpg", 2000.0)]
+    assert pages.parse_srcset("a.jpg,b.jpg 2x") == [("a.jpg,b.jpg", 2000.0)]  # no space: one URL with a comma
+    assert pages.parse_srcset("f(1,2).jpg 10w, g.jpg 20w") == [("f(1,2).jpg", 10.0), ("g.jpg", 20.0)]
+    assert pages.parse_srcset(" x.png 300w ,\n y.png 600w") == [("x.png", 300.0), ("y.png", 600.0)]
+    assert pages.parse_srcset("") == []
 
 
 def test_picture_sources():
     html = ('<picture><source srcset="big.webp 1200w, small.webp 600w" type="image/webp">'
             '<img src="fallback.jpg"></picture>')
-    assert urls(html) == ["https://example.org/articles/big.webp", "https://example.org/articles/fallback.jpg"]
+    assert urls(html) == ["https://example.org/articles/big.webp"]  # one picture, read at its largest
+    [picture] = pages.find_images(html, BASE)
+    assert picture.fallbacks == ("https://example.org/articles/small.webp", "https://example.org/articles/fallback.jpg")
 
 
 def test_lazy_attributes_win_over_placeholder_src():
@@ -90,8 +94,16 @@ def test_non_http_schemes_are_returned_for_reporting_not_fetched():
 def test_malformed_urls_found_by_fuzzing_are_kept_for_reporting():
     assert urls('<img src="A://["><img src="http://[::1">') == ["A://[", "http://[::1"]
     assert urls('<img src="a #x"><img src="a">') == ["https://example.org/articles/a"]
-    skipped = extract._download_image("http://[::1", BASE, 0, extract.Options(), {})
+    [skipped] = pages._download_image("http://[::1", BASE, 0, extract.Options(), {})
     assert skipped.reason == "invalid URL"
+
+
+def test_links_around_pictures_and_single_images_only():
+    html = ('<a href="/full/1.jpg"><picture><source srcset="1.webp"><img src="1.jpg"></picture></a>'
+            '<a href="/gallery.html"><img src="2.jpg"><img src="3.jpg"></a>')
+    found = pages.find_images(html, BASE)
+    assert [(p.url.rsplit("/", 1)[1], p.link, p.link_is_image) for p in found] == [
+        ("1.webp", "https://example.org/full/1.jpg", True), ("2.jpg", None, False), ("3.jpg", None, False)]
 
 
 def test_noscript_fallbacks_are_found():
@@ -158,7 +170,7 @@ def test_url_that_is_an_image_or_a_pdf_is_handled_as_such_whatever_its_name(serv
     kind, found, _ = collect(server.url + "/picture")
     assert kind == "image" and len(found) == 1
     kind, found, _ = collect(server.url + "/paper.html")
-    assert kind == "pdf" and list(found) == [server.url + "/paper.html#page=1"]
+    assert kind == "pdf" and list(found) == [server.url + "/paper.html#page=1&image=1"]
 
 
 def test_redirect_loop_is_one_clear_error(server):
@@ -233,6 +245,49 @@ def test_image_declaring_a_decompression_bomb_is_refused_from_its_header():
 
     bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
-    skipped = extract.decode_image(bomb, "bomb.png", extract.Options())
+    skipped = images.decode_image(bomb, "bomb.png", extract.Options())
     assert isinstance(skipped, extract.Skipped)
     assert skipped.reason == "over the pixel cap (100000x100000 > 100,000,000 pixels)"
+
+
+# ---------------------------------------------------------------- one image per element, links to full size
+
+def test_one_picture_given_as_src_and_srcset_is_read_once(server):
+    server.add("/big.jpg", image_bytes(PHOTOS[0], "JPEG"), "image/jpeg")
+    server.add("/small.jpg", image_bytes(PHOTOS[0], "JPEG", size=(40, 40)), "image/jpeg")
+    page = "".join(f'<img src="/small.jpg?n={n}" srcset="/small.jpg?n={n} 1x, /big.jpg?n={n} 2x">' for n in range(20))
+    page += ('<picture><source media="(min-width: 800px)" srcset="/big.jpg?p 900w"><source srcset="/small.jpg?p 300w">'
+             '<img src="/small.jpg?p"></picture>')
+    server.add("/twenty.html", page.encode())
+    kind, found, skipped = collect(server.url + "/twenty.html")
+    assert len(found) == 21 and not skipped
+    assert server.hits.get("/small.jpg") is None and server.hits["/big.jpg"] == 21
+
+
+def test_a_candidate_that_gives_no_image_falls_back_to_the_next(server):
+    server.add("/real.jpg", image_bytes(PHOTOS[1], "JPEG"), "image/jpeg")
+    server.add("/only-src.html", b'<img data-src="/gone.jpg" src="/real.jpg">')
+    kind, found, skipped = collect(server.url + "/only-src.html")
+    assert list(found) == [server.url + "/real.jpg"] and not skipped
+    assert server.hits["/gone.jpg"] == 1
+
+
+def test_a_link_to_a_larger_image_is_classified_instead_of_its_thumbnail(server):
+    server.add("/full.jpg", image_bytes(PHOTOS[2], "JPEG"), "image/jpeg")
+    server.add("/thumb.jpg", image_bytes(PHOTOS[2], "JPEG", size=(48, 48)), "image/jpeg")
+    server.add("/view", image_bytes(SCANS[0], "PNG"), "image/png")  # served as an image, whatever its name
+    server.add("/scan-thumb.png", image_bytes(SCANS[0], "PNG", size=(48, 48)), "image/png")
+    server.add("/article.html", b"<html>an article</html>")
+    server.add("/photo.jpg", image_bytes(PHOTOS[3], "JPEG"), "image/jpeg")
+    server.add("/story-thumb.jpg", image_bytes(PHOTOS[4], "JPEG"), "image/jpeg")
+    server.add("/g.html", b'<a href="/full.jpg"><img src="/thumb.jpg"></a><a href="/view?id=7"><img src="/scan-thumb.png">'
+                          b'</a><a href="/article.html"><img src="/story-thumb.jpg"></a>'
+                          b'<a href="/missing.jpg"><img src="/photo.jpg"></a>')
+    kind, found, skipped = collect(server.url + "/g.html")
+    u = server.url
+    assert {s: f.thumbnail for s, f in found.items()} == {
+        f"{u}/full.jpg": f"{u}/thumb.jpg", f"{u}/view?id=7": f"{u}/scan-thumb.png",
+        f"{u}/story-thumb.jpg": None, f"{u}/photo.jpg": None}
+    assert found[f"{u}/full.jpg"].width == Image.open(PHOTOS[2]).width
+    assert skipped == {f"{u}/missing.jpg": "linked image: download failed: HTTP 404; the thumbnail is classified instead"}
+    assert server.hits.get("/thumb.jpg") is None and server.hits.get("/scan-thumb.png") is None

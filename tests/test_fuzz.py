@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 import extract
+import pages
 from conftest import corpus_images, image_bytes
 
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
@@ -57,7 +58,7 @@ def test_finder_survives_arbitrary_bytes(data):
 @FUZZ
 @given(st.text(max_size=200))
 def test_srcset_parser_never_fails(value):
-    for url, size in extract.parse_srcset(value):
+    for url, size in pages.parse_srcset(value):
         assert url and not url.endswith(",") and size >= 0
 
 
