@@ -171,17 +171,27 @@ def _appearance_streams(doc, page) -> list[int]:
     return streams
 
 
+DRAW_OPERATOR = re.compile(rb"/([^\s/\[\]<>(){}%]+)\s+Do\b")
+
+
 def _draw_order(page, listed: list) -> list:
-    """The page's images in the order they are first drawn (as MuPDF runs the page); those it does not report
-    (nested, or in annotations) after them, in the order found."""
+    """The page's images in the order its content stream first draws them (`/Name Do`); those it does not
+    draw itself (nested, or in annotations) after them, in the order found.
+
+    Read from the content stream: get_image_info(xrefs=True) would decode and hash every image.
+    """
     if len(listed) < 2:
         return listed
     try:
-        order = {}
-        for info in page.get_image_info(xrefs=True):
-            order.setdefault(info.get("xref") or 0, len(order))
+        names = {item[7]: item[0] for item in page.get_images(full=True) if item[-1] == 0}
+        content = page.read_contents()
     except Exception:
         return listed
+    order: dict = {}
+    for name in DRAW_OPERATOR.findall(content):
+        xref = names.get(name.decode("latin-1"))
+        if xref:
+            order.setdefault(xref, len(order))
     ranked = sorted(enumerate(listed), key=lambda pair: order.get(pair[1][0], len(order) + pair[0]))
     return [item for _, item in ranked]
 

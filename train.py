@@ -464,6 +464,16 @@ def streamed_batches(net, parts, seed: int, batch_size: int, workers: int, weigh
     return batches
 
 
+def ensure_writable_folder(path: str) -> None:
+    """The checkpoint's folder exists and takes files, checked before any work is done."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise dataset.DataError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
+
+
 def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -472,6 +482,7 @@ def main(argv=None):
     timings = {}
     try:
         device = model_lib.select_device(args.device)
+        ensure_writable_folder(args.output)
         t0 = time.perf_counter()
         parts = dataset.load_sources(args.data, args.data_dir, args.medmnist_size, not args.no_download, args.seed)
         splits = dataset.balanced_splits(parts, args.seed)

@@ -276,3 +276,16 @@ def test_an_image_that_cannot_be_decoded_stays_a_skipped_image():
     assert len(found) == 1 and found[0].source == "test.pdf#page=1&image=1"
     assert len(skipped) == 1 and skipped[0].source == "test.pdf#page=1&image=2"
     assert "could not be decoded" in skipped[0].reason
+
+
+def test_images_are_numbered_in_the_order_the_page_draws_them():
+    """image=1 is the first image the content stream draws, whatever order the resources list them in."""
+    doc = pymupdf.open()
+    page = doc.new_page()
+    first_listed = image_bytes(corpus_images("medical", "ct", 1)[0], "PNG", size=(120, 80))
+    drawn_first = image_bytes(corpus_images("non_medical", "photo", 1)[0], "PNG", size=(90, 60))
+    page.insert_image(pymupdf.Rect(50, 300, 350, 500), stream=first_listed)
+    page.insert_image(pymupdf.Rect(50, 50, 350, 250), stream=drawn_first, overlay=False)  # drawn before the rest
+    found = [item for item in extract.pdf_images(doc.tobytes(), "x.pdf", extract.Options())
+             if isinstance(item, extract.Found)]
+    assert [(f.source, f.width) for f in found] == [("x.pdf#page=1&image=1", 90), ("x.pdf#page=1&image=2", 120)]

@@ -122,7 +122,10 @@ def test_shipped_model_describes_itself(shipped_model_path):
     raw = torch.load(shipped_model_path, weights_only=True)
     assert raw["arch"] == "efficientnet_lite0" and raw["format_version"] == model.FORMAT_VERSION
     metrics = raw["training"]["metrics"]
-    for key in ("test_accuracy", "test_recall_medical", "test_recall_non_medical"):
+    for key in ("test_accuracy", "test_recall_medical", "test_recall_non_medical", "test_auroc",
+                "test_kind_macro_accuracy", "val_kind_macro_accuracy"):
         assert 0.0 <= metrics[key] <= 1.0
+    assert sum(v["n"] for v in metrics["test_per_kind"].values()) == metrics["test_n"]
+    assert raw["training"]["command"].startswith("python train.py --data folder:../shared/corpus")
     assert raw["training"]["args"]["arch"] == "efficientnet_lite0"
     assert 0.0 < raw["threshold"] < 1.0

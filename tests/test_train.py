@@ -91,6 +91,16 @@ def test_finetune_all_trains_every_layer_from_streamed_images(small_folder, tmp_
     assert raw["training"]["metrics"]["test_n"] > 0
 
 
+def test_an_unwritable_output_is_refused_before_any_work(small_folder, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = train.main(["--data", f"folder:{small_folder}", "--arch", "efficientnet_lite0",
+                       "--output", str(blocker / "best.pth")])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: cannot write {blocker / 'best.pth'}") and "epoch" not in captured.out
+
+
 def test_finetune_spec_is_checked(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--finetune", "last-x"])
