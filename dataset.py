@@ -292,6 +292,9 @@ def load_sources(spec: str, data_dir: str, medmnist_size: int = 28, download: bo
     and the large sizes never sit whole in memory.
     """
     items = spec.split("+")
+    for item in items:
+        if item not in ("medmnist", "cifar10") and not item.startswith("folder:"):
+            raise DataError(f"unknown data source {item!r} (use medmnist, cifar10, folder:PATH, joined with +)")
     missing = [] if download else missing_downloads(items, data_dir, medmnist_size)
     if missing:
         raise DataError(f"{len(missing)} files missing from {data_dir}: {', '.join(missing)} (place them there, "
@@ -303,8 +306,6 @@ def load_sources(spec: str, data_dir: str, medmnist_size: int = 28, download: bo
             parts += cifar10_source(data_dir, download, seed)
         elif item.startswith("folder:"):
             parts.append(folder_source(item[len("folder:"):], seed))
-        elif item != "medmnist":
-            raise DataError(f"unknown data source {item!r} (use medmnist, cifar10, folder:PATH, joined with +)")
     if "medmnist" in items:
         cap = {s: int(sum(((p.labels == NON_MEDICAL) & (p.splits == s)).sum() for p in parts)) or None
                for s in SPLITS}

@@ -79,7 +79,7 @@ def main():
     p.add_argument("--latency", type=float, default=0.05, help="seconds added to every HTTP response")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--workers", type=int, default=8, help="download workers (the CLI's default)")
     p.add_argument("--min-size", type=int, default=32)
     p.add_argument("--max-images", type=int, default=500)
     p.add_argument("--timeout", type=float, default=20.0)
