@@ -291,12 +291,14 @@ def find_images(html: str | bytes, base_url: str) -> list[PageImage]:
     for candidates, link in raw:
         urls = list(dict.fromkeys(u for u in (_absolute(c, base_url) for c in candidates) if u))
         absolute = urls[0] if urls else None
-        if not absolute or absolute in seen:
+        if not absolute:
             continue
-        seen.add(absolute)
         target = _absolute(link, base_url) if link else None
         if target in seen or target == absolute or url_scheme(target or "") not in ("http", "https", "file"):
             target = None
+        if absolute in seen and not target:  # a thumbnail seen before still counts when it links elsewhere
+            continue
+        seen.add(absolute)
         if target:
             seen.add(target)
         is_image = bool(target) and urlsplit(target).path.lower().endswith(IMAGE_EXTENSIONS)

@@ -291,3 +291,15 @@ def test_a_link_to_a_larger_image_is_classified_instead_of_its_thumbnail(server)
     assert found[f"{u}/full.jpg"].width == Image.open(PHOTOS[2]).width
     assert skipped == {f"{u}/missing.jpg": "linked image: download failed: HTTP 404; the thumbnail is classified instead"}
     assert server.hits.get("/thumb.jpg") is None and server.hits.get("/scan-thumb.png") is None
+
+
+def test_a_thumbnail_shown_twice_still_leads_to_its_full_image(server):
+    """The same small picture alone and inside a link to the large one: both are reported, once each."""
+    server.add("/full.jpg", image_bytes(PHOTOS[2], "JPEG"), "image/jpeg")
+    server.add("/thumb.jpg", image_bytes(PHOTOS[2], "JPEG", size=(48, 48)), "image/jpeg")
+    server.add("/g.html", b'<img src="/thumb.jpg"><a href="/full.jpg"><img src="/thumb.jpg"></a>'
+                          b'<img src="/thumb.jpg">')
+    kind, found, skipped = collect(server.url + "/g.html")
+    u = server.url
+    assert {s: f.thumbnail for s, f in found.items()} == {f"{u}/thumb.jpg": None, f"{u}/full.jpg": f"{u}/thumb.jpg"}
+    assert server.hits.get("/thumb.jpg") == 1 and server.hits.get("/full.jpg") == 1
