@@ -101,17 +101,15 @@ class Engine:
     pad_batches = False  # run every batch at the full batch size (a GPU then never meets a new shape)
     default_batch_size = 16
 
-    def __init__(self, arch: str, preprocess: dict, threshold: float, classes: Sequence[str] = CLASSES,
-                 info: dict | None = None):
+    def __init__(self, arch: str, preprocess: dict, threshold: float, classes: Sequence[str] = CLASSES):
         self.arch, self.preprocess, self.threshold = arch, dict(preprocess), float(threshold)
-        self.classes, self.info = tuple(classes), dict(info or {})
+        self.classes = tuple(classes)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (N, crop, crop, 3) -> class probabilities (N, 2)."""
         raise NotImplementedError
 
-    def predict(self, images: Iterable[Image.Image], batch_size: int | None = None,
-                progress: bool = False) -> list[float]:
+    def predict(self, images: Iterable[Image.Image], batch_size: int | None = None) -> list[float]:
         """PIL images -> the probability that each is medical; preparation overlaps the model."""
         batch_size = batch_size or self.default_batch_size
         prepared = prepare_pool().map(lambda im: prepare(im, self.preprocess), images)
@@ -169,7 +167,7 @@ class OnnxEngine(Engine):
 
     def __init__(self, path: str, session, metadata: dict):
         super().__init__(metadata["arch"], json.loads(metadata["preprocess"]), float(metadata["threshold"]),
-                         json.loads(metadata["classes"]), json.loads(metadata.get("info", "{}")))
+                         json.loads(metadata["classes"]))
         self.path, self.session = path, session
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -292,10 +290,6 @@ def _torch_engine(model_path: str, device: str, backbone_weights: str | None) ->
     if not torch_available():
         raise EngineError("torch is not installed (needed for --engine torch and GPUs): "
                           "pip install -r requirements.txt")
-    import model as model_lib
+    import model as model_lib  # its ModelError is an EngineError
 
-    try:
-        return model_lib.TorchEngine(model_lib.load_model(model_path, model_lib.select_device(device),
-                                                               backbone_weights))
-    except model_lib.ModelError as exc:
-        raise EngineError(str(exc)) from None
+    return model_lib.TorchEngine(model_lib.load_model(model_path, model_lib.select_device(device), backbone_weights))

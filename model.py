@@ -235,14 +235,15 @@ class Classifier(nn.Module):
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(batch))
 
-    def predict(self, images: Iterable, batch_size: int | None = None, progress: bool = False) -> list[float]:
+    def predict(self, images: Iterable, batch_size: int | None = None) -> list[float]:
         """PIL images -> probability that each is medical (the engine's one predict path)."""
-        return TorchEngine(self).predict(images, batch_size, progress)
+        return TorchEngine(self).predict(images, batch_size)
+
 
 class TorchEngine(engine.Engine):
     """The classifier on torch: CUDA/MPS, or the CPU where ONNX Runtime is missing.
 
-    On CUDA it runs fp32 (TF32 matmuls allowed) at one fixed batch shape, padding the last
+    On CUDA it runs fp32 (cuDNN's default TF32 convolutions) at one fixed batch shape, padding the last
     batch: bf16 autocast with channels_last made cuDNN build kernels for 3 s at every new
     shape and moved p by up to 0.06 against the CPU.
     """
@@ -250,8 +251,7 @@ class TorchEngine(engine.Engine):
     name = "torch"
 
     def __init__(self, classifier: Classifier):
-        super().__init__(classifier.arch, classifier.preprocess, classifier.threshold, classifier.classes,
-                         classifier.training_info)
+        super().__init__(classifier.arch, classifier.preprocess, classifier.threshold, classifier.classes)
         self.classifier = classifier.eval()
         self.pad_batches = classifier.device.type == "cuda"
         self.default_batch_size = 128 if classifier.device.type == "cuda" else 16

@@ -424,8 +424,9 @@ def parse_args(argv=None):
     return args
 
 
-def frozen_outputs(args, net, splits, trained_blocks: int, device) -> dict:
-    """split -> (frozen-part outputs, labels, kinds): computed once (train images also as --views views), cached."""
+def frozen_outputs(args, net, splits, trained_blocks: int) -> tuple[dict, bool]:
+    """(split -> (frozen-part outputs, labels, kinds), whether the frozen part ran): computed once (train images
+    also as --views views), or read from --cache-dir."""
     cached, run = {}, None
     for split in dataset.SPLITS:
         views = args.views if split == "train" else 0
@@ -520,7 +521,7 @@ def main(argv=None):
         timings["frozen_pass_s"] = time.perf_counter() - t0
     else:
         t0 = time.perf_counter()
-        cached, ran_frozen = frozen_outputs(args, net, splits, trained_blocks, device)
+        cached, ran_frozen = frozen_outputs(args, net, splits, trained_blocks)
         timings["frozen_pass_s"] = time.perf_counter() - t0
         n = sum(len(v[0]) for v in cached.values())
         if ran_frozen:
@@ -529,10 +530,9 @@ def main(argv=None):
         else:
             print(f"frozen pass: {n} images read from the cache in {args.cache_dir}")
         if trained_blocks:
-            cut = len(net.backbone) - 1 - trained_blocks
-            net.trained_stages = list(range(cut, len(net.backbone)))
-            top = net.backbone.split(trained_blocks)[1].requires_grad_(True)
-            trainable = nn.Sequential(top, net.head)
+            bottom, top = net.backbone.split(trained_blocks)
+            net.trained_stages = list(range(len(bottom), len(net.backbone)))
+            trainable = nn.Sequential(top.requires_grad_(True), net.head)
         else:
             trainable = net.head
         train_x, train_y, train_kinds = cached["train"]
