@@ -6,10 +6,6 @@ Results go to stdout (a table, --json or --csv), progress to stderr. Exit status
 0 when every input was processed, 1 when any input failed, 2 for bad arguments.
 """
 import argparse
-import base64
-import csv
-import html
-import io
 import json
 import os
 import re
@@ -22,9 +18,9 @@ from tqdm import tqdm
 
 import engine
 import extract
+import report
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "best_model.pth")
-THUMBNAIL = 160
 
 
 @dataclass
@@ -88,14 +84,6 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------- classification
 
-def _thumbnail(image) -> str:
-    small = engine.to_rgb(image).copy()
-    small.thumbnail((THUMBNAIL, THUMBNAIL))
-    buffer = io.BytesIO()
-    small.save(buffer, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.split("?")[0].rstrip("/").split("/")[-1])[-60:] or "input"
 
@@ -148,12 +136,9 @@ def classify_input(text: str, model: engine.Engine, options: extract.Options, ar
         saved = None
         if args.save_dir:
             saved = _save(found, args.save_dir)
-        result.images.append({"source": found.source, "page": found.page, "width": found.width,
-                              "height": found.height, "label": model.label(p), "p_medical": round(p, 4),
-                              "saved_path": saved, "format": found.format,
-                              **({"thumbnail": found.thumbnail} if found.thumbnail else {})})
+        result.images.append(report.image_record(found, p, model.label(p), saved))
         if args.report:
-            result.thumbnails.append(_thumbnail(found.image))
+            result.thumbnails.append(report.thumbnail(found.image))
 
     def collect(keep: int):
         while len(pending) > keep:
@@ -173,7 +158,7 @@ def classify_input(text: str, model: engine.Engine, options: extract.Options, ar
         result.kind, items = extract.open_input(text, options)
         for item in items:
             if isinstance(item, extract.Skipped):
-                result.skipped.append({"source": item.source, "reason": item.reason})
+                result.skipped.append(report.skipped_record(item))
                 continue
             batch.append(item)
             if len(batch) >= (args.batch_size or model.default_batch_size):
@@ -194,106 +179,6 @@ def classify_input(text: str, model: engine.Engine, options: extract.Options, ar
     return result
 
 
-# ---------------------------------------------------------------- output
-
-def to_json(results: list[InputResult], model, model_path: str) -> dict:
-    images = [im for r in results for im in r.images]
-    medical = sum(im["label"] == model.classes[0] for im in images)
-    return {
-        "model": {"path": model_path, "arch": model.arch, "threshold": round(model.threshold, 4),
-                  "engine": model.name},
-        "inputs": [{"input": r.input, "kind": r.kind, "error": r.error, "images": r.images, "skipped": r.skipped}
-                   for r in results],
-        "summary": {"images": len(images), "medical": medical, "non-medical": len(images) - medical,
-                    "skipped": sum(len(r.skipped) for r in results),
-                    "failed_inputs": sum(r.error is not None for r in results)},
-    }
-
-
-CSV_FIELDS = ["input", "kind", "status", "source", "page", "width", "height", "label", "p_medical", "saved_path",
-              "reason", "format", "thumbnail"]
-
-
-def to_csv(report: dict) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for entry in report["inputs"]:
-        base = {"input": entry["input"], "kind": entry["kind"]}
-        if entry["error"]:
-            writer.writerow({**base, "status": "error", "reason": entry["error"]})
-        for image in entry["images"]:
-            writer.writerow({**base, "status": "classified", **image})
-        for skipped in entry["skipped"]:
-            writer.writerow({**base, "status": "skipped", **skipped})
-    return buffer.getvalue()
-
-
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1):]
-
-
-def summary_line(report: dict) -> str:
-    s = report["summary"]
-    return (f"{s['images']} images: {s['medical']} medical, {s['non-medical']} non-medical; "
-            f"{s['skipped']} skipped; {s['failed_inputs']} of {len(report['inputs'])} inputs failed")
-
-
-def to_table(report: dict) -> str:
-    lines = []
-    for entry in report["inputs"]:
-        lines.append(f"== {entry['input']} ({entry['kind'] or 'unknown'})")
-        if entry["error"]:
-            lines.append(f"   error: {entry['error']}")
-        if entry["images"]:
-            lines.append(f"   {'source':60s} {'page':>4s} {'size':>11s}  {'label':11s} {'confidence':>10s}")
-        for im in entry["images"]:
-            confidence = im["p_medical"] if im["label"] == "medical" else 1 - im["p_medical"]
-            lines.append(f"   {_shorten(im['source'], 60):60s} {im['page'] or '':>4} "
-                         f"{str(im['width']) + 'x' + str(im['height']):>11s}  {im['label']:11s} {confidence:10.3f}")
-        reasons: dict = {}
-        for sk in entry["skipped"]:
-            reason = re.sub(r" \(\d+x\d+\)$", "", sk["reason"])
-            reasons[reason] = reasons.get(reason, 0) + 1
-        for reason, n in reasons.items():
-            lines.append(f"   skipped {n}: {reason}")
-    lines.append(summary_line(report))
-    return "\n".join(lines) + "\n"
-
-
-def to_html(report: dict, results: list[InputResult]) -> str:
-    esc = html.escape
-    parts = [f"""<!doctype html><html><head><meta charset="utf-8"><title>Medical image report</title><style>
-body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} h2{{font-size:1.05em;word-break:break-all}}
-.grid{{display:flex;flex-wrap:wrap;gap:10px}} .card{{width:{THUMBNAIL + 10}px;border:3px solid #ccc;border-radius:6px;
-padding:4px;font-size:12px}} .card img{{max-width:{THUMBNAIL}px;max-height:{THUMBNAIL}px;display:block;margin:auto}}
-.medical{{border-color:#c0392b;background:#fdecea}} .non-medical{{border-color:#2e86c1;background:#eaf2fb}}
-.label{{font-weight:bold}} .src{{color:#555;word-break:break-all;max-height:3em;overflow:hidden}}
-.error{{color:#c0392b;font-weight:bold}} details{{margin:.5em 0}}</style></head><body>
-<h1>Medical image report</h1><p>{esc(summary_line(report))}. Model: {esc(report['model']['arch'])},
-threshold {report['model']['threshold']:.3f}.</p>"""]
-    for entry, result in zip(report["inputs"], results):
-        parts.append(f"<section><h2>{esc(entry['input'])} <small>({esc(entry['kind'] or 'unknown')})</small></h2>")
-        if entry["error"]:
-            parts.append(f"<p class='error'>error: {esc(entry['error'])}</p>")
-        parts.append("<div class='grid'>")
-        for im, thumb in zip(entry["images"], result.thumbnails):
-            confidence = im["p_medical"] if im["label"] == "medical" else 1 - im["p_medical"]
-            page = f" · page {im['page']}" if im["page"] else ""
-            parts.append(f"<div class='card {esc(im['label'])}'><img src='{thumb}' alt='{esc(im['source'])}'>"
-                         f"<div class='label'>{esc(im['label'])} {confidence:.0%}</div>"
-                         f"<div>{im['width']}×{im['height']}{page}</div>"
-                         f"<div class='src' title='{esc(im['source'])}'>{esc(im['source'])}</div></div>")
-        parts.append("</div>")
-        if entry["skipped"]:
-            parts.append(f"<details><summary>{len(entry['skipped'])} skipped</summary><ul>")
-            parts += [f"<li>{esc(s['source'])}: {esc(s['reason'])}</li>" for s in entry["skipped"]]
-            parts.append("</ul></details>")
-        parts.append("</section>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     note = lambda message: print(f"note: {message}", file=sys.stderr)
@@ -309,13 +194,15 @@ def main(argv=None) -> int:
     with tqdm(desc="images", unit="img", file=sys.stderr, disable=args.quiet) as bar, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="model") as model_thread:
         for text in args.inputs:
-            bar.set_postfix_str(_shorten(text, 40))
+            bar.set_postfix_str(report.shorten(text, 40))
             result = classify_input(text, model, options, args, bar, model_thread)
             if result.error and not args.quiet:
                 tqdm.write(f"error: {text}: {result.error}", file=sys.stderr)
             results.append(result)
-    report = to_json(results, model, os.path.abspath(args.model))
-    text = json.dumps(report, indent=2) + "\n" if args.json else to_csv(report) if args.csv else to_table(report)
+    entries = [report.input_record(r.input, r.kind, r.error, r.images, r.skipped) for r in results]
+    document = report.to_json(entries, report.model_record(model, os.path.abspath(args.model)))
+    text = (json.dumps(document, indent=2) + "\n" if args.json else report.to_csv(document) if args.csv
+            else report.to_table(document))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text)
@@ -323,8 +210,8 @@ def main(argv=None) -> int:
         sys.stdout.write(text)
     if args.report:
         with open(args.report, "w", encoding="utf-8") as f:
-            f.write(to_html(report, results))
-    return 1 if report["summary"]["failed_inputs"] else 0
+            f.write(report.to_html(document, [r.thumbnails for r in results]))
+    return 1 if document["summary"]["failed_inputs"] else 0
 
 
 if __name__ == "__main__":
