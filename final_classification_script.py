@@ -171,6 +171,9 @@ def write_atomically(path: str, text: str) -> None:
     """A temporary file beside the target, renamed over it: a failure never leaves half a file."""
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o666 & ~umask)  # not mkstemp's 0600
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as f:
             f.write(text)
@@ -430,7 +433,8 @@ class Run:
 # ---------------------------------------------------------------- the CLI around the run
 
 class Sink:
-    """Where results go: JSON lines as they come, or every input's record kept for one document at the end."""
+    """Where results go: JSON lines as they come, and/or every input's record kept for one document at the end
+    (a table, JSON, CSV or the HTML report); a JSON lines run without a report keeps nothing per input."""
 
     def __init__(self, args, model: engine.Engine, model_path: str):
         self.args, self.model = args, model
@@ -444,6 +448,7 @@ class Sink:
                 self.stream = open(args.output, "a" if args.resume else "w", encoding="utf-8")
             else:
                 self.stream = sys.stdout
+        self.keep = not args.jsonl or bool(args.report)
 
     def line(self, record: dict) -> None:
         self.stream.write(json.dumps(record) + "\n")
@@ -462,7 +467,7 @@ class Sink:
         state.shown += 1
         if self.stream:
             self.line(report.image_line(state.text, record))
-        else:
+        if self.keep:
             state.images.append(record)
         if self.args.report:
             self.thumbnails.setdefault(state.number, []).append(report.thumbnail(found.image))
@@ -481,7 +486,7 @@ class Sink:
         state.n_skipped += 1
         if self.stream:
             self.line(report.skipped_line(state.text, record))
-        else:
+        if self.keep:
             state.skipped.append(record)
 
     def end(self, state: InputState) -> None:
@@ -489,7 +494,7 @@ class Sink:
         report.add_to_summary(self.summary, state.medical, state.non_medical, state.n_skipped, state.error)
         if self.stream:
             self.line(report.input_line(entry, state.shown, state.n_skipped))
-        else:
+        if self.keep:
             self.entries[state.number] = entry
 
     def finish(self, interrupted: bool) -> dict:
@@ -497,13 +502,16 @@ class Sink:
         summary = {k: v for k, v in self.summary.items() if k != "inputs"}
         if interrupted:
             summary["interrupted"] = True
+        entries = [self.entries[n] for n in sorted(self.entries)]
+        document = {"model": self.model_record, "inputs": entries, "summary": summary}
+        if self.args.report:
+            thumbnails = [self.thumbnails.get(n, []) for n in sorted(self.entries)]
+            write_atomically(self.args.report, report.to_html(document, thumbnails))
         if self.stream:
             self.line({"type": "summary", **summary})
             if self.stream is not sys.stdout:
                 self.stream.close()
             return summary
-        entries = [self.entries[n] for n in sorted(self.entries)]
-        document = {"model": self.model_record, "inputs": entries, "summary": summary}
         if self.args.json:
             text = json.dumps(document, indent=2) + "\n"
         elif self.args.csv:
@@ -515,9 +523,6 @@ class Sink:
         else:
             sys.stdout.write(text)
             sys.stdout.flush()
-        if self.args.report:
-            thumbnails = [self.thumbnails.get(n, []) for n in sorted(self.entries)]
-            write_atomically(self.args.report, report.to_html(document, thumbnails))
         return summary
 
 

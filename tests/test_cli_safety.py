@@ -123,6 +123,13 @@ def test_a_signal_mid_run_writes_the_finished_inputs_and_exits_130(tmp_path, sig
     assert report["summary"]["interrupted"] is True and report["summary"]["images"] == 2
     assert "interrupted" in stderr.splitlines()[-1]
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"], "no temporary file left behind"
+    assert out.stat().st_mode & 0o777 == 0o666 & ~_umask(), "the mode any new file gets, not a temporary's 0600"
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def test_quiet_silences_progress_only(tmp_path):

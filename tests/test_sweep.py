@@ -186,3 +186,12 @@ def test_results_come_out_in_input_order_whatever_the_jobs(shipped_model, tmp_pa
     result = run(["--json", "-o", str(report), "--jobs", str(jobs)] + texts)
     assert result.returncode == 0
     assert [e["input"] for e in json.loads(report.read_text())["inputs"]] == texts
+
+
+def test_jsonl_with_a_report_writes_both(tmp_path):
+    result = run([str(IMAGES[0]), str(IMAGES[3]), "--jsonl", "-o", str(tmp_path / "out.jsonl"), "--report",
+                  str(tmp_path / "report.html")])
+    assert result.returncode == 0
+    sources = [r["source"] for r in lines_of((tmp_path / "out.jsonl").read_text()) if r["type"] == "image"]
+    html = (tmp_path / "report.html").read_text()
+    assert len(sources) == 2 and all(source in html for source in sources) and html.count("data:image/jpeg") == 2
