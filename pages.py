@@ -107,8 +107,8 @@ def fetch(url: str, options: Options, html_cap: bool = True, dead_hosts: dict | 
         if not is_http_url(url):
             raise FetchError(f"refused non-http(s) URL {url[:80]}")
         host = urlsplit(url).netloc.lower()
-        for tries in range(1, options.retries + 2):
-            if host in dead_hosts:  # found dead by this try's predecessor, or by another download of the page
+        for tries in range(1, max(options.retries, 0) + 2):
+            if host in dead_hosts:  # found dead by another download of the page, perhaps while this one waited
                 raise FetchError(dead_hosts[host])
             try:
                 outcome = _get_once(url, options, deadline, html_cap, images_only)
@@ -116,9 +116,10 @@ def fetch(url: str, options: Options, html_cap: bool = True, dead_hosts: dict | 
             except FetchError as problem:
                 wait = _next_wait(problem, tries, options, deadline)
                 if wait is None:
+                    error = _given_up(problem, tries, options)
                     if problem.host_down:
-                        dead_hosts[host] = str(problem)
-                    raise _given_up(problem, tries, options) from None
+                        dead_hosts[host] = str(error)
+                    raise error from None
                 time.sleep(wait)
         if isinstance(outcome, Response):
             return outcome
