@@ -70,6 +70,40 @@ def _positive_float(text: str) -> float:
     return value
 
 
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
+
+
+def _header(text: str) -> tuple[str, str]:
+    """--header 'Name: value' -> (name, value)."""
+    name, colon, value = text.partition(":")
+    if not colon or not HEADER_NAME.fullmatch(name.strip()) or re.search(r"[\r\n\0]", value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'Name: value' (a header name, a colon, a value on one line)")
+    return name.strip(), value.strip()
+
+
+def _user_agent(text: str) -> str:
+    if not text.strip() or re.search(r"[\r\n\0]", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a User-Agent (empty, or more than one line)")
+    return text.strip()
+
+
+def _ca_bundle(path: str) -> str:
+    """A PEM file of certificates (or a folder of them, as OpenSSL's c_rehash makes) that loads."""
+    import ssl
+
+    if os.path.isdir(path):
+        return path
+    if not os.path.isfile(path):
+        raise argparse.ArgumentTypeError(f"{path}: no such file")
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError:
+        raise argparse.ArgumentTypeError(f"{path}: no PEM certificate in it") from None
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{path}: unreadable ({exc.strerror})") from None
+    return path
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="*", metavar="INPUT",
@@ -104,6 +138,17 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=_at_least(1), default=4,
                    help="inputs extracted at the same time; their images share the model's batches "
                         "(default: %(default)s)")
+    p.add_argument("--retries", type=_at_least(0), default=2,
+                   help="further tries of a download after a connect error, a timeout, 429 or 5xx, with backoff, "
+                        "within --timeout (default: %(default)s)")
+    p.add_argument("--user-agent", type=_user_agent, default=extract.Options.user_agent, metavar="TEXT",
+                   help="the User-Agent header sent (default: %(default)s)")
+    p.add_argument("--header", type=_header, action="append", default=[], metavar="'NAME: VALUE'",
+                   help="an HTTP header sent with every request; repeatable")
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument("--ca-bundle", type=_ca_bundle, metavar="FILE",
+                     help="trust the certificates in this PEM file (e.g. a private CA) instead of the system's")
+    tls.add_argument("--insecure", action="store_true", help="do not check HTTPS certificates")
     p.add_argument("--pages", type=_page_ranges, metavar="RANGES",
                    help="PDF pages to read, 1-based: 3-10, 1,4,7- (default: all)")
     p.add_argument("--password", help="tried on an encrypted PDF the empty password does not open (never printed)")
@@ -293,7 +338,9 @@ def extract_options(args, model: engine.Engine) -> extract.Options:
     """Decoded images are kept only as large as the model needs (its resize), never at full resolution."""
     return extract.Options(min_size=args.min_size, max_images=args.max_images, timeout=args.timeout,
                            workers=args.workers, keep_encoded=bool(args.save_dir), pages=args.pages,
-                           password=args.password, all_frames=args.all_frames,
+                           password=args.password, all_frames=args.all_frames, retries=args.retries,
+                           user_agent=args.user_agent, headers=dict(args.header),
+                           verify=False if args.insecure else args.ca_bundle or True,
                            working_size=max(model.preprocess["resize"], model.preprocess["crop"]))
 
 

@@ -1,2 +1,2 @@
-"""The version, in one place: --version and the User-Agent of downloads."""
+"""The tool's version, in one place: the CLI's --version and the User-Agent of every download read it."""
 __version__ = "1.3.0"
