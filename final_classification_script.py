@@ -64,6 +64,13 @@ def parse_args(argv=None):
     p.add_argument("--password", help="tried on an encrypted PDF the empty password does not open (never printed)")
     p.add_argument("--all-frames", action="store_true",
                    help="classify every frame of a multi-frame DICOM (default: its middle frame)")
+    p.add_argument("--crawl", type=int, default=0, metavar="DEPTH",
+                   help="from a page URL, also read the pages its links lead to on the same site, up to DEPTH "
+                        "links away (default: 0, the page alone)")
+    p.add_argument("--max-pages", type=int, default=100, help="a crawl fetches at most N pages (default: %(default)s)")
+    p.add_argument("--delay", type=float, default=0.5,
+                   help="seconds between a crawl's requests to the site (default: %(default)s; robots.txt's "
+                        "Crawl-delay when longer)")
     p.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
                    help="auto: ONNX Runtime on the CPU, torch on CUDA/MPS (default: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: %(default)s")
@@ -79,6 +86,8 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be positive")
     if args.timeout <= 0:
         p.error("--timeout must be positive")
+    if args.crawl < 0 or args.max_pages < 1 or not args.delay >= 0:
+        p.error("--crawl and --delay must be 0 or more, --max-pages 1 or more")
     return args
 
 
@@ -118,6 +127,7 @@ def extract_options(args, model: engine.Engine) -> extract.Options:
     return extract.Options(min_size=args.min_size, max_images=args.max_images, timeout=args.timeout,
                            workers=args.workers, keep_encoded=bool(args.save_dir), pages=args.pages,
                            password=args.password, all_frames=args.all_frames,
+                           crawl_depth=args.crawl, max_pages=args.max_pages, delay=args.delay,
                            working_size=max(model.preprocess["resize"], model.preprocess["crop"]))
 
 

@@ -38,6 +38,9 @@ class Options:
     all_frames: bool = False  # every frame of a multi-frame DICOM, not only the middle one
     pages: tuple | None = None  # PDF pages to read: ((first, last or None), ...), 1-based; None for all
     password: str | None = field(default=None, repr=False)  # tried on a PDF the empty password does not open
+    crawl_depth: int = 0  # an http(s) page: follow its links on the same site this many steps (0: the page alone)
+    max_pages: int = 100  # a crawl fetches at most this many pages and linked documents
+    delay: float = 0.5  # seconds between a crawl's requests to one host (robots.txt's Crawl-delay when longer)
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Found:
     frame: int | None = None  # a frame's place in a multi-frame file, 1-based
     thumbnail: str | None = None  # a page image reached through a link: the small image the page shows
     inline: bool = False  # a PDF inline image (BI ... ID ... EI)
+    found_on: str | None = None  # in a crawl: the page that shows the image, or links to the file it came from
 
 
 @dataclass

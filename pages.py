@@ -9,7 +9,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 from urllib.parse import quote, unquote, unquote_to_bytes, urljoin, urlsplit
 from urllib.request import url2pathname
 
@@ -29,7 +29,11 @@ MAX_HTML_BYTES = 16 * 1024 * 1024
 IMAGE_TYPES = ("image/", "application/dicom", "application/octet-stream")
 
 class FetchError(Exception):
-    pass
+    """`status` and `retry_after` (the Retry-After header) of a refused HTTP response, for callers that back off."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: str | None = None):
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after
 
 
 @dataclass
@@ -71,10 +75,11 @@ def is_http_url(url: str) -> bool:
 
 
 def fetch(url: str, options: Options, html_cap: bool = True, dead_hosts: dict | None = None,
-          images_only: bool = False) -> Response:
+          images_only: bool = False, refuse_redirect: Callable[[str], str | None] | None = None) -> Response:
     """GET with timeouts, a byte cap (streamed, counted), and redirects followed by hand: http(s) only.
     `images_only`: a response served as something other than an image is refused before its body is read (a link
-    that may lead to an image, or to an article).
+    that may lead to an image, or to an article). `refuse_redirect(url)`: why a redirect target is not requested
+    (a crawl staying on its site), or None.
 
     `dead_hosts` (host -> reason) remembers hosts that could not be reached, so a
     page with a hundred images on one dead host waits for it once, not a hundred times.
@@ -106,9 +111,12 @@ def fetch(url: str, options: Options, html_cap: bool = True, dead_hosts: dict | 
         with response:
             if response.is_redirect:
                 url = safe_urljoin(url, response.headers.get("location", ""))
+                if refuse_redirect is not None and (refused := refuse_redirect(url)):
+                    raise FetchError(refused)
                 continue
             if response.status_code >= 400:
-                raise FetchError(f"HTTP {response.status_code}")
+                raise FetchError(f"HTTP {response.status_code}", response.status_code,
+                                 response.headers.get("retry-after"))
             served = response.headers.get("content-type", "").split(";")[0].strip().lower()
             if images_only and served and not served.startswith(IMAGE_TYPES):
                 raise FetchError(f"served as {served[:60]}, not an image")
@@ -233,6 +241,15 @@ def _enclosing_link(tag) -> str | None:
     return href if href and not href.startswith(("#", "javascript:", "mailto:", "data:")) else None
 
 
+def _base_url(soup, page_url: str) -> str:
+    """What the page's relative URLs resolve against: its `<base href>`, else its own URL."""
+    base = soup.find("base", href=True)
+    if base and base["href"].strip():
+        resolved = safe_urljoin(page_url, base["href"].strip())
+        return resolved if is_http_url(resolved) else page_url  # a base of another scheme resolves nothing
+    return page_url
+
+
 def find_images(html: str | bytes, base_url: str) -> list[PageImage]:
     """Every picture a reader of the page sees, once each, as absolute URLs (or data: URIs), in page order.
 
@@ -241,10 +258,7 @@ def find_images(html: str | bytes, base_url: str) -> list[PageImage]:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(html, "html.parser")
-    base = soup.find("base", href=True)
-    if base and base["href"].strip():
-        resolved = safe_urljoin(base_url, base["href"].strip())
-        base_url = resolved if is_http_url(resolved) else base_url  # a base of another scheme resolves nothing
+    base_url = _base_url(soup, base_url)
     raw: list[tuple[list[str], str | None]] = []  # (candidates of one picture, best first; enclosing link)
 
     for meta in soup.find_all("meta"):
@@ -316,6 +330,31 @@ def _absolute(url: str | None, base_url: str) -> str | None:
     absolute = safe_urljoin(base_url, url).split("#")[0].strip()
     # as a browser requests it: characters outside ASCII percent-encoded (UTF-8)
     return re.sub(r"[^\x21-\x7e]+", lambda m: quote(m.group()), absolute) or None
+
+
+@dataclass
+class PageLinks:
+    """What a crawler needs of a page: where its links lead, and whether it asks for a password."""
+    links: list[str]
+    password_field: bool
+
+
+def find_links(html: str | bytes, base_url: str) -> PageLinks:
+    """The http(s) URLs of the page's `<a href>` and `<area href>`, absolute, without fragments, once each, in
+    page order (mailto:, javascript:, file: and the like are left out). Pure: no network."""
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(html, "html.parser")
+    base_url = _base_url(soup, base_url)
+    urls = (_absolute(tag["href"], base_url) for tag in soup.find_all(["a", "area"], href=True))
+    password = soup.find("input", attrs={"type": re.compile(r"^\s*password\s*$", re.I)}) is not None
+    return PageLinks(list(dict.fromkeys(u for u in urls if u and is_http_url(u))), password)
+
+
+def is_html_response(response: Response) -> bool:
+    """A page: HTML by content, or text served as HTML."""
+    kind = sniff(response.data)
+    return kind == "html" or (kind in ("text", "unknown") and "html" in response.content_type.lower())
 
 
 def find_image_urls(html: str | bytes, base_url: str) -> list[str]:
@@ -456,7 +495,12 @@ def page_images(html: bytes, page_url: str, options: Options, local: LocalFolder
     """Every picture of a page, downloaded on a bounded thread pool. For a saved page (`page_url` a file: URL),
     `local` is its folder: its file: images are read from disk inside that folder only. `budget`: --max-images
     shared with the folder the page is in."""
-    pictures = find_images(html, page_url)
+    yield from download_pictures(find_images(html, page_url), page_url, options, local, budget)
+
+
+def download_pictures(pictures: list[PageImage], page_url: str, options: Options, local: LocalFolder | None = None,
+                      budget: ImageBudget | None = None) -> Iterator[Found | Skipped]:
+    """The pictures `find_images` found on a page (or those a crawl has not read yet) -> their items."""
     budget, dead_hosts = budget or ImageBudget(options.max_images), {}
     room = max(budget.limit - budget.used, 0)
     # The cap applies to candidate pictures here, so those past it are never downloaded.
