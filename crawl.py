@@ -152,8 +152,7 @@ class Crawler:
                     rules.allow_all = True
                 else:
                     rules.disallow_all, problem = True, f"robots.txt unreadable ({exc}): nothing past the start page"
-            if rules.crawl_delay(USER_AGENT):
-                self.clock.slow_down(host, float(rules.crawl_delay(USER_AGENT)))
+            self.clock.slow_down(host, float(rules.crawl_delay(USER_AGENT) or 0))
             self.robots[host] = (rules, problem)
         return self.robots[host]
 
@@ -184,7 +183,8 @@ def crawl(start: str, options: Options, read_document: ReadDocument) -> Iterator
     pictures_read: set = set()  # (picture, link) of the pictures read, not read again on later pages
     while queue:
         if fetched >= options.max_pages or budget.full:
-            limit = f"--max-pages ({options.max_pages})" if fetched >= options.max_pages else budget.reason
+            limit = (f"--max-pages ({options.max_pages})" if fetched >= options.max_pages else
+                     f"--max-images ({options.max_images})")
             yield Skipped(queue[0].url, f"crawl stopped at {limit}: this page and {len(queue) - 1} more found "
                                         "were not fetched")
             return

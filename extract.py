@@ -11,8 +11,8 @@ from typing import Iterator
 from images import (CONTENT_NAMES, IMAGE_EXTENSIONS, Found, ImageBudget, InputError, Options,  # noqa: F401
                     Skipped, decode_images, first_line, read_file, sniff)
 from crawl import crawl
-from pages import (FetchError, LocalFolder, fetch, find_image_urls, is_html_response, page_images,  # noqa: F401
-                   url_scheme)  # (re-exported)
+from pages import (FetchError, LocalFolder, fetch, find_image_urls, is_html_response,  # noqa: F401 (re-exported)
+                   page_images, url_scheme)
 from pdfs import pdf_images
 
 READ_KINDS = ("pdf", "dicom", "image", "svg", "html")  # content the tool reads; anything else is not an input

@@ -185,6 +185,14 @@ def test_max_pages_counts_pages_fetched_and_says_where_it_stopped(server):
                                           "not fetched"}
 
 
+def test_max_images_for_the_whole_crawl_stops_it(site):
+    _, items = run(site.url + "/index.html", max_images=1)
+    assert found_on(items) == {"/img/scan.png": "/index.html"}
+    assert set(site.hits) == {"/index.html", "/img/scan.png"}  # neither robots.txt nor any other page
+    assert skipped(items) == {"/a.html": "crawl stopped at --max-images (1): this page and 7 more found were not "
+                                         "fetched"}
+
+
 def test_requests_to_the_site_are_spaced_by_the_delay(site):
     log = []
     timed(site, log)
