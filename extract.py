@@ -1,4 +1,4 @@
-"""Turn one input (page URL, image or PDF URL, PDF path, image path, folder) into images, safely.
+"""Turn one input (page URL, image or PDF URL, PDF path, image path, folder, a site to crawl) into images, safely.
 
 `open_input` yields `Found` images and `Skipped` records (everything found but
 not classified, with the reason); a problem with the input as a whole raises
@@ -10,7 +10,9 @@ from typing import Iterator
 
 from images import (CONTENT_NAMES, IMAGE_EXTENSIONS, Found, ImageBudget, InputError, Options,  # noqa: F401
                     Skipped, decode_images, first_line, read_file, sniff)
-from pages import FetchError, LocalFolder, fetch, find_image_urls, page_images, url_scheme  # noqa: F401 (re-exported)
+from crawl import crawl
+from pages import (FetchError, LocalFolder, fetch, find_image_urls, is_html_response,  # noqa: F401 (re-exported)
+                   page_images, url_scheme)
 from pdfs import pdf_images
 
 READ_KINDS = ("pdf", "dicom", "image", "svg", "html")  # content the tool reads; anything else is not an input
@@ -96,13 +98,15 @@ def _raise(error: Exception) -> Iterator:
 def open_input(text: str, options: Options) -> tuple[str, Iterator[Found | Skipped]]:
     """Input string -> (kind, items). Raises InputError when the input itself is unusable."""
     scheme = url_scheme(text) or ""
+    if scheme in ("http", "https") and options.crawl_depth > 0:
+        return "crawl", crawl(text, options, lambda name, data, budget: _content_items(name, data, options, budget,
+                                                                                       standalone=False)[1])
     if scheme in ("http", "https"):
         try:
             response = fetch(text, options)
         except FetchError as exc:
             return "url", _raise(InputError(str(exc)))
-        kind = sniff(response.data)
-        if kind == "html" or (kind in ("text", "unknown") and "html" in response.content_type.lower()):
+        if is_html_response(response):
             return "url", page_images(response.data, response.url, options)
         return _content_items(response.url, response.data, options)
     if len(scheme) > 1 and not os.path.exists(text):

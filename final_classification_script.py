@@ -60,14 +60,17 @@ def _at_least(minimum: int):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-    return value
+def _seconds(allow_zero: bool):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (value >= 0 if allow_zero else value > 0):
+            raise argparse.ArgumentTypeError(f"must be {'0' if allow_zero else 'more than 0'}"
+                                             f"{' or more' if allow_zero else ''}, not {text}")
+        return value
+    return parse
 
 
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
@@ -131,7 +134,7 @@ def parse_args(argv=None):
                    help="skip images with a side under this many px (default: %(default)s)")
     p.add_argument("--max-images", type=_at_least(1), default=500,
                    help="at most this many images per input (default: %(default)s)")
-    p.add_argument("--timeout", type=_positive_float, default=20.0,
+    p.add_argument("--timeout", type=_seconds(allow_zero=False), default=20.0,
                    help="seconds allowed for each download (default: %(default)s)")
     p.add_argument("--workers", type=_at_least(1), default=8,
                    help="concurrent image downloads per page (default: %(default)s)")
@@ -154,6 +157,14 @@ def parse_args(argv=None):
     p.add_argument("--password", help="tried on an encrypted PDF the empty password does not open (never printed)")
     p.add_argument("--all-frames", action="store_true",
                    help="classify every frame of a multi-frame DICOM (default: its middle frame)")
+    p.add_argument("--crawl", type=_at_least(0), default=0, metavar="DEPTH",
+                   help="from a page URL, also read the pages its links lead to on the same site, up to DEPTH "
+                        "links away (default: 0, the page alone)")
+    p.add_argument("--max-pages", type=_at_least(1), default=100, metavar="N",
+                   help="a crawl fetches at most N pages (default: %(default)s)")
+    p.add_argument("--delay", type=_seconds(allow_zero=True), default=0.5, metavar="S",
+                   help="seconds between a crawl's requests to the site (default: %(default)s; robots.txt's "
+                        "Crawl-delay when longer)")
     p.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
                    help="auto: ONNX Runtime on the CPU, torch on CUDA/MPS (default: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: %(default)s")
@@ -341,6 +352,7 @@ def extract_options(args, model: engine.Engine) -> extract.Options:
                            password=args.password, all_frames=args.all_frames, retries=args.retries,
                            user_agent=args.user_agent, headers=dict(args.header),
                            verify=False if args.insecure else args.ca_bundle or True,
+                           crawl_depth=args.crawl, max_pages=args.max_pages, delay=args.delay,
                            working_size=max(model.preprocess["resize"], model.preprocess["crop"]))
 
 

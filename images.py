@@ -49,6 +49,9 @@ class Options:
     # may replace it); never printed: they may hold cookies or tokens
     retries: int = 2  # further tries of a request after a connect error, a timeout, 429 or 5xx, within `timeout`
     verify: bool | str = True  # check certificates (False: --insecure; a path: --ca-bundle, a PEM file or folder)
+    crawl_depth: int = 0  # an http(s) page: follow its links on the same site this many steps (0: the page alone)
+    max_pages: int = 100  # a crawl fetches at most this many pages and linked documents
+    delay: float = 0.5  # seconds between a crawl's requests to one host (robots.txt's Crawl-delay when longer)
     expect: Callable[[int], None] | None = field(default=None, repr=False)  # told how many items are coming,
     # as soon as an extractor knows (a PDF's listed images, a page's pictures, a folder's files): progress totals
 
@@ -71,6 +74,7 @@ class Found:
     frame: int | None = None  # a frame's place in a multi-frame file, 1-based
     thumbnail: str | None = None  # a page image reached through a link: the small image the page shows
     inline: bool = False  # a PDF inline image (BI ... ID ... EI)
+    found_on: str | None = None  # in a crawl: the page that shows the image, or links to the file it came from
 
 
 @dataclass

@@ -12,7 +12,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 from urllib.parse import quote, unquote, unquote_to_bytes, urljoin, urlsplit
 from urllib.request import url2pathname
 
@@ -38,12 +38,12 @@ MIN_TRY_S = 0.5  # a try with less time left than this is not worth starting
 class FetchError(Exception):
     """A download that failed, in one line. `transient`: worth another try (a connection that failed, a timeout,
     429, 5xx); `host_down`: the host cannot be reached at all (other URLs of it fail alike); `wait`: the seconds
-    the server's Retry-After asks for."""
+    the server's Retry-After asks for; `status`: the HTTP status of a refused response."""
 
     def __init__(self, message: str, *, transient: bool = False, host_down: bool = False,
-                 wait: float | None = None):
+                 wait: float | None = None, status: int | None = None):
         super().__init__(message)
-        self.transient, self.host_down, self.wait = transient, host_down, wait
+        self.transient, self.host_down, self.wait, self.status = transient, host_down, wait, status
 
 
 @dataclass
@@ -91,10 +91,11 @@ def is_http_url(url: str) -> bool:
 
 
 def fetch(url: str, options: Options, html_cap: bool = True, dead_hosts: dict | None = None,
-          images_only: bool = False) -> Response:
+          images_only: bool = False, refuse_redirect: Callable[[str], str | None] | None = None) -> Response:
     """GET with timeouts, a byte cap (streamed, counted), retries, and redirects followed by hand: http(s) only.
     `images_only`: a response served as something other than an image is refused before its body is read (a link
-    that may lead to an image, or to an article).
+    that may lead to an image, or to an article). `refuse_redirect(url)`: why a redirect target is not requested
+    (a crawl staying on its site), or None.
 
     Every try, wait and redirect of one download fits in `options.timeout`. A connect error, a timeout, 429 or a
     5xx is tried again up to `options.retries` times, after 0.5, 1, 2 s... or the server's Retry-After.
@@ -124,6 +125,8 @@ def fetch(url: str, options: Options, html_cap: bool = True, dead_hosts: dict | 
         if isinstance(outcome, Response):
             return outcome
         url = outcome
+        if refuse_redirect is not None and (refused := refuse_redirect(url)):
+            raise FetchError(refused)
     raise FetchError(f"more than {options.max_redirects} redirects")
 
 
@@ -147,7 +150,8 @@ def _given_up(problem: FetchError, tries: int, options: Options) -> FetchError:
         message += f" (the server asks to retry in {problem.wait:g} s, past {limit})"
     elif problem.transient and tries > 1 and message.startswith("HTTP "):
         message += f" ({tries} tries)"
-    return FetchError(message)
+    return FetchError(message, transient=problem.transient, host_down=problem.host_down, wait=problem.wait,
+                      status=problem.status)
 
 
 def _get_once(url: str, options: Options, deadline: float, html_cap: bool, images_only: bool) -> "Response | str":
@@ -171,7 +175,7 @@ def _get_once(url: str, options: Options, deadline: float, html_cap: bool, image
         status = response.status_code
         if status >= 400:
             raise FetchError(f"HTTP {status}", transient=status == 429 or status >= 500 and status not in (501, 505),
-                             wait=retry_after_seconds(response.headers.get("retry-after")))
+                             wait=retry_after_seconds(response.headers.get("retry-after")), status=status)
         served = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if images_only and served and not served.startswith(IMAGE_TYPES):
             raise FetchError(f"served as {served[:60]}, not an image")
@@ -364,6 +368,15 @@ def _enclosing_link(tag) -> str | None:
     return href if href and not href.startswith(("#", "javascript:", "mailto:", "data:")) else None
 
 
+def _base_url(soup, page_url: str) -> str:
+    """What the page's relative URLs resolve against: its `<base href>`, else its own URL."""
+    base = soup.find("base", href=True)
+    if base and base["href"].strip():
+        resolved = safe_urljoin(page_url, base["href"].strip())
+        return resolved if is_http_url(resolved) else page_url  # a base of another scheme resolves nothing
+    return page_url
+
+
 def find_images(html: str | bytes, base_url: str) -> list[PageImage]:
     """Every picture a reader of the page sees, once each, as absolute URLs (or data: URIs), in page order.
 
@@ -372,10 +385,7 @@ def find_images(html: str | bytes, base_url: str) -> list[PageImage]:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(html, "html.parser")
-    base = soup.find("base", href=True)
-    if base and base["href"].strip():
-        resolved = safe_urljoin(base_url, base["href"].strip())
-        base_url = resolved if is_http_url(resolved) else base_url  # a base of another scheme resolves nothing
+    base_url = _base_url(soup, base_url)
     raw: list[tuple[list[str], str | None]] = []  # (candidates of one picture, best first; enclosing link)
 
     for meta in soup.find_all("meta"):
@@ -447,6 +457,31 @@ def _absolute(url: str | None, base_url: str) -> str | None:
     absolute = safe_urljoin(base_url, url).split("#")[0].strip()
     # as a browser requests it: characters outside ASCII percent-encoded (UTF-8)
     return re.sub(r"[^\x21-\x7e]+", lambda m: quote(m.group()), absolute) or None
+
+
+@dataclass
+class PageLinks:
+    """What a crawler needs of a page: where its links lead, and whether it asks for a password."""
+    links: list[str]
+    password_field: bool
+
+
+def find_links(html: str | bytes, base_url: str) -> PageLinks:
+    """The http(s) URLs of the page's `<a href>` and `<area href>`, absolute, without fragments, once each, in
+    page order (mailto:, javascript:, file: and the like are left out). Pure: no network."""
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(html, "html.parser")
+    base_url = _base_url(soup, base_url)
+    urls = (_absolute(tag["href"], base_url) for tag in soup.find_all(["a", "area"], href=True))
+    password = soup.find("input", attrs={"type": re.compile(r"^\s*password\s*$", re.I)}) is not None
+    return PageLinks(list(dict.fromkeys(u for u in urls if u and is_http_url(u))), password)
+
+
+def is_html_response(response: Response) -> bool:
+    """A page: HTML by content, or text served as HTML."""
+    kind = sniff(response.data)
+    return kind == "html" or (kind in ("text", "unknown") and "html" in response.content_type.lower())
 
 
 def find_image_urls(html: str | bytes, base_url: str) -> list[str]:
@@ -587,7 +622,12 @@ def page_images(html: bytes, page_url: str, options: Options, local: LocalFolder
     """Every picture of a page, downloaded on a bounded thread pool. For a saved page (`page_url` a file: URL),
     `local` is its folder: its file: images are read from disk inside that folder only. `budget`: --max-images
     shared with the folder the page is in."""
-    pictures = find_images(html, page_url)
+    yield from download_pictures(find_images(html, page_url), page_url, options, local, budget)
+
+
+def download_pictures(pictures: list[PageImage], page_url: str, options: Options, local: LocalFolder | None = None,
+                      budget: ImageBudget | None = None) -> Iterator[Found | Skipped]:
+    """The pictures `find_images` found on a page (or those a crawl has not read yet) -> their items."""
     budget, dead_hosts = budget or ImageBudget(options.max_images), {}
     room = max(budget.limit - budget.used, 0)
     options.announce(len(pictures))

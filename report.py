@@ -19,7 +19,8 @@ def image_record(found, p: float, label: str, saved_path: str | None = None) -> 
     """One classified image, as README's schema names its fields (p_medical to 4 places)."""
     return {"source": found.source, "page": found.page, "width": found.width, "height": found.height,
             "label": label, "p_medical": round(float(p), 4), "saved_path": saved_path, "format": found.format,
-            **({"thumbnail": found.thumbnail} if found.thumbnail else {})}
+            **({"thumbnail": found.thumbnail} if found.thumbnail else {}),
+            **({"found_on": found.found_on} if found.found_on else {})}
 
 
 def skipped_record(skipped) -> dict:
@@ -79,7 +80,7 @@ def input_line(entry: dict, images: int, skipped: int) -> dict:
 # ---------------------------------------------------------------- CSV and table
 
 CSV_FIELDS = ["input", "kind", "status", "source", "page", "width", "height", "label", "p_medical", "saved_path",
-              "reason", "format", "thumbnail"]
+              "reason", "format", "thumbnail", "found_on"]
 
 
 def to_csv(report: dict) -> str:
