@@ -258,7 +258,7 @@ def _card(image: dict, order: int, thumb: str | None, threshold: float) -> str:
             f'{" data-uncertain" if uncertain else ""}>'
             + (f'<a class="pic" href="{esc(opened)}">{picture}</a>' if opened
                else f'<div class="pic{"" if thumb else " noimg"}">{picture}</div>')
-            + f'<div class="verdict">{esc(image["label"])}{"<span class=mark>uncertain</span>" if uncertain else ""}'
+            + f'<div class="verdict">{esc(image["label"])}{" <span class=mark>uncertain</span>" if uncertain else ""}'
             f'</div><div class="p">p(medical) {p:.3f}</div>'
             f'<div class="gauge" title="p(medical) {p:.3f}, threshold {threshold:.3f}">'
             f'<span style="width:{100 * min(max(p, 0), 1):.1f}%"></span>'
