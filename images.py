@@ -7,7 +7,7 @@ here knows about the model or imports torch.
 import io
 import os
 from dataclasses import dataclass, field
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Iterator
 
 import numpy as np
@@ -38,6 +38,12 @@ class Options:
     all_frames: bool = False  # every frame of a multi-frame DICOM, not only the middle one
     pages: tuple | None = None  # PDF pages to read: ((first, last or None), ...), 1-based; None for all
     password: str | None = field(default=None, repr=False)  # tried on a PDF the empty password does not open
+    expect: Callable[[int], None] | None = field(default=None, repr=False)  # told how many items are coming,
+    # as soon as an extractor knows (a PDF's listed images, a page's pictures, a folder's files): progress totals
+
+    def announce(self, count: int) -> None:
+        if self.expect is not None and count > 0:
+            self.expect(count)
 
 
 @dataclass

@@ -459,6 +459,7 @@ def page_images(html: bytes, page_url: str, options: Options, local: LocalFolder
     pictures = find_images(html, page_url)
     budget, dead_hosts = budget or ImageBudget(options.max_images), {}
     room = max(budget.limit - budget.used, 0)
+    options.announce(len(pictures))
     # The cap applies to candidate pictures here, so those past it are never downloaded.
     for items in bounded_map(lambda pair: _download_image(pair[1], page_url, pair[0], options, dead_hosts, local),
                              enumerate(pictures[:room]), options.workers):
