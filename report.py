@@ -266,13 +266,17 @@ def to_html(report: dict, thumbnails: list[list[str]]) -> str:
     counts = {"images": summary["images"], "medical": summary["medical"], "non-medical": summary["non-medical"],
               "uncertain": sum(is_uncertain(im["p_medical"], threshold) for im in images),
               "skipped": summary["skipped"], "failed inputs": summary["failed_inputs"]}
+    shown = {"all": len(images), "uncertain": counts["uncertain"],
+             **{label: sum(im["label"] == label for im in images) for label in ("medical", "non-medical")}}
+    shown_note = (f" Showing {len(images)} of the {summary['images']} images (--only); the counts are of all of them,"
+                  " but uncertain only of those shown." if len(images) != summary["images"] else "")
     parts = [f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1"><title>Medical image report</title>
 <style>{HTML_STYLE}</style></head><body data-threshold="{threshold}">
 <h1>Medical image report</h1>
 <p class="muted">Model {esc(str(model.get('arch')))} ({esc(str(model.get('engine', '')))}),
 threshold {threshold:.3f}: an image is medical when p(medical) is at or above it.
-{len(report['inputs'])} inputs{"; interrupted" if summary.get("interrupted") else ""}.</p>
+{len(report['inputs'])} inputs{"; interrupted" if summary.get("interrupted") else ""}.{shown_note}</p>
 <ul class="counts">""" + "".join(f'<li data-count="{esc(name)}"><b>{n}</b> {esc(name)}</li>'
                                   for name, n in counts.items()) + f"""</ul>
 <div class="legend"><span><span class="swatch medical"></span> medical: p(medical) &ge; {threshold:.3f}</span>
@@ -282,7 +286,7 @@ of the threshold: look for yourself</span>
 <span><span class="gauge" style="display:inline-block;width:60px"><span style="width:70%"></span>
 <i style="left:{100 * threshold:.0f}%"></i></span> bar: p(medical), tick: threshold</span></div>
 <div id="controls" hidden>show """ + "".join(
-        f'<button type="button" data-filter="{f}">{f} ({len(images) if f == "all" else counts[f]})</button>'
+        f'<button type="button" data-filter="{f}">{f} ({shown[f]})</button>'
         for f in FILTERS) + """ &nbsp; sort <select><option value="found">order found</option>
 <option value="p">p(medical), highest first</option><option value="near">nearest the threshold first</option>
 </select></div>"""]

@@ -29,7 +29,8 @@ class ReportParser(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.cards, self.counts, self.filters, self.tags, self.skipped = [], {}, [], [], []
         self.srcs, self.hrefs, self.text, self.styles, self.attributes = [], [], [], [], []
-        self._card = self._link = self._count = self._li = None
+        self.buttons: dict = {}
+        self._card = self._link = self._count = self._li = self._button = None
         self._open: list[str] = []
         self.feed(page)
         self.close()
@@ -56,6 +57,7 @@ class ReportParser(HTMLParser):
             self._li = []
         if tag == "button":
             self.filters.append(attrs_dict.get("data-filter"))
+            self._button = attrs_dict.get("data-filter")
 
     def handle_endtag(self, tag):
         while self._open and self._open.pop() != tag:
@@ -69,6 +71,8 @@ class ReportParser(HTMLParser):
             self._card["text"] = " ".join(" ".join(self._card["text"]).split())
             self.cards.append(self._card)
             self._card = None
+        if tag == "button":
+            self._button = None
         if tag == "li":
             if self._li is not None:
                 self.skipped.append("".join(self._li))
@@ -84,6 +88,8 @@ class ReportParser(HTMLParser):
             self._link["text"].append(data)
         if self._li is not None:
             self._li.append(data)
+        if self._button is not None:
+            self.buttons[self._button] = data
         if self._count is not None and self._open and self._open[-1] == "b":
             self.counts[self._count] = int(data)
 
@@ -178,6 +184,9 @@ def test_every_card_count_and_link_of_a_cli_report(inputs, tmp_path, capsys):
     assert all(any(s["source"] in line for line in page.skipped) for e in document["inputs"] for s in e["skipped"])
     assert "error: no such file, folder or URL" in "".join(page.text)
     assert page.filters == ["all", "medical", "non-medical", "uncertain"]
+    assert page.buttons == {"all": "all (6)", "medical": f"medical ({summary['medical']})",
+                            "non-medical": f"non-medical ({summary['non-medical']})",
+                            "uncertain": f"uncertain ({n_uncertain})"}
     assert ("div", {"id": "controls", "hidden": None}) in page.tags, "no dead buttons when JS is off"
     assert not any("hidden" in card["attrs"] for card in page.cards), "with JS off every card shows"
 
@@ -248,14 +257,32 @@ def chromium(*args: str) -> bytes:
                           capture_output=True, timeout=90, check=True).stdout
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
-def test_a_real_browser_renders_filters_and_sorts(tmp_path, capsys):
+def corpus_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "folder"
     folder.mkdir()
     for path in MEDICAL + NON_MEDICAL:
         (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+def test_only_one_label_shows_its_cards_and_says_what_the_counts_cover(tmp_path, capsys):
+    page_path, out = tmp_path / "report.html", tmp_path / "out.json"
+    run_cli(["--json", "-o", str(out), "--only", "medical", "--report", str(page_path), str(corpus_folder(tmp_path))],
+            capsys)
+    document, page = json.loads(out.read_text()), ReportParser(page_path.read_text(encoding="utf-8"))
+    shown = document["inputs"][0]["images"]
+    assert len(page.cards) == len(shown) == 2 and {card["attrs"]["data-label"] for card in page.cards} == {"medical"}
+    assert page.counts["images"] == document["summary"]["images"] == 4
+    assert page.buttons == {"all": "all (2)", "medical": "medical (2)", "non-medical": "non-medical (0)",
+                            "uncertain": f"uncertain ({page.counts['uncertain']})"}
+    assert "Showing 2 of the 4 images (--only)" in " ".join("".join(page.text).split())
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_a_real_browser_renders_filters_and_sorts(tmp_path, capsys):
     page_path = tmp_path / "report.html"
-    run_cli(["--json", "-o", str(tmp_path / "out.json"), "--report", str(page_path), str(folder)], capsys)
+    run_cli(["--json", "-o", str(tmp_path / "out.json"), "--report", str(page_path), str(corpus_folder(tmp_path))],
+            capsys)
     images = json.loads((tmp_path / "out.json").read_text())["inputs"][0]["images"]
 
     shot = tmp_path / "shot.png"
