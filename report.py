@@ -7,9 +7,12 @@ import base64
 import csv
 import html
 import io
+import os
+import pathlib
 import re
 
 import engine
+from pages import is_http_url
 
 THUMBNAIL = 160
 UNCERTAIN = 0.1  # p_medical within this of the threshold is marked uncertain in the report
@@ -137,34 +140,172 @@ def to_table(report: dict) -> str:
 
 # ---------------------------------------------------------------- HTML
 
-def to_html(report: dict, thumbnails: list[list[str]]) -> str:
-    """`thumbnails[i][j]` is the data URI of image j of input i."""
+FILTERS = ("all", "medical", "non-medical", "uncertain")
+# The part of a source the tool appended to name one image of a file: a PDF page and image, a frame, a data: URI.
+NAMED_PART = re.compile(r"#(?:page=(\d+)(?:&image=\d+)?|frame=\d+|data-uri-\d+)$")
+
+
+def is_uncertain(p_medical: float, threshold: float) -> bool:
+    """Near enough the threshold that a person should look; both are rounded to 4 places, hence the epsilon."""
+    return abs(p_medical - threshold) <= UNCERTAIN + 1e-9
+
+
+def file_link(path: str) -> str:
+    return pathlib.Path(os.path.abspath(path)).as_uri()
+
+
+def source_link(source: str) -> str | None:
+    """Where a person can open a source: its http(s) URL, or its local file (a PDF at the image's page); None for
+    a data: URI or another scheme."""
+    named = NAMED_PART.search(source)
+    base = source[:named.start()] if named else source
+    at_page = f"#page={named.group(1)}" if named and named.group(1) else ""
+    if is_http_url(base):
+        return base + at_page
+    if base.lower().startswith("data:") or "://" in base:
+        return None
+    return file_link(base) + at_page
+
+
+HTML_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1400px}
+h1{font-size:1.4em;margin:.2em 0} h2{font-size:1.05em;overflow-wrap:anywhere;margin:1.2em 0 .4em}
+a{color:#1a5276} [hidden]{display:none!important} .muted{color:#666}
+.counts{display:flex;flex-wrap:wrap;gap:.4em 1.4em;list-style:none;padding:0;margin:.6em 0}
+.counts b{font-size:1.3em}
+.legend{display:flex;flex-wrap:wrap;gap:.4em 1.4em;align-items:center;font-size:13px;margin:.4em 0}
+.swatch{display:inline-block;width:1.1em;height:1.1em;border:3px solid;border-radius:4px;vertical-align:middle}
+#controls{margin:.6em 0;display:flex;flex-wrap:wrap;gap:.4em;align-items:center}
+#controls button{font:inherit;padding:.25em .8em;border:1px solid #888;border-radius:1em;background:#fff;cursor:pointer}
+#controls button[aria-pressed=true]{background:#222;color:#fff}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:10px}
+.card{border:3px solid #ccc;border-radius:6px;padding:6px;font-size:12px;display:flex;flex-direction:column;gap:3px}
+.pic{height:160px;display:flex;align-items:center;justify-content:center;margin-bottom:4px}
+.pic img{max-width:100%;max-height:160px} .noimg{background:#eee;color:#666}
+.medical{border-color:#c0392b;background:#fdecea} .non-medical{border-color:#2e86c1;background:#eaf2fb}
+.uncertain{border-style:dashed;background:#fef5e7} .swatch.uncertain{border-color:#888}
+.medical .verdict{color:#922b21} .non-medical .verdict{color:#1b4f72}
+.verdict{font-weight:bold;font-size:14px} .mark{background:#d68910;color:#fff;border-radius:3px;padding:0 4px;
+font-size:11px;margin-left:4px}
+.gauge{position:relative;height:6px;background:#ddd;border-radius:3px}
+.gauge span{position:absolute;left:0;top:0;bottom:0;background:#555;border-radius:3px}
+.gauge i{position:absolute;top:-3px;bottom:-3px;width:2px;background:#000}
+.src{overflow-wrap:anywhere} .error{color:#c0392b;font-weight:bold;overflow-wrap:anywhere}
+details li{overflow-wrap:anywhere}
+"""
+
+# Filter and sort; the page reads its state from the address (#filter=uncertain&sort=p) so a view can be shared.
+# Without JS the controls stay hidden and every card shows in the order found.
+HTML_SCRIPT = """
+const cards = [...document.querySelectorAll('.card')], controls = document.getElementById('controls');
+const threshold = +document.body.dataset.threshold;
+const keys = {found: c => +c.dataset.order, p: c => -c.dataset.p, near: c => Math.abs(c.dataset.p - threshold)};
+function apply() {
+  const state = new URLSearchParams(location.hash.slice(1)), filter = state.get('filter') || 'all';
+  const sort = keys[state.get('sort')] ? state.get('sort') : 'found';
+  for (const c of cards) c.hidden = !(filter === 'all' || (filter === 'uncertain' ? 'uncertain' in c.dataset
+                                                              : c.dataset.label === filter));
+  for (const s of document.querySelectorAll('section.input'))
+    s.hidden = filter !== 'all' && !s.querySelector('.card:not([hidden])');
+  for (const g of document.querySelectorAll('.grid'))
+    [...g.children].sort((a, b) => keys[sort](a) - keys[sort](b)).forEach(c => g.appendChild(c));
+  for (const b of controls.querySelectorAll('button')) b.setAttribute('aria-pressed', b.dataset.filter === filter);
+  controls.querySelector('select').value = sort;
+}
+function go(change) {
+  const state = new URLSearchParams(location.hash.slice(1));
+  for (const [k, v] of Object.entries(change)) state.set(k, v);
+  location.hash = state.toString();
+}
+controls.querySelectorAll('button').forEach(b => b.onclick = () => go({filter: b.dataset.filter}));
+controls.querySelector('select').onchange = e => go({sort: e.target.value});
+window.onhashchange = apply;
+controls.hidden = false;
+apply();
+"""
+
+
+def _link(url: str | None, text: str, title: str = "") -> str:
     esc = html.escape
-    parts = [f"""<!doctype html><html><head><meta charset="utf-8"><title>Medical image report</title><style>
-body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} h2{{font-size:1.05em;word-break:break-all}}
-.grid{{display:flex;flex-wrap:wrap;gap:10px}} .card{{width:{THUMBNAIL + 10}px;border:3px solid #ccc;border-radius:6px;
-padding:4px;font-size:12px}} .card img{{max-width:{THUMBNAIL}px;max-height:{THUMBNAIL}px;display:block;margin:auto}}
-.medical{{border-color:#c0392b;background:#fdecea}} .non-medical{{border-color:#2e86c1;background:#eaf2fb}}
-.label{{font-weight:bold}} .src{{color:#555;word-break:break-all;max-height:3em;overflow:hidden}}
-.error{{color:#c0392b;font-weight:bold}} details{{margin:.5em 0}}</style></head><body>
-<h1>Medical image report</h1><p>{esc(summary_line(report['summary'], len(report['inputs'])))}.
-Model: {esc(report['model']['arch'])}, threshold {report['model']['threshold']:.3f}.</p>"""]
-    for entry, thumbs in zip(report["inputs"], thumbnails):
-        parts.append(f"<section><h2>{esc(entry['input'])} <small>({esc(entry['kind'])})</small></h2>")
+    title_attr = f' title="{esc(title)}"' if title else ""
+    return f'<a href="{esc(url)}"{title_attr}>{esc(text)}</a>' if url else f"<span>{esc(text)}</span>"
+
+
+def _card(image: dict, order: int, thumb: str | None, threshold: float) -> str:
+    """One image: what the model said (p_medical itself, never the label's own confidence), and where it is."""
+    esc, p = html.escape, image["p_medical"]
+    uncertain = is_uncertain(p, threshold)
+    classes = " ".join(["card", image["label"]] + (["uncertain"] if uncertain else []))
+    source_url = source_link(image["source"])
+    saved = image.get("saved_path")
+    opened = file_link(saved) if saved else source_url
+    picture = f'<img src="{esc(thumb)}" alt="">' if thumb else "no preview"
+    facts = [f"{image['width']}×{image['height']}"] + ([f"page {image['page']}"] if image.get("page") else []) + (
+        [esc(image["format"])] if image.get("format") else [])
+    links = ([_link(file_link(saved), "saved file", saved)] if saved else []) + (
+        [_link(source_link(image["thumbnail"]), "thumbnail on the page", image["thumbnail"])] if image.get("thumbnail") else [])
+    return (f'<article class="{esc(classes)}" data-label="{esc(image["label"])}" data-p="{p}" data-order="{order}"'
+            f'{" data-uncertain" if uncertain else ""}>'
+            + (f'<a class="pic" href="{esc(opened)}">{picture}</a>' if opened
+               else f'<div class="pic{"" if thumb else " noimg"}">{picture}</div>')
+            + f'<div class="verdict">{esc(image["label"])}{" <span class=mark>uncertain</span>" if uncertain else ""}'
+            f'</div><div class="p">p(medical) {p:.3f}</div>'
+            f'<div class="gauge" title="p(medical) {p:.3f}, threshold {threshold:.3f}">'
+            f'<span style="width:{100 * min(max(p, 0), 1):.1f}%"></span>'
+            f'<i style="left:{100 * min(max(threshold, 0), 1):.1f}%"></i></div>'
+            f'<div class="muted">{" · ".join(facts)}</div>'
+            f'<div class="src">{_link(source_url, image["source"])}</div>'
+            + (f'<div class="links">{" · ".join(links)}</div>' if links else "") + "</article>")
+
+
+def to_html(report: dict, thumbnails: list[list[str]]) -> str:
+    """`thumbnails[i][j]` is the data URI of image j of input i. One file, no network: styles, script and
+    thumbnails are inline; the only addresses are links to the sources and saved files."""
+    esc, model, summary = html.escape, report["model"], report["summary"]
+    threshold = model["threshold"]
+    images = [im for entry in report["inputs"] for im in entry["images"]]
+    counts = {"images": summary["images"], "medical": summary["medical"], "non-medical": summary["non-medical"],
+              "uncertain": sum(is_uncertain(im["p_medical"], threshold) for im in images),
+              "skipped": summary["skipped"], "failed inputs": summary["failed_inputs"]}
+    shown = {"all": len(images), "uncertain": counts["uncertain"],
+             **{label: sum(im["label"] == label for im in images) for label in ("medical", "non-medical")}}
+    shown_note = (f" Showing {len(images)} of the {summary['images']} images (--only); the counts are of all of them,"
+                  " but uncertain only of those shown." if len(images) != summary["images"] else "")
+    parts = [f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1"><title>Medical image report</title>
+<style>{HTML_STYLE}</style></head><body data-threshold="{threshold}">
+<h1>Medical image report</h1>
+<p class="muted">Model {esc(str(model.get('arch')))} ({esc(str(model.get('engine', '')))}),
+threshold {threshold:.3f}: an image is medical when p(medical) is at or above it.
+{len(report['inputs'])} inputs{"; interrupted" if summary.get("interrupted") else ""}.{shown_note}</p>
+<ul class="counts">""" + "".join(f'<li data-count="{esc(name)}"><b>{n}</b> {esc(name)}</li>'
+                                  for name, n in counts.items()) + f"""</ul>
+<div class="legend"><span><span class="swatch medical"></span> medical: p(medical) &ge; {threshold:.3f}</span>
+<span><span class="swatch non-medical"></span> non-medical: p(medical) &lt; {threshold:.3f}</span>
+<span><span class="swatch uncertain"></span><span class="mark">uncertain</span> p(medical) within {UNCERTAIN}
+of the threshold: look for yourself</span>
+<span><span class="gauge" style="display:inline-block;width:60px"><span style="width:70%"></span>
+<i style="left:{100 * threshold:.0f}%"></i></span> bar: p(medical), tick: threshold</span></div>
+<div id="controls" hidden>show """ + "".join(
+        f'<button type="button" data-filter="{f}">{f} ({shown[f]})</button>'
+        for f in FILTERS) + """ &nbsp; sort <select><option value="found">order found</option>
+<option value="p">p(medical), highest first</option><option value="near">nearest the threshold first</option>
+</select></div>"""]
+    order = 0
+    for entry, thumbs in zip(report["inputs"], thumbnails + [[]] * (len(report["inputs"]) - len(thumbnails))):
+        parts.append(f'<section class="input"><h2>{esc(entry["input"])} <small class="muted">'
+                     f'({esc(entry["kind"])}, {len(entry["images"])} images)</small></h2>')
         if entry["error"]:
-            parts.append(f"<p class='error'>error: {esc(entry['error'])}</p>")
-        parts.append("<div class='grid'>")
-        for im, thumb in zip(entry["images"], thumbs):
-            page = f" · page {im['page']}" if im["page"] else ""
-            parts.append(f"<div class='card {esc(im['label'])}'><img src='{thumb}' alt='{esc(im['source'])}'>"
-                         f"<div class='label'>{esc(im['label'])} {confidence(im):.0%}</div>"
-                         f"<div>{im['width']}×{im['height']}{page}</div>"
-                         f"<div class='src' title='{esc(im['source'])}'>{esc(im['source'])}</div></div>")
+            parts.append(f'<p class="error">error: {esc(entry["error"])}</p>')
+        parts.append('<div class="grid">')
+        for j, image in enumerate(entry["images"]):
+            parts.append(_card(image, order, thumbs[j] if j < len(thumbs) else None, threshold))
+            order += 1
         parts.append("</div>")
         if entry["skipped"]:
-            parts.append(f"<details><summary>{len(entry['skipped'])} skipped</summary><ul>")
+            parts.append(f'<details><summary>{len(entry["skipped"])} skipped</summary><ul>')
             parts += [f"<li>{esc(s['source'])}: {esc(s['reason'])}</li>" for s in entry["skipped"]]
             parts.append("</ul></details>")
         parts.append("</section>")
-    parts.append("</body></html>")
+    parts.append(f"<script>{HTML_SCRIPT}</script></body></html>")
     return "\n".join(parts)
