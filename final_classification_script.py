@@ -42,6 +42,30 @@ def _page_ranges(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def add_extraction_arguments(p: argparse.ArgumentParser):
+    """How inputs are read; sweep_ray.py takes the same options."""
+    p.add_argument("--min-size", type=int, default=32, help="skip images with a side under this (default: %(default)s px)")
+    p.add_argument("--max-images", type=int, default=500, help="at most this many images per input (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=20.0, help="seconds allowed for each download (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=8, help="concurrent image downloads per page (default: %(default)s)")
+    p.add_argument("--pages", type=_page_ranges, metavar="RANGES",
+                   help="PDF pages to read, 1-based: 3-10, 1,4,7- (default: all)")
+    p.add_argument("--password", help="tried on an encrypted PDF the empty password does not open (never printed)")
+    p.add_argument("--all-frames", action="store_true",
+                   help="classify every frame of a multi-frame DICOM (default: its middle frame)")
+
+
+def check_arguments(p: argparse.ArgumentParser, args):
+    """The ranges argparse cannot check, for this CLI and sweep_ray.py."""
+    if getattr(args, "threshold", None) is not None and not 0.0 <= args.threshold <= 1.0:
+        p.error("--threshold must be between 0 and 1")
+    for name in ("min_size", "max_images", "batch_size", "workers"):
+        if getattr(args, name, None) is not None and getattr(args, name) < (0 if name == "min_size" else 1):
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    if args.timeout <= 0:
+        p.error("--timeout must be positive")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -55,15 +79,7 @@ def parse_args(argv=None):
     p.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML page of thumbnails")
     p.add_argument("--threshold", type=float, help="p_medical at or above which an image is medical "
                                                    "(default: the model's, chosen on validation data)")
-    p.add_argument("--min-size", type=int, default=32, help="skip images with a side under this (default: %(default)s px)")
-    p.add_argument("--max-images", type=int, default=500, help="at most this many images per input (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=20.0, help="seconds allowed for each download (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=8, help="concurrent image downloads per page (default: %(default)s)")
-    p.add_argument("--pages", type=_page_ranges, metavar="RANGES",
-                   help="PDF pages to read, 1-based: 3-10, 1,4,7- (default: all)")
-    p.add_argument("--password", help="tried on an encrypted PDF the empty password does not open (never printed)")
-    p.add_argument("--all-frames", action="store_true",
-                   help="classify every frame of a multi-frame DICOM (default: its middle frame)")
+    add_extraction_arguments(p)
     p.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
                    help="auto: ONNX Runtime on the CPU, torch on CUDA/MPS (default: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: %(default)s")
@@ -72,13 +88,7 @@ def parse_args(argv=None):
     p.add_argument("--backbone-weights", help="local file of the backbone's ImageNet weights, for offline machines")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        p.error("--threshold must be between 0 and 1")
-    for name in ("min_size", "max_images", "batch_size", "workers"):
-        if getattr(args, name) is not None and getattr(args, name) < (0 if name == "min_size" else 1):
-            p.error(f"--{name.replace('_', '-')} must be positive")
-    if args.timeout <= 0:
-        p.error("--timeout must be positive")
+    check_arguments(p, args)
     return args
 
 
