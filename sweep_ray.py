@@ -11,6 +11,7 @@ when every input was processed, 1 when any input failed or was lost, 2 for bad a
 import argparse
 import io
 import json
+import logging
 import os
 import sys
 from typing import Iterator
@@ -264,8 +265,16 @@ def main(argv=None) -> int:
         return 2
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=args.address, runtime_env=runtime_env(args.address), log_to_driver=not args.quiet)
+    if args.quiet:
+        logging.getLogger("ray").setLevel(logging.WARNING)
+    try:
+        if not ray.is_initialized():
+            ray.init(address=args.address or "local", runtime_env=runtime_env(args.address),  # local: a new one
+                     log_to_driver=not args.quiet, logging_level=logging.WARNING if args.quiet else logging.INFO)
+    except Exception as exc:  # noqa: BLE001 - unreachable cluster, refused token, bad address: one line
+        print(f"error: Ray at {args.address or 'this machine'}: {type(exc).__name__}: {extract.first_line(exc)}",
+              file=sys.stderr)
+        return 2
     ray.data.DataContext.get_current().enable_progress_bars = not args.quiet
     written = failed = 0
     writer = Writer(args.output)

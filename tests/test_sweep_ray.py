@@ -26,7 +26,8 @@ def make_pdf(path, images):
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray.init(num_cpus=2, runtime_env=sweep_ray.runtime_env(None), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, runtime_env=sweep_ray.runtime_env(None), include_dashboard=False,
+             log_to_driver=False)
     yield
     ray.shutdown()
 
