@@ -24,7 +24,7 @@ import report
 HERE = os.path.dirname(os.path.abspath(__file__))
 PNG_LEVEL = 1  # the reduced images cross the object store as PNG: lossless, and fast to write at level 1
 RETRIES = 3  # a worker or actor that dies (killed, out of memory, a crash in a decoder) has its work run again;
-# past that its inputs are failed rows saying so (Ray Data's own default, retrying for ever, would hang on a poison file)
+# past that its inputs are failed rows saying so (Ray Data's default, retrying for ever, hangs on a poison file)
 LOST = "lost: Ray could not finish its work (a worker died on every try, or raised: see Ray's logs)"
 MAX_BLOCKS = 2000  # one input a Ray task up to this many inputs, so one slow PDF holds up no other
 # Fields of the Parquet output: every field a JSON line of any type has, null where a type has none.

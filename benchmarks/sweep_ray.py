@@ -42,7 +42,8 @@ def cli_results(inputs: list[str], out: Path, model: str) -> tuple[float, dict]:
                     "--quiet", "--model", model], check=False)
     elapsed = time.perf_counter() - start
     document = json.loads(out.read_text())
-    images = {(e["input"], im["source"]): (im["label"], im["p_medical"]) for e in document["inputs"] for im in e["images"]}
+    images = {(e["input"], im["source"]): (im["label"], im["p_medical"])
+              for e in document["inputs"] for im in e["images"]}
     return elapsed, {"inputs": len(document["inputs"]), "images": images}
 
 

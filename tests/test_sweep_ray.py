@@ -85,9 +85,11 @@ def test_ray_sweep_gives_the_clis_results_image_for_image(inputs, cli_result, ra
         for image in entry["images"]:
             line = mine[image["source"]]
             assert line["label"] == image["label"] and abs(line["p_medical"] - image["p_medical"]) <= 1e-4
-            assert {k: line[k] for k in image if k != "p_medical"} == {k: v for k, v in image.items() if k != "p_medical"}
+            same_fields = {k: v for k, v in image.items() if k != "p_medical"}
+            assert {k: line[k] for k in same_fields} == same_fields and set(line) == set(image) | {"type", "input"}
+        skipped = [line for line in lines if line["type"] == "skipped" and line["input"] == entry["input"]]
         assert sorted((s["source"], s["reason"]) for s in entry["skipped"]) == sorted(
-            (line["source"], line["reason"]) for line in lines if line["type"] == "skipped" and line["input"] == entry["input"])
+            (line["source"], line["reason"]) for line in skipped)
     assert ends["definitely not an input"]["error"] == "no such file, folder or URL"
     assert sum(line["type"] == "image" for line in lines) == document["summary"]["images"] == 8
     labels = {line["source"].rsplit("/", 1)[-1]: line["label"] for line in lines if line["type"] == "image"}
