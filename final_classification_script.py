@@ -48,7 +48,7 @@ def _page_ranges(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _at_least(minimum: int):
+def at_least(minimum: int):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -60,7 +60,7 @@ def _at_least(minimum: int):
     return parse
 
 
-def _seconds(allow_zero: bool):
+def seconds(allow_zero: bool):
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -107,6 +107,52 @@ def _ca_bundle(path: str) -> str:
     return path
 
 
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
+    return value
+
+
+def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
+    """How inputs are read and fetched; sweep_ray.py takes the same options."""
+    p.add_argument("--min-size", type=at_least(0), default=32,
+                   help="skip images with a side under this many px (default: %(default)s)")
+    p.add_argument("--max-images", type=at_least(1), default=500,
+                   help="at most this many images per input (default: %(default)s)")
+    p.add_argument("--timeout", type=seconds(allow_zero=False), default=20.0,
+                   help="seconds allowed for each download (default: %(default)s)")
+    p.add_argument("--workers", type=at_least(1), default=8,
+                   help="concurrent image downloads per page (default: %(default)s)")
+    p.add_argument("--retries", type=at_least(0), default=2,
+                   help="further tries of a download after a connect error, a timeout, 429 or 5xx, with backoff, "
+                        "within --timeout (default: %(default)s)")
+    p.add_argument("--user-agent", type=_user_agent, default=extract.Options.user_agent, metavar="TEXT",
+                   help="the User-Agent header sent (default: %(default)s)")
+    p.add_argument("--header", type=_header, action="append", default=[], metavar="'NAME: VALUE'",
+                   help="an HTTP header sent with every request; repeatable")
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument("--ca-bundle", type=_ca_bundle, metavar="FILE",
+                     help="trust the certificates in this PEM file (e.g. a private CA) instead of the system's")
+    tls.add_argument("--insecure", action="store_true", help="do not check HTTPS certificates")
+    p.add_argument("--pages", type=_page_ranges, metavar="RANGES",
+                   help="PDF pages to read, 1-based: 3-10, 1,4,7- (default: all)")
+    p.add_argument("--password", help="tried on an encrypted PDF the empty password does not open (never printed)")
+    p.add_argument("--all-frames", action="store_true",
+                   help="classify every frame of a multi-frame DICOM (default: its middle frame)")
+    p.add_argument("--crawl", type=at_least(0), default=0, metavar="DEPTH",
+                   help="from a page URL, also read the pages its links lead to on the same site, up to DEPTH "
+                        "links away (default: 0, the page alone)")
+    p.add_argument("--max-pages", type=at_least(1), default=100, metavar="N",
+                   help="a crawl fetches at most N pages (default: %(default)s)")
+    p.add_argument("--delay", type=seconds(allow_zero=True), default=0.5, metavar="S",
+                   help="seconds between a crawl's requests to the site (default: %(default)s; robots.txt's "
+                        "Crawl-delay when longer)")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="*", metavar="INPUT",
@@ -128,53 +174,21 @@ def parse_args(argv=None):
     p.add_argument("--only", choices=LABEL_CHOICES,
                    help="print and save only the images given this label (the summary still counts all)")
     p.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML page of thumbnails")
-    p.add_argument("--threshold", type=float, help="p_medical at or above which an image is medical "
-                                                   "(default: the model's, chosen on validation data)")
-    p.add_argument("--min-size", type=_at_least(0), default=32,
-                   help="skip images with a side under this many px (default: %(default)s)")
-    p.add_argument("--max-images", type=_at_least(1), default=500,
-                   help="at most this many images per input (default: %(default)s)")
-    p.add_argument("--timeout", type=_seconds(allow_zero=False), default=20.0,
-                   help="seconds allowed for each download (default: %(default)s)")
-    p.add_argument("--workers", type=_at_least(1), default=8,
-                   help="concurrent image downloads per page (default: %(default)s)")
-    p.add_argument("--jobs", type=_at_least(1), default=4,
+    p.add_argument("--threshold", type=probability,
+                   help="p_medical at or above which an image is medical (default: the model's, chosen on validation "
+                        "data)")
+    p.add_argument("--jobs", type=at_least(1), default=4,
                    help="inputs extracted at the same time; their images share the model's batches "
                         "(default: %(default)s)")
-    p.add_argument("--retries", type=_at_least(0), default=2,
-                   help="further tries of a download after a connect error, a timeout, 429 or 5xx, with backoff, "
-                        "within --timeout (default: %(default)s)")
-    p.add_argument("--user-agent", type=_user_agent, default=extract.Options.user_agent, metavar="TEXT",
-                   help="the User-Agent header sent (default: %(default)s)")
-    p.add_argument("--header", type=_header, action="append", default=[], metavar="'NAME: VALUE'",
-                   help="an HTTP header sent with every request; repeatable")
-    tls = p.add_mutually_exclusive_group()
-    tls.add_argument("--ca-bundle", type=_ca_bundle, metavar="FILE",
-                     help="trust the certificates in this PEM file (e.g. a private CA) instead of the system's")
-    tls.add_argument("--insecure", action="store_true", help="do not check HTTPS certificates")
-    p.add_argument("--pages", type=_page_ranges, metavar="RANGES",
-                   help="PDF pages to read, 1-based: 3-10, 1,4,7- (default: all)")
-    p.add_argument("--password", help="tried on an encrypted PDF the empty password does not open (never printed)")
-    p.add_argument("--all-frames", action="store_true",
-                   help="classify every frame of a multi-frame DICOM (default: its middle frame)")
-    p.add_argument("--crawl", type=_at_least(0), default=0, metavar="DEPTH",
-                   help="from a page URL, also read the pages its links lead to on the same site, up to DEPTH "
-                        "links away (default: 0, the page alone)")
-    p.add_argument("--max-pages", type=_at_least(1), default=100, metavar="N",
-                   help="a crawl fetches at most N pages (default: %(default)s)")
-    p.add_argument("--delay", type=_seconds(allow_zero=True), default=0.5, metavar="S",
-                   help="seconds between a crawl's requests to the site (default: %(default)s; robots.txt's "
-                        "Crawl-delay when longer)")
+    add_extraction_arguments(p)
     p.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
                    help="auto: ONNX Runtime on the CPU, torch on CUDA/MPS (default: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: %(default)s")
-    p.add_argument("--batch-size", type=_at_least(1), default=None,
+    p.add_argument("--batch-size", type=at_least(1), default=None,
                    help="images per model batch (default: 16 on the CPU, 128 on CUDA)")
     p.add_argument("--backbone-weights", help="local file of the backbone's ImageNet weights, for offline machines")
     p.add_argument("--quiet", action="store_true", help="no progress bars (errors and the summary still go to stderr)")
     args = p.parse_args(argv)
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        p.error(f"--threshold must be between 0 and 1, not {args.threshold:g}")
     if not args.inputs and not args.input_file:
         p.error("no input: give at least one INPUT or --input-file FILE")
     if args.resume and not (args.jsonl and args.output and args.output != "-"):

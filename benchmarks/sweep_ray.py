@@ -1,0 +1,98 @@
+"""The Ray sweep against the CLI on the same inputs: small PDFs and pages served on 127.0.0.1, corpus images.
+
+Prints both throughputs (inputs/s and images/s), their ratio, inputs in and out, and whether every image got
+the same label and p_medical (within 1e-4). Ray is timed with its start-up and without it.
+
+    python benchmarks/sweep_ray.py --inputs 200
+"""
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import DEFAULT_MODEL, ROOT, corpus_sample, serve, upscaled_jpeg, write_pdf
+
+
+def build_inputs(folder: Path, n: int, per_input: int) -> tuple[list[str], object]:
+    """n inputs, half PDFs on disk and half pages on a local server, `per_input` corpus images each."""
+    images = [upscaled_jpeg(path)[0] for path in corpus_sample(n * per_input)]
+    files, inputs = {}, []
+    for i in range(n):
+        chunk = [images[(i * per_input + k) % len(images)] for k in range(per_input)]
+        if i % 2 == 0:
+            path = folder / f"doc{i:03d}.pdf"
+            write_pdf(str(path), chunk)
+            inputs.append(str(path))
+        else:
+            tags = "".join(f'<img src="/img{i:03d}_{k}.jpg">' for k in range(per_input))
+            files[f"/page{i:03d}.html"] = (f"<html><body>{tags}</body></html>".encode(), "text/html")
+            files.update({f"/img{i:03d}_{k}.jpg": (data, "image/jpeg") for k, data in enumerate(chunk)})
+            inputs.append(f"/page{i:03d}.html")
+    httpd, url = serve(files)
+    return [url + text if text.startswith("/page") else text for text in inputs], httpd
+
+
+def cli_results(inputs: list[str], out: Path, model: str) -> tuple[float, dict]:
+    """One CLI process given every input (the same work as its --input-file)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "final_classification_script.py"), *inputs, "--json", "-o", str(out),
+                    "--quiet", "--model", model], check=False)
+    elapsed = time.perf_counter() - start
+    document = json.loads(out.read_text())
+    images = {(e["input"], im["source"]): (im["label"], im["p_medical"])
+              for e in document["inputs"] for im in e["images"]}
+    return elapsed, {"inputs": len(document["inputs"]), "images": images}
+
+
+def ray_results(listing: Path, out: Path, model: str, actors: int, batch_size: int | None) -> tuple[float, float, dict]:
+    import ray
+
+    import sweep_ray
+
+    start = time.perf_counter()
+    ray.init(address="local", runtime_env=sweep_ray.runtime_env(None), include_dashboard=False, log_to_driver=False)
+    started = time.perf_counter()
+    argv = [str(listing), "-o", str(out), "--quiet", "--model", model, "--actors", str(actors)]
+    sweep_ray.main(argv + (["--batch-size", str(batch_size)] if batch_size else []))
+    done = time.perf_counter()
+    ray.shutdown()
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    images = {(x["input"], x["source"]): (x["label"], x["p_medical"]) for x in lines if x["type"] == "image"}
+    return done - start, done - started, {"inputs": sum(x["type"] == "input" for x in lines), "images": images}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--inputs", type=int, default=200, help="default: %(default)s")
+    p.add_argument("--images-per-input", type=int, default=3, help="default: %(default)s")
+    p.add_argument("--actors", type=int, default=1, help="Ray model actors (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, help="images per model batch (default: sweep_ray's)")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        inputs, httpd = build_inputs(folder, args.inputs, args.images_per_input)
+        listing = folder / "inputs.txt"
+        listing.write_text("\n".join(inputs) + "\n")
+        cli_time, cli = cli_results(inputs, folder / "cli.json", args.model)
+        ray_total, ray_sweep, swept = ray_results(listing, folder / "ray.jsonl", args.model, args.actors,
+                                                  args.batch_size)
+        httpd.shutdown()
+    n_images = len(cli["images"])
+    mismatched = [key for key, (label, p) in cli["images"].items()
+                  if key not in swept["images"] or swept["images"][key][0] != label
+                  or abs(swept["images"][key][1] - p) > 1e-4]
+    print(f"inputs in: {len(inputs)}; out: CLI {cli['inputs']}, Ray {swept['inputs']}")
+    print(f"images: CLI {n_images}, Ray {len(swept['images'])}; mismatched (label, or p by more than 1e-4): "
+          f"{len(mismatched) + len(set(swept['images']) - set(cli['images']))}")
+    for name, seconds in (("CLI (one process, all inputs)", cli_time), ("Ray, start-up included", ray_total),
+                          ("Ray, after ray.init", ray_sweep)):
+        print(f"{name:32s} {seconds:6.1f} s  {len(inputs) / seconds:6.1f} inputs/s  {n_images / seconds:6.1f} img/s"
+              f"  ({seconds / cli_time:.2f}x the CLI's time)")
+
+
+if __name__ == "__main__":
+    main()
