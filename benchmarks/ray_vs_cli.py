@@ -3,7 +3,7 @@
 Prints both throughputs (inputs/s and images/s), their ratio, inputs in and out, and whether every image got
 the same label and p_medical (within 1e-4). Ray is timed with its start-up and without it.
 
-    python benchmarks/sweep_ray.py --inputs 200
+    python benchmarks/ray_vs_cli.py --inputs 200
 """
 import argparse
 import json
@@ -35,16 +35,19 @@ def build_inputs(folder: Path, n: int, per_input: int) -> tuple[list[str], objec
     return [url + text if text.startswith("/page") else text for text in inputs], httpd
 
 
-def cli_results(inputs: list[str], out: Path, model: str) -> tuple[float, dict]:
-    """One CLI process given every input (the same work as its --input-file)."""
+def read_lines(out: Path) -> dict:
+    """JSON lines (the CLI's --jsonl or the Ray sweep's) -> inputs finished and (input, source) -> (label, p)."""
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    images = {(x["input"], x["source"]): (x["label"], x["p_medical"]) for x in lines if x["type"] == "image"}
+    return {"inputs": sum(x["type"] == "input" for x in lines), "images": images}
+
+
+def cli_results(listing: Path, out: Path, model: str) -> tuple[float, dict]:
+    """One CLI process over the input file, streaming JSON lines."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "final_classification_script.py"), *inputs, "--json", "-o", str(out),
-                    "--quiet", "--model", model], check=False)
-    elapsed = time.perf_counter() - start
-    document = json.loads(out.read_text())
-    images = {(e["input"], im["source"]): (im["label"], im["p_medical"])
-              for e in document["inputs"] for im in e["images"]}
-    return elapsed, {"inputs": len(document["inputs"]), "images": images}
+    subprocess.run([sys.executable, str(ROOT / "final_classification_script.py"), "--input-file", str(listing),
+                    "--jsonl", "-o", str(out), "--quiet", "--model", model], check=False, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start, read_lines(out)
 
 
 def ray_results(listing: Path, out: Path, model: str, actors: int, batch_size: int | None) -> tuple[float, float, dict]:
@@ -59,9 +62,7 @@ def ray_results(listing: Path, out: Path, model: str, actors: int, batch_size: i
     sweep_ray.main(argv + (["--batch-size", str(batch_size)] if batch_size else []))
     done = time.perf_counter()
     ray.shutdown()
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
-    images = {(x["input"], x["source"]): (x["label"], x["p_medical"]) for x in lines if x["type"] == "image"}
-    return done - start, done - started, {"inputs": sum(x["type"] == "input" for x in lines), "images": images}
+    return done - start, done - started, read_lines(out)
 
 
 def main():
@@ -77,7 +78,7 @@ def main():
         inputs, httpd = build_inputs(folder, args.inputs, args.images_per_input)
         listing = folder / "inputs.txt"
         listing.write_text("\n".join(inputs) + "\n")
-        cli_time, cli = cli_results(inputs, folder / "cli.json", args.model)
+        cli_time, cli = cli_results(listing, folder / "cli.jsonl", args.model)
         ray_total, ray_sweep, swept = ray_results(listing, folder / "ray.jsonl", args.model, args.actors,
                                                   args.batch_size)
         httpd.shutdown()
@@ -88,7 +89,7 @@ def main():
     print(f"inputs in: {len(inputs)}; out: CLI {cli['inputs']}, Ray {swept['inputs']}")
     print(f"images: CLI {n_images}, Ray {len(swept['images'])}; mismatched (label, or p by more than 1e-4): "
           f"{len(mismatched) + len(set(swept['images']) - set(cli['images']))}")
-    for name, seconds in (("CLI (one process, all inputs)", cli_time), ("Ray, start-up included", ray_total),
+    for name, seconds in (("CLI --input-file", cli_time), ("Ray, start-up included", ray_total),
                           ("Ray, after ray.init", ray_sweep)):
         print(f"{name:32s} {seconds:6.1f} s  {len(inputs) / seconds:6.1f} inputs/s  {n_images / seconds:6.1f} img/s"
               f"  ({seconds / cli_time:.2f}x the CLI's time)")
