@@ -48,12 +48,16 @@ def _page_ranges(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _number(text: str, kind: type):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+
+
 def at_least(minimum: int):
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        value = _number(text, int)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be {minimum} or more, not {value}")
         return value
@@ -62,15 +66,18 @@ def at_least(minimum: int):
 
 def seconds(allow_zero: bool):
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        value = _number(text, float)
         if not (value >= 0 if allow_zero else value > 0):
-            raise argparse.ArgumentTypeError(f"must be {'0' if allow_zero else 'more than 0'}"
-                                             f"{' or more' if allow_zero else ''}, not {text}")
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if allow_zero else 'more than 0'}, not {text}")
         return value
     return parse
+
+
+def probability(text: str) -> float:
+    value = _number(text, float)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
+    return value
 
 
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
@@ -105,16 +112,6 @@ def _ca_bundle(path: str) -> str:
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"{path}: unreadable ({exc.strerror})") from None
     return path
-
-
-def probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
-    return value
 
 
 def add_extraction_arguments(p: argparse.ArgumentParser) -> None:

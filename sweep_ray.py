@@ -80,7 +80,7 @@ def read_inputs(path: str) -> list[str]:
             raise ValueError(f"{path}: Parquet file has no `input` column (it has {', '.join(table.column_names)})")
         return [str(v) for v in table.column("input").to_pylist() if v is not None]
     with open(path, encoding="utf-8", errors="replace") as f:
-        return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+        return cli.read_input_lines(f)
 
 
 # ---------------------------------------------------------------- extraction (a Ray task per block of inputs)

@@ -38,6 +38,18 @@ def image_bytes(path: Path, fmt: str = "PNG", size: tuple | None = None, mode: s
         return buffer.getvalue()
 
 
+def make_pdf(path, images) -> str:
+    """A PDF with one corpus image (as JPEG) on each page."""
+    import pymupdf
+
+    doc = pymupdf.open()
+    for image in images:
+        page = doc.new_page()
+        page.insert_image(pymupdf.Rect(50, 50, 400, 400), stream=image_bytes(image, "JPEG"))
+    doc.save(path)
+    return str(path)
+
+
 class Server:
     """A threaded HTTP server on 127.0.0.1; routes map a path to a handler(request) or (status, headers, body)."""
 

@@ -12,19 +12,10 @@ import pytest
 from PIL import Image
 
 import final_classification_script as cli
-from conftest import ROOT, SHARED, Server, corpus_images, image_bytes
+from conftest import ROOT, SHARED, Server, corpus_images, image_bytes, make_pdf
 
 MEDICAL = corpus_images("medical", "ct", 2) + corpus_images("medical", "dermoscopy", 1)
 NON_MEDICAL = corpus_images("non_medical", "photo", 2) + corpus_images("non_medical", "chart", 1)
-
-
-def make_pdf(path, images):
-    doc = pymupdf.open()
-    for image in images:
-        page = doc.new_page()
-        page.insert_image(pymupdf.Rect(50, 50, 400, 400), stream=image_bytes(image, "JPEG"))
-    doc.save(path)
-    return path
 
 
 def run_cli(args, capsys):

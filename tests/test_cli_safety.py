@@ -12,7 +12,7 @@ import threading
 import pytest
 
 import final_classification_script as cli
-from conftest import ROOT, Server, corpus_images, image_bytes
+from conftest import ROOT, Server, corpus_images, make_pdf
 
 MEDICAL = corpus_images("medical", "ct", 2)
 NON_MEDICAL = corpus_images("non_medical", "photo", 2)
@@ -144,12 +144,7 @@ def test_quiet_silences_progress_only(tmp_path):
 
 
 def test_progress_bar_shows_the_total_a_pdf_announces(tmp_path, capsys):
-    import pymupdf
-
-    doc = pymupdf.open()
-    for path in MEDICAL + NON_MEDICAL:
-        doc.new_page().insert_image(pymupdf.Rect(0, 0, 300, 300), stream=image_bytes(path, "JPEG"))
-    doc.save(tmp_path / "four.pdf")
+    make_pdf(tmp_path / "four.pdf", MEDICAL + NON_MEDICAL)
     assert cli.main([str(tmp_path / "four.pdf"), "--json"]) == 0
     assert "4/4" in capsys.readouterr().err
 

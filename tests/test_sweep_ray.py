@@ -1,7 +1,6 @@
 """The Ray sweep against the CLI, image for image, on real PDFs, a page served on 127.0.0.1 and a bad line."""
 import json
 
-import pymupdf
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -9,19 +8,10 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 import final_classification_script as cli  # noqa: E402
 import sweep_ray  # noqa: E402
-from conftest import Server, corpus_images, image_bytes  # noqa: E402
+from conftest import Server, corpus_images, image_bytes, make_pdf  # noqa: E402
 
 MEDICAL = corpus_images("medical", n=4)
 NON_MEDICAL = corpus_images("non_medical", n=4)
-
-
-def make_pdf(path, images):
-    doc = pymupdf.open()
-    for image in images:
-        page = doc.new_page()
-        page.insert_image(pymupdf.Rect(50, 50, 400, 400), stream=image_bytes(image, "JPEG"))
-    doc.save(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
