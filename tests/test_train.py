@@ -307,3 +307,13 @@ def test_help_answers_without_torch_and_shows_every_default(tmp_path):
 
 def test_the_arch_names_shown_without_torch_are_the_backbones():
     assert sorted(train.ARCHES) == sorted(model.BACKBONES)
+
+
+def test_readme_gives_the_shipped_models_exact_command():
+    recorded = torch.load(ROOT / "best_model.pth", weights_only=True)["training"]["command"]
+    readme = (ROOT / "README.md").read_text()
+    retraining = readme[readme.index("## Retraining"):]
+    start = retraining.index("```\n") + 4
+    block = retraining[start:retraining.index("\n```", start)]
+    assert " ".join(block.replace("\\\n", " ").split()) == recorded
+    assert f"--model {recorded.split('--output ')[1].split()[0]}" in retraining
