@@ -71,6 +71,7 @@ def _folder_items(root: str, options: Options) -> Iterator[Found | Skipped]:
     content is not is listed as skipped; other files are passed over silently. A file a saved page of the folder
     showed is not read again."""
     budget, seen = ImageBudget(options.max_images), set()
+    options.announce(sum(len(files) for _, _, files in os.walk(root)))
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):

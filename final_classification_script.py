@@ -1,17 +1,24 @@
 """Classify every image in web pages, PDFs, image files or folders as medical or non-medical.
 
     python final_classification_script.py https://example.org/article paper.pdf scans/
+    python final_classification_script.py --input-file urls.txt --jsonl -o out.jsonl --resume
 
-Results go to stdout (a table, --json or --csv), progress to stderr. Exit status:
-0 when every input was processed, 1 when any input failed, 2 for bad arguments.
+Results go to stdout (a table, --json, --csv or --jsonl) or -o FILE; progress, errors and the summary to stderr.
+Exit status: 0 when every input was processed, 1 when any input failed, 2 for bad arguments or an unusable model
+or output path, 130 when stopped by Ctrl-C or SIGTERM (the inputs finished by then are written).
 """
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
+import queue
 import re
+import signal
 import sys
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import tempfile
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -21,16 +28,15 @@ import extract
 import report
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "best_model.pth")
+LABEL_CHOICES = ("medical", "non-medical")
+SEEN_IMAGES = 65536  # results remembered per run by image content, so a logo on every page is classified once
+INTERRUPTED = 130
 
 
-@dataclass
-class InputResult:
-    input: str
-    kind: str | None = None
-    error: str | None = None
-    images: list = field(default_factory=list)
-    skipped: list = field(default_factory=list)
-    thumbnails: list = field(default_factory=list)  # for --report only, never in JSON
+def _version() -> str:
+    from version import __version__
+
+    return __version__
 
 
 def _page_ranges(text: str):
@@ -42,23 +48,107 @@ def _page_ranges(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, not {value}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
+
+
+def _header(text: str) -> tuple[str, str]:
+    """--header 'Name: value' -> (name, value)."""
+    name, colon, value = text.partition(":")
+    if not colon or not HEADER_NAME.fullmatch(name.strip()) or re.search(r"[\r\n\0]", value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'Name: value' (a header name, a colon, a value on one line)")
+    return name.strip(), value.strip()
+
+
+def _user_agent(text: str) -> str:
+    if not text.strip() or re.search(r"[\r\n\0]", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a User-Agent (empty, or more than one line)")
+    return text.strip()
+
+
+def _ca_bundle(path: str) -> str:
+    """A PEM file of certificates (or a folder of them, as OpenSSL's c_rehash makes) that loads."""
+    import ssl
+
+    if os.path.isdir(path):
+        return path
+    if not os.path.isfile(path):
+        raise argparse.ArgumentTypeError(f"{path}: no such file")
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError:
+        raise argparse.ArgumentTypeError(f"{path}: no PEM certificate in it") from None
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{path}: unreadable ({exc.strerror})") from None
+    return path
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="http(s) URL of a page, PDF or image; a PDF or image path; or a folder")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="http(s) URL of a page, PDF or image; a PDF or image path; a saved page; or a folder")
+    p.add_argument("--input-file", metavar="FILE",
+                   help="read more inputs from FILE, one a line (# starts a comment; - reads stdin)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint to use (default: %(default)s)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON object")
     out.add_argument("--csv", action="store_true", help="print CSV, one row per image or skipped image")
-    p.add_argument("-o", "--output", help="write the results to this file instead of stdout")
-    p.add_argument("--save-dir", help="write every extracted image into this folder")
+    out.add_argument("--jsonl", action="store_true",
+                     help="stream JSON lines: one per image, skipped image and finished input, as soon as known")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the results to FILE (- for stdout; default: stdout)")
+    p.add_argument("--resume", action="store_true",
+                   help="with --jsonl -o FILE: skip the inputs FILE already has finished, do the rest")
+    p.add_argument("--save-dir", metavar="DIR", help="write every extracted image into DIR")
+    p.add_argument("--by-label", action="store_true", help="with --save-dir: sort into DIR/medical and DIR/non-medical")
+    p.add_argument("--only", choices=LABEL_CHOICES,
+                   help="print and save only the images given this label (the summary still counts all)")
     p.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML page of thumbnails")
     p.add_argument("--threshold", type=float, help="p_medical at or above which an image is medical "
                                                    "(default: the model's, chosen on validation data)")
-    p.add_argument("--min-size", type=int, default=32, help="skip images with a side under this (default: %(default)s px)")
-    p.add_argument("--max-images", type=int, default=500, help="at most this many images per input (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=20.0, help="seconds allowed for each download (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=8, help="concurrent image downloads per page (default: %(default)s)")
+    p.add_argument("--min-size", type=_at_least(0), default=32,
+                   help="skip images with a side under this many px (default: %(default)s)")
+    p.add_argument("--max-images", type=_at_least(1), default=500,
+                   help="at most this many images per input (default: %(default)s)")
+    p.add_argument("--timeout", type=_positive_float, default=20.0,
+                   help="seconds allowed for each download (default: %(default)s)")
+    p.add_argument("--workers", type=_at_least(1), default=8,
+                   help="concurrent image downloads per page (default: %(default)s)")
+    p.add_argument("--jobs", type=_at_least(1), default=4,
+                   help="inputs extracted at the same time; their images share the model's batches "
+                        "(default: %(default)s)")
+    p.add_argument("--retries", type=_at_least(0), default=2,
+                   help="further tries of a download after a connect error, a timeout, 429 or 5xx, with backoff, "
+                        "within --timeout (default: %(default)s)")
+    p.add_argument("--user-agent", type=_user_agent, default=extract.Options.user_agent, metavar="TEXT",
+                   help="the User-Agent header sent (default: %(default)s)")
+    p.add_argument("--header", type=_header, action="append", default=[], metavar="'NAME: VALUE'",
+                   help="an HTTP header sent with every request; repeatable")
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument("--ca-bundle", type=_ca_bundle, metavar="FILE",
+                     help="trust the certificates in this PEM file (e.g. a private CA) instead of the system's")
+    tls.add_argument("--insecure", action="store_true", help="do not check HTTPS certificates")
     p.add_argument("--pages", type=_page_ranges, metavar="RANGES",
                    help="PDF pages to read, 1-based: 3-10, 1,4,7- (default: all)")
     p.add_argument("--password", help="tried on an encrypted PDF the empty password does not open (never printed)")
@@ -67,22 +157,151 @@ def parse_args(argv=None):
     p.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
                    help="auto: ONNX Runtime on the CPU, torch on CUDA/MPS (default: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: %(default)s")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=_at_least(1), default=None,
                    help="images per model batch (default: 16 on the CPU, 128 on CUDA)")
     p.add_argument("--backbone-weights", help="local file of the backbone's ImageNet weights, for offline machines")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (errors and the summary still go to stderr)")
     args = p.parse_args(argv)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        p.error("--threshold must be between 0 and 1")
-    for name in ("min_size", "max_images", "batch_size", "workers"):
-        if getattr(args, name) is not None and getattr(args, name) < (0 if name == "min_size" else 1):
-            p.error(f"--{name.replace('_', '-')} must be positive")
-    if args.timeout <= 0:
-        p.error("--timeout must be positive")
+        p.error(f"--threshold must be between 0 and 1, not {args.threshold:g}")
+    if not args.inputs and not args.input_file:
+        p.error("no input: give at least one INPUT or --input-file FILE")
+    if args.resume and not (args.jsonl and args.output and args.output != "-"):
+        p.error("--resume needs --jsonl and -o FILE: the file it resumes")
+    if args.by_label and not args.save_dir:
+        p.error("--by-label sorts what --save-dir saves: give --save-dir DIR too")
     return args
 
 
-# ---------------------------------------------------------------- classification
+# ---------------------------------------------------------------- output paths, checked before any input is read
+
+class OutputError(Exception):
+    """An output path that cannot be written; found before any work, so no result is lost to it."""
+
+
+def check_output_file(path: str, option: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise OutputError(f"{option} {path}: is a folder; give a file name")
+    if not os.path.isdir(folder):
+        raise OutputError(f"{option} {path}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise OutputError(f"{option} {path}: not writable here (permission denied); choose another path")
+
+
+def check_save_dir(path: str) -> None:
+    """Created now, so a folder that cannot be made fails the run before it starts, not image by image."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputError(f"--save-dir {path}: is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"--save-dir {path}: cannot be created ({exc.strerror}); choose another folder") from None
+    if not os.access(path, os.W_OK):
+        raise OutputError(f"--save-dir {path}: not writable (permission denied); choose another folder")
+
+
+def check_outputs(args) -> None:
+    if args.output and args.output != "-":
+        check_output_file(args.output, "-o")
+    if args.report:
+        check_output_file(args.report, "--report")
+    if args.save_dir:
+        check_save_dir(args.save_dir)
+    if args.input_file and args.input_file != "-" and not os.path.isfile(args.input_file):
+        raise OutputError(f"--input-file {args.input_file}: no such file")
+
+
+def write_atomically(path: str, text: str) -> None:
+    """A temporary file beside the target, renamed over it: a failure never leaves half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o666 & ~umask)  # not mkstemp's 0600
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+# ---------------------------------------------------------------- inputs
+
+def read_input_lines(lines) -> list[str]:
+    """An input file's lines: blank lines and # comments left out, surrounding spaces stripped."""
+    out = []
+    for line in lines:
+        text = line.strip()
+        if text and not text.startswith("#"):
+            out.append(text)
+    return out
+
+
+def iter_inputs(args):
+    """Positional inputs, then the input file's; an input listed twice is done once."""
+    seen = set()
+
+    def fresh(texts):
+        for text in texts:
+            if text not in seen:
+                seen.add(text)
+                yield text
+
+    yield from fresh(args.inputs)
+    if args.input_file == "-":
+        yield from fresh(read_input_lines(sys.stdin))
+    elif args.input_file:
+        with open(args.input_file, encoding="utf-8", errors="replace") as f:
+            yield from fresh(text for text in read_input_lines(f))
+
+
+def count_inputs(args) -> int | None:
+    """For the progress bar's total; unknown when inputs come from stdin."""
+    if args.input_file == "-":
+        return None
+    total = len(set(args.inputs))
+    if args.input_file:
+        with open(args.input_file, encoding="utf-8", errors="replace") as f:
+            total += len(set(read_input_lines(f)) - set(args.inputs))
+    return total
+
+
+def finished_inputs(path: str) -> set[str]:
+    """Resume: rewrite FILE keeping only the lines of inputs it has finished (those with their "input" line),
+    so a half-written last line and the lines of inputs cut off mid-way are redone, never doubled."""
+    if not os.path.exists(path):
+        return set()
+    done = set()
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            record = _parse_line(line)
+            if record and record.get("type") == "input":
+                done.add(record["input"])
+    kept = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            record = _parse_line(line)
+            if record and record.get("type") != "summary" and record.get("input") in done:
+                kept.append(line)
+    write_atomically(path, "".join(kept))
+    return done
+
+
+def _parse_line(line: str) -> dict | None:
+    if not line.endswith("\n"):
+        return None  # cut off by a crash
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+# ---------------------------------------------------------------- saving images
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.split("?")[0].rstrip("/").split("/")[-1])[-60:] or "input"
@@ -98,89 +317,281 @@ def save_name(found: extract.Found) -> str:
     return "_".join(parts)
 
 
-def _save(found: extract.Found, save_dir: str) -> str:
-    os.makedirs(save_dir, exist_ok=True)
-    name, ext, n = save_name(found), found.ext if found.encoded is not None else "png", 1
-    path = os.path.join(save_dir, f"{name}.{ext}")
-    while os.path.exists(path):  # the same name from another input or folder
-        n += 1
-        path = os.path.join(save_dir, f"{name}-{n}.{ext}")
-    if found.encoded is not None:
-        with open(path, "wb") as f:
-            f.write(found.encoded)
-    else:
-        found.image.save(path)
-    return os.path.abspath(path)
+def save_image(found: extract.Found, folder: str) -> str:
+    os.makedirs(folder, exist_ok=True)
+    name, ext = save_name(found), found.ext if found.encoded is not None else "png"
+    for n in range(1, 1_000_000):  # the same name from another input or folder gets -2, -3, ...
+        path = os.path.join(folder, f"{name}.{ext}" if n == 1 else f"{name}-{n}.{ext}")
+        try:
+            with open(path, "xb") as f:  # exclusive, so two inputs saving at once never share a name
+                if found.encoded is not None:
+                    f.write(found.encoded)
+                else:
+                    found.image.save(f, format="PNG")
+            return os.path.abspath(path)
+        except FileExistsError:
+            continue
+    raise OSError("no free file name")
 
 
 def extract_options(args, model: engine.Engine) -> extract.Options:
     """Decoded images are kept only as large as the model needs (its resize), never at full resolution."""
     return extract.Options(min_size=args.min_size, max_images=args.max_images, timeout=args.timeout,
                            workers=args.workers, keep_encoded=bool(args.save_dir), pages=args.pages,
-                           password=args.password, all_frames=args.all_frames,
+                           password=args.password, all_frames=args.all_frames, retries=args.retries,
+                           user_agent=args.user_agent, headers=dict(args.header),
+                           verify=False if args.insecure else args.ca_bundle or True,
                            working_size=max(model.preprocess["resize"], model.preprocess["crop"]))
 
 
-def classify_input(text: str, model: engine.Engine, options: extract.Options, args, bar,
-                   model_thread: ThreadPoolExecutor) -> InputResult:
-    """Extract and classify one input in batches, so full-size images never pile up.
+# ---------------------------------------------------------------- the run: extraction threads, one model thread
 
-    Each batch goes to the model thread while extraction of the next goes on here; at most
-    two batches wait, and results are recorded in the order the images were found.
-    """
-    result = InputResult(text)
-    batch: list[extract.Found] = []
-    pending: deque = deque()
+@dataclass
+class InputState:
+    """One input in flight. `images` and `skipped` hold its records until it ends, unless they are streamed."""
+    number: int
+    text: str
+    kind: str | None = None
+    error: str | None = None
+    images: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    medical: int = 0  # every classified image is counted, also those --only leaves out
+    non_medical: int = 0
+    shown: int = 0
+    n_skipped: int = 0
+    expected: int = 0  # items announced by the extractor, for the progress bar
+    seen: int = 0
 
-    def record(found: extract.Found, p: float):
-        saved = None
-        if args.save_dir:
-            saved = _save(found, args.save_dir)
-        result.images.append(report.image_record(found, p, model.label(p), saved))
-        if args.report:
-            result.thumbnails.append(report.thumbnail(found.image))
 
-    def collect(keep: int):
-        while len(pending) > keep:
-            found, future = pending.popleft()
-            for item, p in zip(found, future.result()):
-                record(item, p)
-            bar.update(len(found))
+_END = object()  # an input's last item through the model queue, so it arrives after all its images
 
-    def submit():
-        if batch:
-            pending.append((list(batch), model_thread.submit(model.predict, [f.image for f in batch],
-                                                             args.batch_size)))
-            batch.clear()
-        collect(keep=2)
 
-    try:
-        result.kind, items = extract.open_input(text, options)
-        for item in items:
-            if isinstance(item, extract.Skipped):
-                result.skipped.append(report.skipped_record(item))
-                continue
-            batch.append(item)
-            if len(batch) >= (args.batch_size or model.default_batch_size):
-                submit()
-        submit()
-        collect(keep=0)
-    except extract.InputError as exc:
-        submit()
-        collect(keep=0)
-        result.error = str(exc)
-    except Exception as exc:  # never lose the other inputs' results to one bad file
-        batch.clear()
+def image_key(image) -> bytes:
+    """The same pixels (one logo on every page) get the same key, whatever their file name."""
+    digest = hashlib.blake2b(image.tobytes(), digest_size=16)
+    digest.update(f"{image.mode}{image.size}".encode())
+    return digest.digest()
+
+
+class Run:
+    """Inputs extracted `jobs` at a time on threads; their images meet in one queue, so the model thread always
+    takes full batches across inputs; results come back to the calling thread in order, per input."""
+
+    def __init__(self, model: engine.Engine, options: extract.Options, jobs: int = 4, batch_size: int | None = None):
+        self.model, self.options, self.jobs = model, options, jobs
+        self.batch_size = batch_size or model.default_batch_size
+        self.to_model: queue.Queue = queue.Queue(maxsize=2 * self.batch_size)
+        self.events: queue.Queue = queue.Queue()
+        self.stop = threading.Event()
+        self.known: OrderedDict = OrderedDict()  # image key -> p_medical, bounded
+        self.classified = self.reused = 0
+        threading.Thread(target=self._model_loop, name="model", daemon=True).start()
+
+    def results(self, texts):
+        """Yield ("skipped", state, Skipped) / ("image", state, Found, p) / ("end", state) as they come; an
+        input's events come in the order its items were found, and "end" after all of them."""
+        active, texts = 0, iter(texts)
+        number = 0
+        exhausted = False
+        while True:
+            while not exhausted and active < self.jobs:
+                text = next(texts, None)
+                if text is None:
+                    exhausted = True
+                    break
+                state = InputState(number, text)
+                number += 1
+                active += 1
+                yield ("start", state)
+                threading.Thread(target=self._extract, args=(state,), name="extract", daemon=True).start()
+            if not active:
+                return
+            event = self.events.get()
+            if event[0] == "end":
+                active -= 1
+            yield event
+
+    def close(self):
+        self.stop.set()
+        self.to_model.put(None)
+
+    def _extract(self, state: InputState) -> None:
+        options = dataclasses.replace(self.options, expect=lambda n: self.events.put(("expect", state, n)))
         try:
-            collect(keep=0)
-        except Exception:
-            pending.clear()
-        result.error = f"unexpected {type(exc).__name__}: {extract.first_line(exc)}"
-    return result
+            state.kind, items = extract.open_input(state.text, options)
+            for item in items:
+                if self.stop.is_set():
+                    return
+                if isinstance(item, extract.Skipped):
+                    self.events.put(("skipped", state, item))
+                else:
+                    self.to_model.put((state, item, image_key(item.image)))
+        except extract.InputError as exc:
+            state.error = str(exc)
+        except Exception as exc:  # never lose the other inputs' results to one bad file
+            state.error = f"unexpected {type(exc).__name__}: {extract.first_line(exc)}"
+        self.to_model.put((state, _END, None))
+
+    def _take_batch(self) -> list | None:
+        """Queue items up to a full batch of images (inputs' end marks ride along), or what came within 20 ms."""
+        first = self.to_model.get()
+        if first is None:
+            return None
+        batch, images = [first], int(first[1] is not _END)
+        while images < self.batch_size:
+            try:
+                item = self.to_model.get(timeout=0.02)
+            except queue.Empty:
+                break
+            if item is None:
+                self.to_model.put(None)
+                break
+            batch.append(item)
+            images += item[1] is not _END
+        return batch
+
+    def _model_loop(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            todo = {}
+            for state, item, key in batch:
+                if item is not _END and key not in self.known and key not in todo:
+                    todo[key] = item.image
+            failure = None
+            try:
+                if todo:
+                    for key, p in zip(todo, self.model.predict(list(todo.values()), self.batch_size)):
+                        self.known[key] = p
+            except Exception as exc:
+                failure = f"the model failed on a batch: {type(exc).__name__}: {extract.first_line(exc)}"
+            for state, item, key in batch:
+                if item is _END:
+                    self.events.put(("end", state))
+                elif key in self.known:
+                    self.known.move_to_end(key)
+                    self.events.put(("image", state, item, self.known[key]))
+                else:
+                    state.error = state.error or failure
+            self.classified += len(todo)
+            self.reused += sum(item is not _END for _, item, _ in batch) - len(todo)
+            while len(self.known) > SEEN_IMAGES:
+                self.known.popitem(last=False)
+
+
+# ---------------------------------------------------------------- the CLI around the run
+
+class Sink:
+    """Where results go: JSON lines as they come, and/or every input's record kept for one document at the end
+    (a table, JSON, CSV or the HTML report); a JSON lines run without a report keeps nothing per input."""
+
+    def __init__(self, args, model: engine.Engine, model_path: str):
+        self.args, self.model = args, model
+        self.model_record = report.model_record(model, model_path)
+        self.summary = report.new_summary()
+        self.entries: dict[int, dict] = {}
+        self.thumbnails: dict[int, list] = {}
+        self.stream = None
+        if args.jsonl:
+            if args.output and args.output != "-":
+                self.stream = open(args.output, "a" if args.resume else "w", encoding="utf-8")
+            else:
+                self.stream = sys.stdout
+        self.keep = not args.jsonl or bool(args.report)
+
+    def line(self, record: dict) -> None:
+        self.stream.write(json.dumps(record) + "\n")
+        self.stream.flush()
+
+    def image(self, state: InputState, found: extract.Found, p: float) -> None:
+        label = self.model.label(p)
+        if label == "medical":
+            state.medical += 1
+        else:
+            state.non_medical += 1
+        if self.args.only and label != self.args.only:
+            return
+        saved = self._save(found, label) if self.args.save_dir else None
+        record = report.image_record(found, p, label, saved)
+        state.shown += 1
+        if self.stream:
+            self.line(report.image_line(state.text, record))
+        if self.keep:
+            state.images.append(record)
+        if self.args.report:
+            self.thumbnails.setdefault(state.number, []).append(report.thumbnail(found.image))
+
+    def _save(self, found: extract.Found, label: str) -> str | None:
+        folder = os.path.join(self.args.save_dir, label) if self.args.by_label else self.args.save_dir
+        try:
+            return save_image(found, folder)
+        except OSError as exc:
+            tqdm.write(f"note: {found.source}: classified but not saved to {folder} "
+                       f"({exc.strerror or exc})", file=sys.stderr)
+            return None
+
+    def skipped(self, state: InputState, item: extract.Skipped) -> None:
+        record = report.skipped_record(item)
+        state.n_skipped += 1
+        if self.stream:
+            self.line(report.skipped_line(state.text, record))
+        if self.keep:
+            state.skipped.append(record)
+
+    def end(self, state: InputState) -> None:
+        entry = report.input_record(state.text, state.kind, state.error, state.images, state.skipped)
+        report.add_to_summary(self.summary, state.medical, state.non_medical, state.n_skipped, state.error)
+        if self.stream:
+            self.line(report.input_line(entry, state.shown, state.n_skipped))
+        if self.keep:
+            self.entries[state.number] = entry
+
+    def finish(self, interrupted: bool) -> dict:
+        """Write the document (or the JSONL summary line); returns the summary."""
+        summary = {k: v for k, v in self.summary.items() if k != "inputs"}
+        if interrupted:
+            summary["interrupted"] = True
+        entries = [self.entries[n] for n in sorted(self.entries)]
+        document = {"model": self.model_record, "inputs": entries, "summary": summary}
+        if self.args.report:
+            thumbnails = [self.thumbnails.get(n, []) for n in sorted(self.entries)]
+            write_atomically(self.args.report, report.to_html(document, thumbnails))
+        if self.stream:
+            self.line({"type": "summary", **summary})
+            if self.stream is not sys.stdout:
+                self.stream.close()
+            return summary
+        if self.args.json:
+            text = json.dumps(document, indent=2) + "\n"
+        elif self.args.csv:
+            text = report.to_csv(document)
+        else:
+            text = report.to_table(document)
+        if self.args.output and self.args.output != "-":
+            write_atomically(self.args.output, text)
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        return summary
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        return classify(args)
+    except KeyboardInterrupt:  # before the first input started: nothing to write
+        print("interrupted before any input was read", file=sys.stderr)
+        return INTERRUPTED
+
+
+def classify(args) -> int:
+    try:
+        check_outputs(args)
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     note = lambda message: print(f"note: {message}", file=sys.stderr)
     try:
         model = engine.open_engine(args.model, args.engine, args.device, args.backbone_weights, note)
@@ -189,30 +600,72 @@ def main(argv=None) -> int:
         return 2
     if args.threshold is not None:
         model.threshold = args.threshold
-    options = extract_options(args, model)
-    results = []
-    with tqdm(desc="images", unit="img", file=sys.stderr, disable=args.quiet) as bar, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="model") as model_thread:
-        for text in args.inputs:
-            bar.set_postfix_str(report.shorten(text, 40))
-            result = classify_input(text, model, options, args, bar, model_thread)
-            if result.error and not args.quiet:
-                tqdm.write(f"error: {text}: {result.error}", file=sys.stderr)
-            results.append(result)
-    entries = [report.input_record(r.input, r.kind, r.error, r.images, r.skipped) for r in results]
-    document = report.to_json(entries, report.model_record(model, os.path.abspath(args.model)))
-    text = (json.dumps(document, indent=2) + "\n" if args.json else report.to_csv(document) if args.csv
-            else report.to_table(document))
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
-    if args.report:
-        with open(args.report, "w", encoding="utf-8") as f:
-            f.write(report.to_html(document, [r.thumbnails for r in results]))
-    return 1 if document["summary"]["failed_inputs"] else 0
+    done = finished_inputs(args.output) if args.resume else set()
+    if done:
+        note(f"resuming {args.output}: {len(done)} inputs already finished there are skipped")
+    sink = Sink(args, model, os.path.abspath(args.model))
+    run = Run(model, extract_options(args, model), args.jobs, args.batch_size)
+    total = count_inputs(args)
+    several = total is None or total > 1
+    interrupted = False
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() \
+        else None
+    bars = [tqdm(desc="inputs", unit="input", total=None if total is None else total - len(done), file=sys.stderr,
+                 disable=args.quiet or not several, position=0, dynamic_ncols=True),
+            tqdm(desc="images", unit="img", total=0, file=sys.stderr, disable=args.quiet,
+                 position=1 if several and not args.quiet else 0, dynamic_ncols=True)]
+    inputs_bar, images_bar = bars
+    try:
+        for event in run.results(text for text in iter_inputs(args) if text not in done):
+            kind, state = event[0], event[1]
+            if kind == "start":
+                images_bar.set_postfix_str(report.shorten(state.text, 40), refresh=False)
+            elif kind == "expect":
+                state.expected += event[2]
+                images_bar.total += event[2]
+                images_bar.refresh()
+            elif kind in ("skipped", "image"):
+                sink.skipped(state, event[2]) if kind == "skipped" else sink.image(state, event[2], event[3])
+                state.seen += 1
+                if state.seen > state.expected:  # more than announced, or nothing announced
+                    images_bar.total += 1
+                images_bar.update(1)
+            elif kind == "end":
+                if state.expected > state.seen:  # announced more than came (ignored files, budget)
+                    images_bar.total -= state.expected - state.seen
+                    images_bar.refresh()
+                sink.end(state)
+                if state.error:
+                    tqdm.write(f"error: {state.text}: {state.error}", file=sys.stderr)
+                inputs_bar.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
+        run.stop.set()
+    finally:
+        for bar in bars:
+            bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    run.close()
+    try:
+        summary = sink.finish(interrupted)
+    except OSError as exc:
+        print(f"error: writing the results failed: {exc}", file=sys.stderr)
+        return 2
+    table_on_stdout = not (args.json or args.csv or args.jsonl) and args.output in (None, "-")
+    if not table_on_stdout:
+        print(report.summary_line(summary, sink.summary["inputs"]), file=sys.stderr)
+    if interrupted:
+        print("interrupted: the inputs finished so far are written"
+              + ("; --resume carries on" if args.jsonl and args.output not in (None, "-") else ""), file=sys.stderr)
+        return INTERRUPTED
+    return 1 if summary["failed_inputs"] else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == INTERRUPTED:  # threads still downloading must not hold the exit up
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

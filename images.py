@@ -7,12 +7,14 @@ here knows about the model or imports torch.
 import io
 import os
 from dataclasses import dataclass, field
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Iterator
 
 import numpy as np
 
 from PIL import Image
+
+from version import __version__
 
 # Names that claim an image (or a document of ours): in a folder, such a file whose content is not
 # readable is listed as skipped; any other name whose content is not readable is passed over silently.
@@ -22,11 +24,15 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".
 Image.MAX_IMAGE_PIXELS = None  # decode_image checks Options.max_pixels from the header, before decoding
 
 
+# Names the tool and its version to every server it downloads from (--user-agent replaces it).
+USER_AGENT = f"medical-image-classifier/{__version__} (image extraction for classification; python-requests)"
+
+
 @dataclass
 class Options:
     min_size: int = 32
     max_images: int = 500
-    timeout: float = 20.0  # seconds for one whole download
+    timeout: float = 20.0  # seconds for one whole download, its retries and their waits included
     pdf_time_limit: float = 300.0  # seconds for one PDF; what was extracted before it ran out is kept
     max_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 100_000_000
@@ -38,6 +44,17 @@ class Options:
     all_frames: bool = False  # every frame of a multi-frame DICOM, not only the middle one
     pages: tuple | None = None  # PDF pages to read: ((first, last or None), ...), 1-based; None for all
     password: str | None = field(default=None, repr=False)  # tried on a PDF the empty password does not open
+    user_agent: str = USER_AGENT
+    headers: dict = field(default_factory=dict, repr=False)  # sent with every request after User-Agent (so they
+    # may replace it); never printed: they may hold cookies or tokens
+    retries: int = 2  # further tries of a request after a connect error, a timeout, 429 or 5xx, within `timeout`
+    verify: bool | str = True  # check certificates (False: --insecure; a path: --ca-bundle, a PEM file or folder)
+    expect: Callable[[int], None] | None = field(default=None, repr=False)  # told how many items are coming,
+    # as soon as an extractor knows (a PDF's listed images, a page's pictures, a folder's files): progress totals
+
+    def announce(self, count: int) -> None:
+        if self.expect is not None and count > 0:
+            self.expect(count)
 
 
 @dataclass

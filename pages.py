@@ -2,21 +2,23 @@
 
 The finder is pure (HTML in, URLs out); network access is in `fetch` and `page_images`.
 """
+import email.utils
 import os
 import re
+import ssl
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Iterable, Iterator
 from urllib.parse import quote, unquote, unquote_to_bytes, urljoin, urlsplit
 from urllib.request import url2pathname
 
-from images import (IMAGE_EXTENSIONS, Found, ImageBudget, InputError, Options, Skipped, decode_images,
-                    read_file, sniff)
+from images import (IMAGE_EXTENSIONS, USER_AGENT, Found, ImageBudget, InputError, Options, Skipped,  # noqa: F401
+                    decode_images, read_file, sniff)
 
-USER_AGENT = "medical-image-classifier/1.0 (image extraction for classification; python-requests)"
 # The attributes lazy-loading scripts read their real URL from, most specific first.
 LAZY_SRC_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy", "data-url", "data-hi-res-src",
                   "data-full-src", "data-image", "data-img-src", "data-img", "data-echo", "data-pagespeed-lazy-src",
@@ -27,9 +29,21 @@ META_IMAGE_KEYS = ("og:image", "og:image:url", "og:image:secure_url", "twitter:i
 MAX_HTML_BYTES = 16 * 1024 * 1024
 # Content types a link may be served with to count as a link to an image (octet-stream: the bytes decide).
 IMAGE_TYPES = ("image/", "application/dicom", "application/octet-stream")
+# Retries: waits of 0.5, 1, 2 s ... (or the server's Retry-After, when longer), all inside the download's --timeout.
+BACKOFF_S = 0.5
+MAX_RETRY_AFTER_S = 60.0  # a server asking for a longer wait is given up on at once
+MIN_TRY_S = 0.5  # a try with less time left than this is not worth starting
+
 
 class FetchError(Exception):
-    pass
+    """A download that failed, in one line. `transient`: worth another try (a connection that failed, a timeout,
+    429, 5xx); `host_down`: the host cannot be reached at all (other URLs of it fail alike); `wait`: the seconds
+    the server's Retry-After asks for."""
+
+    def __init__(self, message: str, *, transient: bool = False, host_down: bool = False,
+                 wait: float | None = None):
+        super().__init__(message)
+        self.transient, self.host_down, self.wait = transient, host_down, wait
 
 
 @dataclass
@@ -43,12 +57,18 @@ _local = threading.local()
 
 
 def _session():
+    """One session a thread (connections kept alive). Its trust_env stays on: HTTP(S)_PROXY, NO_PROXY and
+    REQUESTS_CA_BUNDLE from the environment apply; headers and certificate checks come with each request."""
     import requests
 
     if not hasattr(_local, "session"):
         _local.session = requests.Session()
-        _local.session.headers["User-Agent"] = USER_AGENT
     return _local.session
+
+
+def request_headers(options: Options) -> dict:
+    """The User-Agent, then --header's (a header of the same name, in any case, replaces it)."""
+    return {"User-Agent": options.user_agent, **options.headers}
 
 
 def url_scheme(url: str) -> str | None:
@@ -72,75 +92,186 @@ def is_http_url(url: str) -> bool:
 
 def fetch(url: str, options: Options, html_cap: bool = True, dead_hosts: dict | None = None,
           images_only: bool = False) -> Response:
-    """GET with timeouts, a byte cap (streamed, counted), and redirects followed by hand: http(s) only.
+    """GET with timeouts, a byte cap (streamed, counted), retries, and redirects followed by hand: http(s) only.
     `images_only`: a response served as something other than an image is refused before its body is read (a link
     that may lead to an image, or to an article).
 
-    `dead_hosts` (host -> reason) remembers hosts that could not be reached, so a
-    page with a hundred images on one dead host waits for it once, not a hundred times.
+    Every try, wait and redirect of one download fits in `options.timeout`. A connect error, a timeout, 429 or a
+    5xx is tried again up to `options.retries` times, after 0.5, 1, 2 s... or the server's Retry-After.
+    `dead_hosts` (host -> reason) remembers hosts that could not be reached, so a page with a hundred images on
+    one dead host waits for it once, not a hundred times.
     """
-    import requests
-    import urllib3
-
     deadline = time.monotonic() + options.timeout
     dead_hosts = {} if dead_hosts is None else dead_hosts
     for _ in range(options.max_redirects + 1):
         if not is_http_url(url):
             raise FetchError(f"refused non-http(s) URL {url[:80]}")
         host = urlsplit(url).netloc.lower()
-        if host in dead_hosts:
-            raise FetchError(dead_hosts[host])
-        try:
-            response = _session().get(url, stream=True, allow_redirects=False,
-                                      timeout=(min(10.0, options.timeout), options.timeout))
-        except requests.exceptions.ConnectTimeout:
-            dead_hosts[host] = "unreachable (connect timed out)"
-            raise FetchError(dead_hosts[host]) from None
-        except requests.exceptions.Timeout:
-            raise FetchError("timed out") from None
-        except requests.exceptions.ConnectionError as exc:
-            dead_hosts[host] = f"unreachable ({_short_reason(exc)})"
-            raise FetchError(dead_hosts[host]) from None
-        except requests.exceptions.RequestException as exc:
-            raise FetchError(f"unreachable ({_short_reason(exc)})") from None
-        with response:
-            if response.is_redirect:
-                url = safe_urljoin(url, response.headers.get("location", ""))
-                continue
-            if response.status_code >= 400:
-                raise FetchError(f"HTTP {response.status_code}")
-            served = response.headers.get("content-type", "").split(";")[0].strip().lower()
-            if images_only and served and not served.startswith(IMAGE_TYPES):
-                raise FetchError(f"served as {served[:60]}, not an image")
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > options.max_bytes:
-                raise FetchError(f"response of {int(declared):,} bytes is over the {options.max_bytes:,} byte cap")
-            chunks, total, cap = [], 0, options.max_bytes
-            while True:  # read1 returns what has arrived, so a trickling server still meets the deadline
-                try:
-                    chunk = response.raw.read1(64 * 1024, decode_content=True)
-                except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-                    raise FetchError(f"download failed ({_short_reason(exc)})") from None
-                if not chunk:
-                    break
-                if not chunks and html_cap and sniff(chunk) == "html":
-                    cap = min(cap, MAX_HTML_BYTES)
-                chunks.append(chunk)
-                total += len(chunk)
-                if total > cap:
-                    raise FetchError(f"response is over the {cap:,} byte cap")
-                if time.monotonic() > deadline:
-                    raise FetchError(f"download took longer than {options.timeout:g} s")
-            return Response(response.url, response.headers.get("content-type", ""), b"".join(chunks))
+        for tries in range(1, max(options.retries, 0) + 2):
+            if host in dead_hosts:  # found dead by another download of the page, perhaps while this one waited
+                raise FetchError(dead_hosts[host])
+            try:
+                outcome = _get_once(url, options, deadline, html_cap, images_only)
+                break
+            except FetchError as problem:
+                wait = _next_wait(problem, tries, options, deadline)
+                if wait is None:
+                    error = _given_up(problem, tries, options)
+                    if problem.host_down:
+                        dead_hosts[host] = str(error)
+                    raise error from None
+                time.sleep(wait)
+        if isinstance(outcome, Response):
+            return outcome
+        url = outcome
     raise FetchError(f"more than {options.max_redirects} redirects")
 
 
+def _next_wait(problem: FetchError, tries: int, options: Options, deadline: float) -> float | None:
+    """Seconds to wait before the next try, or None to give up: a lasting problem, no retries left, or no room
+    left in --timeout for the wait (the backoff, or the server's Retry-After when longer) and one more try."""
+    if not problem.transient or tries > options.retries:
+        return None
+    wait = max(BACKOFF_S * 2 ** (tries - 1), problem.wait or 0.0)
+    if wait > MAX_RETRY_AFTER_S or time.monotonic() + wait + MIN_TRY_S > deadline:
+        return None
+    return wait
+
+
+def _given_up(problem: FetchError, tries: int, options: Options) -> FetchError:
+    """The last try's problem, saying why no further try was made when that is not plain."""
+    message = str(problem)
+    if problem.transient and problem.wait is not None and tries <= options.retries:
+        limit = (f"the {MAX_RETRY_AFTER_S:g} s the tool waits at most" if problem.wait > MAX_RETRY_AFTER_S
+                 else f"--timeout {options.timeout:g} s")
+        message += f" (the server asks to retry in {problem.wait:g} s, past {limit})"
+    elif problem.transient and tries > 1 and message.startswith("HTTP "):
+        message += f" ({tries} tries)"
+    return FetchError(message)
+
+
+def _get_once(url: str, options: Options, deadline: float, html_cap: bool, images_only: bool) -> "Response | str":
+    """One GET: the response, or the URL a redirect leads to. Raises FetchError."""
+    import requests
+    import urllib3
+
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise FetchError(f"download took longer than {options.timeout:g} s")
+    if options.verify is False:  # asked for with --insecure: a warning on every request would only be noise
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    try:
+        response = _session().get(url, stream=True, allow_redirects=False, headers=request_headers(options),
+                                  verify=options.verify, timeout=(min(10.0, left), left))
+    except requests.exceptions.RequestException as exc:
+        raise request_problem(exc, left) from None
+    with response:
+        if response.is_redirect:
+            return safe_urljoin(url, response.headers.get("location", ""))
+        status = response.status_code
+        if status >= 400:
+            raise FetchError(f"HTTP {status}", transient=status == 429 or status >= 500 and status not in (501, 505),
+                             wait=retry_after_seconds(response.headers.get("retry-after")))
+        served = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if images_only and served and not served.startswith(IMAGE_TYPES):
+            raise FetchError(f"served as {served[:60]}, not an image")
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > options.max_bytes:
+            raise FetchError(f"response of {int(declared):,} bytes is over the {options.max_bytes:,} byte cap")
+        chunks, total, cap = [], 0, options.max_bytes
+        while True:  # read1 returns what has arrived, so a trickling server still meets the deadline
+            try:
+                chunk = response.raw.read1(64 * 1024, decode_content=True)
+            except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                raise FetchError(f"interrupted after {total:,} bytes ({_short_reason(exc)})", transient=True) from None
+            if not chunk:
+                break
+            if not chunks and html_cap and sniff(chunk) == "html":
+                cap = min(cap, MAX_HTML_BYTES)
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > cap:
+                raise FetchError(f"response is over the {cap:,} byte cap")
+            if time.monotonic() > deadline:
+                raise FetchError(f"download took longer than {options.timeout:g} s")
+        return Response(response.url, response.headers.get("content-type", ""), b"".join(chunks))
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header (seconds, or an HTTP date) -> seconds from now; None when absent or unreadable."""
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def request_problem(exc: Exception, waited: float) -> FetchError:
+    """A failed request -> what happened and, where the user can do something, what to do."""
+    import requests
+    import urllib3
+
+    reason = _short_reason(exc)
+    if isinstance(exc, requests.exceptions.SSLError):
+        return FetchError(_tls_problem(exc), host_down=True)
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return FetchError(f"proxy failed ({reason}); check HTTP_PROXY / HTTPS_PROXY / NO_PROXY", transient=True,
+                          host_down=True)
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return FetchError("unreachable (connect timed out)", transient=True, host_down=True)
+    if isinstance(exc, requests.exceptions.Timeout):
+        return FetchError(f"timed out (no response in {waited:.1f} s)", transient=True)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        # No connection made (refused, no such host) is the host's; one dropped after connecting is this request's.
+        connected = not any(isinstance(c, urllib3.exceptions.NewConnectionError) for c in _causes(exc))
+        if connected:
+            return FetchError(f"connection failed ({reason})", transient=True)
+        return FetchError(f"unreachable ({reason})", transient=reason != "host name not found", host_down=True)
+    return FetchError(f"request failed ({reason})")
+
+
+def _tls_problem(exc: Exception) -> str:
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            detail = (cause.verify_message or "verify failed").rstrip(".")
+            if re.search(r"mismatch|expired|not yet valid", detail):
+                return f"certificate not trusted ({detail}); use --insecure to download anyway"
+            return f"certificate not trusted ({detail}); use --ca-bundle FILE or --insecure"
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLError) and cause.reason:
+            return f"TLS handshake failed ({cause.reason.lower().replace('_', ' ')})"
+    return f"TLS handshake failed ({_short_reason(exc)})"
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and those it wraps (requests wraps urllib3, which wraps ssl and socket errors)."""
+    todo, seen = [exc], set()
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo += [e for e in (getattr(current, "reason", None), current.__cause__, current.__context__, *current.args)
+                 if isinstance(e, BaseException)]
+
+
+REASONS = ((r"Temporary failure in name resolution", "name lookup failed"),
+           (r"Name or service not known|nodename nor servname|No address associated|getaddrinfo failed|"
+            r"NameResolutionError", "host name not found"),
+           (r"Connection refused", "connection refused"), (r"Connection reset", "connection reset"),
+           (r"Remote end closed connection", "closed without a response"),
+           (r"IncompleteRead", "connection closed early"), (r"Network is unreachable", "network is unreachable"),
+           (r"No route to host", "no route to host"), (r"timed out", "timed out"))
+
+
 def _short_reason(exc: Exception) -> str:
-    text = str(exc)
-    for pattern in (r"Name or service not known", r"Connection refused", r"timed out", r"Read timed out"):
-        if re.search(pattern, text):
-            return pattern.lower()
-    return type(exc).__name__
+    text = " ".join(f"{type(c).__name__} {c}" for c in _causes(exc))
+    return next((reason for pattern, reason in REASONS if re.search(pattern, text)), type(exc).__name__)
 
 
 def parse_srcset(value: str) -> list[tuple[str, float]]:
@@ -459,6 +590,7 @@ def page_images(html: bytes, page_url: str, options: Options, local: LocalFolder
     pictures = find_images(html, page_url)
     budget, dead_hosts = budget or ImageBudget(options.max_images), {}
     room = max(budget.limit - budget.used, 0)
+    options.announce(len(pictures))
     # The cap applies to candidate pictures here, so those past it are never downloaded.
     for items in bounded_map(lambda pair: _download_image(pair[1], page_url, pair[0], options, dead_hosts, local),
                              enumerate(pictures[:room]), options.workers):

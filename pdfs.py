@@ -237,6 +237,14 @@ def _draws_inline_images(doc, page, forms: set) -> bool:
     return any(INLINE_IMAGE_OPERATOR.search(s) for s in streams)
 
 
+def _listed_count(doc, numbers) -> int:
+    """Images the selected pages list (each once), for the progress bar: nested and inline ones come on top."""
+    try:
+        return len({item[0] for number in numbers for item in doc[number].get_images(full=True)})
+    except Exception:
+        return 0
+
+
 def pdf_images(data: bytes, name: str, options: Options, budget: ImageBudget | None = None
                ) -> Iterator[Found | Skipped]:
     """Embedded raster images of a PDF, annotation appearances included, each once (first page it is drawn on),
@@ -251,6 +259,7 @@ def pdf_images(data: bytes, name: str, options: Options, budget: ImageBudget | N
         doc.close()
         raise InputError(f"--pages selects none of the PDF's {count} pages")
     try:
+        options.announce(_listed_count(doc, numbers))
         for number in numbers:
             page = doc[number]
             page_source = f"{name}#page={number + 1}"

@@ -48,26 +48,15 @@ def new_summary() -> dict:
     return {"inputs": 0, "images": 0, "medical": 0, "non-medical": 0, "skipped": 0, "failed_inputs": 0}
 
 
-def add_to_summary(summary: dict, entry: dict, medical_label: str = "medical") -> dict:
+def add_to_summary(summary: dict, medical: int, non_medical: int, skipped: int, error: str | None) -> dict:
     """Counts of one finished input added in place, so a streamed run keeps only these numbers."""
-    medical = sum(im["label"] == medical_label for im in entry["images"])
     summary["inputs"] += 1
-    summary["images"] += len(entry["images"])
+    summary["images"] += medical + non_medical
     summary["medical"] += medical
-    summary["non-medical"] += len(entry["images"]) - medical
-    summary["skipped"] += len(entry["skipped"])
-    summary["failed_inputs"] += entry["error"] is not None
+    summary["non-medical"] += non_medical
+    summary["skipped"] += skipped
+    summary["failed_inputs"] += error is not None
     return summary
-
-
-def to_json(entries: list[dict], model: dict, interrupted: bool = False) -> dict:
-    summary = new_summary()
-    for entry in entries:
-        add_to_summary(summary, entry)
-    del summary["inputs"]
-    if interrupted:
-        summary["interrupted"] = True
-    return {"model": model, "inputs": entries, "summary": summary}
 
 
 # ---------------------------------------------------------------- JSON lines

@@ -45,21 +45,13 @@ def reference_pdf(path: str, net) -> list[float]:
     return out
 
 
-class NoBar:
-    def update(self, n):
-        pass
-
-
 def ours(text: str, net, args) -> list[float]:
-    """The CLI's own path for one input: extraction overlapping the model thread, batched."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    options = cli.extract_options(args, net)
-    cli_args = argparse.Namespace(batch_size=args.batch_size, save_dir=None, report=None)
-    with ThreadPoolExecutor(max_workers=1) as model_thread:
-        result = cli.classify_input(text, net, options, cli_args, NoBar(), model_thread)
-    assert result.error is None, result.error
-    return [im["p_medical"] for im in result.images]
+    """The CLI's own run for one input: extraction overlapping the model thread, batched."""
+    run = cli.Run(net, cli.extract_options(args, net), jobs=1, batch_size=args.batch_size)
+    events = list(run.results([text]))
+    run.close()
+    assert events[-1][1].error is None, events[-1][1].error
+    return [event[3] for event in events if event[0] == "image"]
 
 
 def classification_stage(jpegs: list, net, args, working_size: int | None = None) -> list[float]:
