@@ -329,6 +329,40 @@ def balanced_splits(parts: list[Part], seed: int = 0) -> dict[str, list[Part]]:
     return out
 
 
+MIN_SPLIT_IMAGES = 10  # fewer images of a class in a split, and that split's figures are noise
+
+
+def class_counts(parts: list[Part]) -> dict[str, dict[str, int]]:
+    """split -> class name -> images, as the sources split them (before balancing)."""
+    return {split: {name: int(sum(((p.labels == label) & (p.splits == split)).sum() for p in parts))
+                    for label, name in ((MEDICAL, "medical"), (NON_MEDICAL, "non-medical"))}
+            for split in SPLITS}
+
+
+def check_split_sizes(parts: list[Part], source: str) -> list[str]:
+    """Warnings for splits with fewer than MIN_SPLIT_IMAGES images of a class. A class with no images in a
+    split is a DataError: training, choosing the epoch and testing each need both classes."""
+    counts = class_counts(parts)
+    for name in ("medical", "non-medical"):
+        if not any(counts[split][name] for split in SPLITS):
+            raise DataError(f"{source}: no {name} images; both classes need images (in a folder: "
+                            f"{name.replace('-', '_')}/...)")
+    for name in ("medical", "non-medical"):
+        per_split = ", ".join(f"{split} {counts[split][name]}" for split in SPLITS)
+        empty = [split for split in SPLITS if not counts[split][name]]
+        if empty:
+            raise DataError(f"{source}: no {name} images in the {' and '.join(empty)} split ({per_split}); each "
+                            f"class needs images in train, val and test: add images (a folder is split 70/15/15 "
+                            f"by group, so about 70 groups a class give {MIN_SPLIT_IMAGES} in each split)")
+    warnings = []
+    for split in SPLITS:
+        if min(counts[split].values()) < MIN_SPLIT_IMAGES:
+            have = ", ".join(f"{name} {n}" for name, n in counts[split].items())
+            warnings.append(f"the {split} split has {min(counts[split].values())} images a class after balancing "
+                            f"({have}; fewer than {MIN_SPLIT_IMAGES}): its figures will be noise; add images")
+    return warnings
+
+
 def summarize(splits: dict[str, list[Part]]) -> dict:
     """Counts per split, class and stratum, for printing and for the checkpoint."""
     summary = {}

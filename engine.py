@@ -225,6 +225,48 @@ def open_export(path: str, digest: str, threads: int | None = None) -> tuple[Onn
     return OnnxEngine(path, session, metadata), ""
 
 
+CHECKPOINT_HINT = "give a .pth file written by train.py"
+CONTENT_WORDS = {"pdf": "a PDF", "dicom": "a DICOM file", "svg": "an SVG image", "html": "an HTML page",
+                 "image": "an image", "text": "a text file", "empty": "an empty file", "unknown": "an unknown binary file"}
+
+
+def not_a_checkpoint(path: str, what: str) -> str:
+    return f"{path}: not a model checkpoint ({what}); {CHECKPOINT_HINT}"
+
+
+def checkpoint_problem(path: str) -> str | None:
+    """Why `path` cannot be a checkpoint, judged from its bytes, as one line; None when torch should read it.
+
+    torch itself answers a text file with a byte value and a PDF with a page on weights_only.
+    """
+    import zipfile
+
+    import images
+
+    if not os.path.exists(path):
+        return f"{path}: no such file; {CHECKPOINT_HINT}"
+    if os.path.isdir(path):
+        return not_a_checkpoint(path, "a folder")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as exc:
+        return f"{path}: cannot be read ({exc.strerror or type(exc).__name__})"
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format: it holds a data.pkl
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if any(name.endswith("data.pkl") for name in archive.namelist()):
+                    return None
+            return not_a_checkpoint(path, "a zip archive that torch did not write")
+        except (zipfile.BadZipFile, OSError):
+            return not_a_checkpoint(path, "a damaged or truncated zip archive")
+    if head.startswith(b"\x80"):  # a pickle: torch's legacy format
+        return None
+    if path.lower().endswith(".onnx"):
+        return not_a_checkpoint(path, "an ONNX export, which the CLI finds beside its .pth")
+    return not_a_checkpoint(path, CONTENT_WORDS.get(images.sniff(head), "an unknown binary file"))
+
+
 def gpu_likely() -> bool:
     """A cheap guess, without importing torch, at whether torch would find a GPU here."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
@@ -246,6 +288,9 @@ def open_engine(model_path: str, engine: str = "auto", device: str = "auto", bac
         raise EngineError(f"the ONNX engine runs on the CPU; use --engine torch (or auto) for --device {device}")
     if engine == "onnx" and not onnxruntime_available():
         raise EngineError("--engine onnx needs onnxruntime: pip install -r requirements-cli.txt")
+    problem = checkpoint_problem(model_path)
+    if problem:
+        raise EngineError(problem)
     use_torch = engine == "torch" or device in ("cuda", "mps") or not onnxruntime_available()
     if engine == "auto" and device in ("auto", "cpu") and not onnxruntime_available():
         note("onnxruntime is not installed: running the model on torch, several times slower on a CPU")
@@ -255,8 +300,6 @@ def open_engine(model_path: str, engine: str = "auto", device: str = "auto", bac
         use_torch = model_lib.select_device("auto").type != "cpu"
     if use_torch:
         return _torch_engine(model_path, device, backbone_weights)
-    if not os.path.isfile(model_path):
-        raise EngineError(f"model file not found: {model_path} (train one with `python train.py` or pass --model PATH)")
     digest = file_digest(model_path)
     reasons = []
     for candidate in (export_path(model_path), cached_export_path(digest)):

@@ -9,6 +9,7 @@ import contextlib
 import datetime
 import io
 import os
+import pickle
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -299,20 +300,23 @@ def save_checkpoint(model: Classifier, path: str, training: dict) -> dict:
 
 def read_checkpoint(path: str) -> dict:
     """Load and validate the checkpoint dict, with one-line errors."""
-    if not os.path.isfile(path):
-        raise ModelError(f"model file not found: {path} (train one with `python train.py` or pass --model PATH)")
+    problem = engine.checkpoint_problem(path)
+    if problem:
+        raise ModelError(problem)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message is a page on weights_only
+        raise ModelError(engine.not_a_checkpoint(path, "a pickle holding code or objects, not only tensors")) from None
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"model file {path} is not a readable checkpoint: {first[:200]}") from None
+        raise ModelError(engine.not_a_checkpoint(path, f"torch cannot read it: {first[:120]}")) from None
     required = {"format_version", "arch", "head", "classes", "preprocess", "threshold"}
     if not isinstance(checkpoint, dict) or not required <= set(checkpoint):
-        raise ModelError(f"model file {path} is not a classifier checkpoint (missing: "
-                         f"{', '.join(sorted(required - set(checkpoint))) if isinstance(checkpoint, dict) else 'everything'})")
+        missing = ", ".join(sorted(required - set(checkpoint))) if isinstance(checkpoint, dict) else "everything"
+        raise ModelError(engine.not_a_checkpoint(path, f"a torch file, missing: {missing}"))
     if checkpoint["format_version"] > FORMAT_VERSION:
-        raise ModelError(f"model file {path} has format_version {checkpoint['format_version']}; "
-                         f"this tool reads up to {FORMAT_VERSION}")
+        raise ModelError(f"{path}: checkpoint format_version {checkpoint['format_version']} is newer than this "
+                         f"tool reads ({FORMAT_VERSION}); update the tool")
     return checkpoint
 
 
@@ -329,7 +333,8 @@ def load_model(path: str, device: str | torch.device = "cpu", backbone_weights: 
             model.trained_stages = sorted({int(k.split(".")[1]) for k in checkpoint["state_dict"]
                                            if k.startswith("backbone.")})
     except RuntimeError as exc:
-        raise ModelError(f"model file {path} does not fit arch {checkpoint['arch']}: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"{path}: checkpoint does not fit its arch {checkpoint['arch']} "
+                         f"({str(exc).splitlines()[0][:120]}); it is damaged: retrain it") from None
     model.set_preprocess(checkpoint["preprocess"])
     model.threshold = float(checkpoint["threshold"])
     model.classes = tuple(checkpoint["classes"])
@@ -349,6 +354,19 @@ class _Exported(nn.Module):
     def forward(self, batch):
         features = self.classifier.features(batch)
         return self.classifier.head(features).softmax(1), features
+
+
+class FrozenPart(nn.Module):
+    """uint8 (N, H, W, 3) -> what training starts from: the features, or the activations before the last N blocks
+    (train.py runs it once, as this graph on ONNX Runtime on a CPU, and caches its outputs)."""
+
+    def __init__(self, net: Classifier, trained_blocks: int = 0):
+        super().__init__()
+        self.net = net
+        self.bottom = net.backbone if trained_blocks == 0 else net.backbone.split(trained_blocks)[0]
+
+    def forward(self, batch):
+        return self.bottom(self.net.normalize(batch.to(self.net.device)))
 
 
 def export_graph(module: nn.Module, path: str, crop: int, outputs: list[str], metadata: dict | None = None) -> str:

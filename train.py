@@ -4,28 +4,31 @@ The backbone never changes, so its features are computed once (plus a few
 augmented views per folder image) and the head is trained on the cache.
 The best epoch by validation accuracy is saved as a self-describing checkpoint.
 """
+from __future__ import annotations  # annotations name torch types without importing torch
+
 import argparse
+import datetime
 import hashlib
 import io
 import os
+import shlex
 import sys
 import tempfile
 import time
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
 import dataset
 import engine
-import model as model_lib
 
+# torch, torchvision and model.py (which imports torch) are imported inside the functions that use
+# them, so `--help` and argument errors answer at once.
 
 AUGMENT_VERSION = 2  # part of the feature-cache key: bump when the augmentation changes
+ARCHES = ("efficientnet_lite0", "resnet50")  # model.BACKBONES, named here for --help (a test keeps them equal)
+DEFAULT_OUTPUT = os.path.join("runs", "<date>-<arch>", "best_model.pth")  # a new folder per run, never overwritten
 
 
 def augmentation(size: int) -> T.Compose:
@@ -33,6 +36,8 @@ def augmentation(size: int) -> T.Compose:
 
     PIL in, PIL out. Both classes get the same, so no mark becomes a shortcut to a label.
     """
+    from torchvision.transforms import v2 as T
+
     return T.Compose([
         T.RandomResizedCrop(size, scale=(0.35, 1.0), ratio=(0.6, 1.67), antialias=True),
         T.RandomHorizontalFlip(),
@@ -48,16 +53,19 @@ def augmentation(size: int) -> T.Compose:
 
 
 def _uniform(low: float, high: float) -> float:
+    import torch
+
     return low + (high - low) * torch.rand(()).item()
 
 
-class PaperLook(nn.Module):
+class PaperLook:
     """How figures look in papers and on pages: boxes, arrows, contours, letters, a scale bar,
     a circular field of view on black (a microscope eyepiece), a white border with caption lines."""
 
     COLOURS = ((255, 255, 0), (255, 0, 0), (0, 255, 0), (255, 255, 255), (0, 0, 0), (0, 128, 255))
 
-    def forward(self, image: Image.Image) -> Image.Image:
+    def __call__(self, image: Image.Image) -> Image.Image:
+        import torch
         from PIL import ImageDraw, ImageFont
 
         image = image.copy()
@@ -103,14 +111,15 @@ class PaperLook(nn.Module):
         return image
 
 
-class RandomJPEG(nn.Module):
+class RandomJPEG:
     """Re-encode an RGB PIL image as JPEG at a random quality."""
 
     def __init__(self, quality: tuple[int, int]):
-        super().__init__()
         self.quality = quality
 
-    def forward(self, image: Image.Image) -> Image.Image:
+    def __call__(self, image: Image.Image) -> Image.Image:
+        import torch
+
         quality = int(torch.randint(self.quality[0], self.quality[1] + 1, ()).item())
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=quality)
@@ -118,7 +127,7 @@ class RandomJPEG(nn.Module):
             return decoded.convert("RGB")
 
 
-class FileViews(Dataset):
+class FileViews:
     """Image files as (view, index) pairs, prepared as the engines prepare them: view 0 plain, later views augmented."""
 
     def __init__(self, paths, views: int, preprocess: dict, augment, seed: int):
@@ -136,12 +145,14 @@ class FileViews(Dataset):
         except Exception:
             return None
         if view:
+            import torch
+
             torch.manual_seed(self.seed * 1_000_003 + index * 101 + view)
             image = self.augment(image)
         return engine.prepare(image, self.preprocess)
 
 
-class ArrayImages(Dataset):
+class ArrayImages:
     """uint8 (N, H, W[, 3]) arrays (MedMNIST, CIFAR-10), prepared as the engines prepare any image."""
 
     def __init__(self, images: np.ndarray, preprocess: dict):
@@ -155,25 +166,17 @@ class ArrayImages(Dataset):
 
 
 def _collate(batch):
+    import torch
+
     ok = [b is not None for b in batch]
     arrays = [b for b in batch if b is not None]
     return (torch.from_numpy(np.stack(arrays)) if arrays else None), torch.tensor(ok)
 
 
 def _one_thread(_worker_id):
+    import torch
+
     torch.set_num_threads(1)  # decoding workers must not fight the backbone for cores
-
-
-class FrozenPart(nn.Module):
-    """uint8 (N, H, W, 3) -> what the trained part starts from: the features, or the activations before the last N blocks."""
-
-    def __init__(self, net, trained_blocks: int = 0):
-        super().__init__()
-        self.net = net
-        self.bottom = net.backbone if trained_blocks == 0 else net.backbone.split(trained_blocks)[0]
-
-    def forward(self, batch):
-        return self.bottom(self.net.normalize(batch.to(self.net.device)))
 
 
 def feature_function(net, engine_name: str = "auto", trained_blocks: int = 0):
@@ -181,7 +184,11 @@ def feature_function(net, engine_name: str = "auto", trained_blocks: int = 0):
 
     On a CPU the frozen part runs on ONNX Runtime (about 6x torch there); elsewhere on torch.
     """
-    frozen = FrozenPart(net, trained_blocks).eval()
+    import torch
+
+    import model as model_lib
+
+    frozen = model_lib.FrozenPart(net, trained_blocks).eval()
     half = (lambda x: x.half()) if trained_blocks else (lambda x: x)
     if net.device.type == "cpu" and engine_name != "torch" and engine.onnxruntime_available():
         try:
@@ -195,43 +202,48 @@ def feature_function(net, engine_name: str = "auto", trained_blocks: int = 0):
     return lambda batch: half(frozen(batch).float().cpu())
 
 
-@torch.inference_mode()
 def compute_features(model, parts, batch_size=64, workers=0, views=0, seed=0, desc="features", features=None):
     """Backbone features of every image of `parts` (folder images also as `views` augmented copies).
 
     `features` is a feature_function (made here when not given). Returns features (M, D) on the
     CPU, labels, kinds, and the paths of unreadable files.
     """
-    feats, labels, kinds, unreadable = [], [], [], []
-    total = sum(len(p) * (1 + (views if not isinstance(p.images, np.ndarray) else 0)) for p in parts)
-    bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=total < 64)
-    augment = augmentation(model.preprocess["resize"])
-    features = features or feature_function(model)
-    for part in parts:
-        if isinstance(part.images, np.ndarray):
-            data, n_views = ArrayImages(part.images, model.preprocess), 1
-        else:
-            data, n_views = FileViews(part.images, views, model.preprocess, augment, seed), 1 + views
-        batches = DataLoader(data, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                             worker_init_fn=_one_thread, pin_memory=model.device.type == "cuda")
-        ok_all = []
-        for batch, ok in batches:
-            if batch is not None:
-                feats.append(features(batch))
-            ok_all.append(ok)
-            bar.update(len(ok))
-        ok_all = torch.cat(ok_all).numpy() if ok_all else np.zeros(0, bool)
-        index = np.tile(np.arange(len(part)), n_views)[ok_all]
-        labels.append(part.labels[index])
-        kinds += [part.kinds[i] for i in index]
-        unreadable += sorted({part.images[i] for i in np.tile(np.arange(len(part)), n_views)[~ok_all]})
-    bar.close()
-    return (torch.cat(feats) if feats else torch.zeros(0, model.feature_dim),
-            np.concatenate(labels) if labels else np.zeros(0, int), kinds, unreadable)
+    import torch
+    from torch.utils.data import DataLoader
+
+    with torch.inference_mode():
+        feats, labels, kinds, unreadable = [], [], [], []
+        total = sum(len(p) * (1 + (views if not isinstance(p.images, np.ndarray) else 0)) for p in parts)
+        bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=total < 64)
+        augment = augmentation(model.preprocess["resize"])
+        features = features or feature_function(model)
+        for part in parts:
+            if isinstance(part.images, np.ndarray):
+                data, n_views = ArrayImages(part.images, model.preprocess), 1
+            else:
+                data, n_views = FileViews(part.images, views, model.preprocess, augment, seed), 1 + views
+            batches = DataLoader(data, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+                                 worker_init_fn=_one_thread, pin_memory=model.device.type == "cuda")
+            ok_all = []
+            for batch, ok in batches:
+                if batch is not None:
+                    feats.append(features(batch))
+                ok_all.append(ok)
+                bar.update(len(ok))
+            ok_all = torch.cat(ok_all).numpy() if ok_all else np.zeros(0, bool)
+            index = np.tile(np.arange(len(part)), n_views)[ok_all]
+            labels.append(part.labels[index])
+            kinds += [part.kinds[i] for i in index]
+            unreadable += sorted({part.images[i] for i in np.tile(np.arange(len(part)), n_views)[~ok_all]})
+        bar.close()
+        return (torch.cat(feats) if feats else torch.zeros(0, model.feature_dim),
+                np.concatenate(labels) if labels else np.zeros(0, int), kinds, unreadable)
 
 
 def freeze_batchnorm(module: nn.Module) -> None:
     """Adapted blocks keep their ImageNet batch statistics: small batches would only add noise."""
+    from torch import nn
+
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
@@ -244,6 +256,9 @@ def fit(trainable: nn.Module, epoch_batches, val_probabilities, val_y, val_kinds
     epoch_batches(epoch) yields (inputs, labels, weights) on the device; val_probabilities() gives
     p_medical of the validation set with the current weights. Returns the best epoch and the history.
     """
+    import torch
+    from torch import nn
+
     params = [p for p in trainable.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     scheduler = (torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * max(1, steps_per_epoch))
@@ -283,6 +298,8 @@ def fit(trainable: nn.Module, epoch_batches, val_probabilities, val_y, val_kinds
 
 def cached_batches(x: torch.Tensor, y, w, batch_size: int, device, seed: int):
     """epoch -> shuffled (inputs, labels, weights) batches of cached tensors."""
+    import torch
+
     y, w = torch.as_tensor(y), torch.as_tensor(w, dtype=torch.float32)
 
     def batches(epoch):
@@ -293,11 +310,13 @@ def cached_batches(x: torch.Tensor, y, w, batch_size: int, device, seed: int):
     return batches
 
 
-@torch.no_grad()
 def probabilities(trainable: nn.Module, x: torch.Tensor, device, batch_size: int = 256) -> np.ndarray:
+    import torch
+
     trainable.eval()
-    out = [trainable(x[i:i + batch_size].to(device).float()).softmax(1)[:, model_lib.MEDICAL].cpu()
-           for i in range(0, len(x), batch_size)]
+    with torch.no_grad():
+        out = [trainable(x[i:i + batch_size].to(device).float()).softmax(1)[:, engine.MEDICAL].cpu()
+               for i in range(0, len(x), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
@@ -309,7 +328,30 @@ def parse_finetune(text: str) -> int | None:
         return None
     if text.startswith("last-") and text[5:].isdigit() and int(text[5:]) > 0:
         return int(text[5:])
-    raise argparse.ArgumentTypeError(f"--finetune must be head, last-N (N >= 1) or all, not {text!r}")
+    raise argparse.ArgumentTypeError(f"must be head, last-N (N >= 1) or all, not {text!r}")
+
+
+def finetune_spec(text: str) -> str:
+    """The --finetune text, checked (the checkpoint records it as given)."""
+    parse_finetune(text)
+    return text
+
+
+def number(kind=int, low: float | None = None, high: float | None = None, above: bool = False):
+    """An argparse type: a `kind` from `low` (over it with `above`) up to, not including, `high`."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{'a whole number' if kind is int else 'a number'} is needed, "
+                                             f"not {text!r}") from None
+        if value != value or (low is not None and (value < low or above and value == low)) or \
+                (high is not None and value >= high):
+            bound = (f"{'over' if above else 'at least'} {low}" if high is None
+                     else f"from {low} up to (not including) {high}")
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {text}")
+        return value
+    return parse
 
 
 def choose_threshold(p_medical: np.ndarray, labels: np.ndarray) -> float:
@@ -362,6 +404,17 @@ def evaluate(p_medical: np.ndarray, labels: np.ndarray, kinds, threshold: float)
             "kind_macro_accuracy": float(np.mean(counted)) if counted else float("nan"), "n": int(len(labels))}
 
 
+def undefined_figures(metrics: dict) -> str | None:
+    """A warning naming the figures that came out NaN, and why: no model is saved with NaN figures unsaid."""
+    nan = [k for k, v in metrics.items() if isinstance(v, float) and v != v]
+    if not nan:
+        return None
+    why = (f"a kind-macro accuracy needs a kind with {MIN_KIND_IMAGES} or more images in its split"
+           if all("kind_macro" in k for k in nan) else "a split lacks a class or has too few images")
+    return (f"{', '.join(nan)} not a number ({why}); the model is saved, but these figures cannot judge it: "
+            f"add images")
+
+
 def feature_cache_path(args, parts, views: int) -> str | None:
     """A file name that changes whenever the features would: backbone, images, views, seed."""
     if not args.cache_dir:
@@ -375,17 +428,25 @@ def feature_cache_path(args, parts, views: int) -> str | None:
     return os.path.join(args.cache_dir, f"{args.arch}-{key}.pt")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors in one line, as train.py's other errors."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (python train.py --help lists every option)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default="medmnist+cifar10",
                    help="data sources joined with +: medmnist, cifar10, folder:PATH (PATH/medical/..., PATH/non_medical/...)")
-    p.add_argument("--arch", default="resnet50", choices=sorted(model_lib.BACKBONES), help="ImageNet backbone")
+    p.add_argument("--arch", default="resnet50", choices=ARCHES, help="ImageNet backbone")
     p.add_argument("--backbone-weights", default=None,
                    help="local file of the backbone's ImageNet state dict (for offline machines)")
-    p.add_argument("--finetune", default="head", type=str,
+    p.add_argument("--finetune", default="head", type=finetune_spec,
                    help="what is trained: head (frozen backbone), last-N (the last N blocks, the final conv and "
                         "the head, on cached activations of the block before them) or all (every layer; a GPU job)")
-    p.add_argument("--head-hidden", type=int, default=0, help="hidden units of an MLP head; 0 = a linear head")
+    p.add_argument("--head-hidden", type=number(int, 0), default=0,
+                   help="hidden units of an MLP head; 0 = a linear head")
     p.add_argument("--fit", default="crop", choices=["crop", "letterbox"],
                    help="preprocessing: the centre crop, or the whole image letterboxed on white")
     p.add_argument("--data-dir", default="data", help="where MedMNIST and CIFAR-10 are downloaded or placed")
@@ -394,40 +455,64 @@ def parse_args(argv=None):
                    help="MedMNIST image size; all twelve files: "
                         + ", ".join(f"{s} px {d}" for s, d in dataset.MEDMNIST_DOWNLOAD.items())
                         + ". 28 matches CIFAR-10's 32 px, so sharpness is no label cue")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=None, help="training batch size (default: 256 for head, 64 else)")
-    p.add_argument("--feature-batch-size", type=int, default=256, help="batch size of the frozen pass")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (the peak with --schedule onecycle)")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay")
+    p.add_argument("--epochs", type=number(int, 1), default=10, help="training epochs")
+    p.add_argument("--batch-size", type=number(int, 1), default=None,
+                   help="training batch size (None: 256 for head, 64 else)")
+    p.add_argument("--feature-batch-size", type=number(int, 1), default=256, help="batch size of the frozen pass")
+    p.add_argument("--lr", type=number(float, 0, above=True), default=1e-3,
+                   help="Adam learning rate (the peak with --schedule onecycle)")
+    p.add_argument("--weight-decay", type=number(float, 0), default=1e-4, help="Adam weight decay")
     p.add_argument("--schedule", default="constant", choices=["constant", "onecycle"], help="learning-rate schedule")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
-    p.add_argument("--views", type=int, default=0,
+    p.add_argument("--label-smoothing", type=number(float, 0, 1), default=0.0, help="cross-entropy label smoothing")
+    p.add_argument("--views", type=number(int, 0), default=0,
                    help="augmented views per folder training image, cached beside the plain one")
-    p.add_argument("--kind-weight-power", type=float, default=0.0,
+    p.add_argument("--kind-weight-power", type=number(float, 0), default=0.0,
                    help="weight each training image by (images of its kind)**-POWER within its class; 0 = plain")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling, splits, augmentation and training")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run")
     p.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
                    help="the frozen pass on a CPU: auto and onnx use ONNX Runtime (about 6x torch), torch torch")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+    p.add_argument("--workers", type=number(int, 0), default=min(8, os.cpu_count() or 1),
                    help="image loading processes")
     p.add_argument("--cache-dir", default=None,
                    help="keep the frozen pass's outputs here, so a rerun with other training settings skips it")
-    p.add_argument("--output", default="best_model.pth", help="where to write the best checkpoint")
-    args = p.parse_args(argv)
-    try:
-        parse_finetune(args.finetune)
-    except argparse.ArgumentTypeError as exc:
-        p.error(str(exc))
-    if args.epochs < 1:
-        p.error("--epochs must be at least 1")
-    return args
+    p.add_argument("--output", default=DEFAULT_OUTPUT,
+                   help="where to write the checkpoint (its ONNX twin goes beside it); by default a new folder: "
+                        "today's date and --arch, with -2, -3, ... for another run that day")
+    p.add_argument("--overwrite", action="store_true", help="let --output replace an existing file")
+    return p
 
 
-def frozen_outputs(args, net, splits, trained_blocks: int) -> tuple[dict, bool]:
-    """(split -> (frozen-part outputs, labels, kinds), whether the frozen part ran): computed once (train images
-    also as --views views), or read from --cache-dir."""
-    cached, run = {}, None
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
+
+
+def output_path(requested: str, arch: str, overwrite: bool, today: datetime.date) -> str:
+    """Where the checkpoint goes: --output as given, or a new runs/<date>-<arch>[-N]/ folder; an existing file
+    only with --overwrite, so a retraining never replaces a model (the shipped one included) by accident."""
+    if requested == DEFAULT_OUTPUT:
+        stem = os.path.dirname(DEFAULT_OUTPUT).replace("<date>", today.isoformat()).replace("<arch>", arch)
+        n = 1
+        while True:
+            folder = stem if n == 1 else f"{stem}-{n}"
+            if not os.path.exists(folder) or (os.path.isdir(folder) and not os.listdir(folder)):
+                return os.path.join(folder, os.path.basename(DEFAULT_OUTPUT))
+            n += 1
+    if os.path.isdir(requested):
+        raise dataset.DataError(f"--output {requested} is a folder; give the checkpoint's file name, "
+                                f"such as {os.path.join(requested, 'best_model.pth')}")
+    if os.path.exists(requested) and not overwrite:
+        raise dataset.DataError(f"--output {requested} exists; pass --overwrite to replace it, or leave --output "
+                                f"out to write to a new {os.path.dirname(DEFAULT_OUTPUT)}/ folder")
+    return requested
+
+
+def frozen_outputs(args, net, splits, trained_blocks: int) -> tuple[dict, int, float]:
+    """(split -> (frozen-part outputs, labels, kinds), images the frozen part ran on, its seconds): computed once
+    (train images also as --views views), or read from --cache-dir."""
+    import torch
+
+    cached, run, ran_images, ran_s = {}, None, 0, 0.0
     for split in dataset.SPLITS:
         views = args.views if split == "train" else 0
         cache_file = feature_cache_path(args, splits[split], views)
@@ -435,19 +520,24 @@ def frozen_outputs(args, net, splits, trained_blocks: int) -> tuple[dict, bool]:
             saved = torch.load(cache_file, weights_only=True)
             cached[split] = (saved["x"], saved["y"].numpy(), saved["kinds"])
             continue
+        t0 = time.perf_counter()
         run = run or feature_function(net, args.engine, trained_blocks)
         x, y, kinds, unreadable = compute_features(net, splits[split], args.feature_batch_size, args.workers,
                                                    views, args.seed, f"{split} frozen pass", run)
+        ran_images, ran_s = ran_images + len(x), ran_s + time.perf_counter() - t0
         for path in unreadable:
             print(f"warning: skipped unreadable image {path}", file=sys.stderr)
         if cache_file:
             torch.save({"x": x, "y": torch.as_tensor(y), "kinds": kinds}, cache_file)
         cached[split] = (x, y, kinds)
-    return cached, run is not None
+    return cached, ran_images, ran_s
 
 
 def streamed_batches(net, parts, seed: int, batch_size: int, workers: int, weights_of, device):
     """epoch -> batches of freshly augmented training images (--finetune all: nothing to cache)."""
+    import torch
+    from torch.utils.data import DataLoader
+
     augment = augmentation(net.preprocess["resize"])
 
     def batches(epoch):
@@ -475,31 +565,41 @@ def ensure_writable_folder(path: str) -> None:
         raise dataset.DataError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
 
 
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
     trained_blocks = parse_finetune(args.finetune)
     batch_size = args.batch_size or (256 if trained_blocks == 0 else 64)
     timings = {}
     try:
-        device = model_lib.select_device(args.device)
+        args.output = output_path(args.output, args.arch, args.overwrite, datetime.date.today())
         ensure_writable_folder(args.output)
         t0 = time.perf_counter()
         parts = dataset.load_sources(args.data, args.data_dir, args.medmnist_size, not args.no_download, args.seed)
+        for warning in dataset.check_split_sizes(parts, args.data):
+            warn(warning)
         splits = dataset.balanced_splits(parts, args.seed)
         timings["load_data_s"] = time.perf_counter() - t0
         summary = dataset.summarize(splits)
         for split, counts in summary.items():
             print(f"{split}: {sum(counts.values())} images  " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        if not splits["train"] or not splits["val"]:
-            raise dataset.DataError(f"{args.data}: too few images/groups for train and validation splits")
+        import torch
+        from torch import nn
+
+        import model as model_lib
+
+        torch.manual_seed(args.seed)
+        device = model_lib.select_device(args.device)
         t0 = time.perf_counter()
         net = model_lib.build_model(args.arch, args.backbone_weights, device, args.head_hidden)
         net.set_preprocess({**net.preprocess, "fit": args.fit})
         if trained_blocks is not None:
             net.backbone.split(trained_blocks)  # checks N against the backbone's blocks
         timings["build_model_s"] = time.perf_counter() - t0
-    except (dataset.DataError, model_lib.ModelError) as exc:
+    except (dataset.DataError, engine.EngineError) as exc:  # model.ModelError is an EngineError
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -521,14 +621,14 @@ def main(argv=None):
         timings["frozen_pass_s"] = time.perf_counter() - t0
     else:
         t0 = time.perf_counter()
-        cached, ran_frozen = frozen_outputs(args, net, splits, trained_blocks)
+        cached, ran_images, ran_s = frozen_outputs(args, net, splits, trained_blocks)
         timings["frozen_pass_s"] = time.perf_counter() - t0
-        n = sum(len(v[0]) for v in cached.values())
-        if ran_frozen:
-            print(f"frozen pass: {n} images in {timings['frozen_pass_s']:.1f} s "
-                  f"({n / timings['frozen_pass_s']:.0f} images/s on {device})")
+        from_cache = sum(len(v[0]) for v in cached.values()) - ran_images
+        if ran_images:  # a rate only for images the frozen part really ran on
+            print(f"frozen pass: {ran_images} images in {ran_s:.1f} s ({ran_images / ran_s:.0f} images/s on {device})"
+                  + (f"; features of {from_cache} more from the cache in {args.cache_dir}" if from_cache else ""))
         else:
-            print(f"frozen pass: {n} images read from the cache in {args.cache_dir}")
+            print(f"frozen pass: none run; features of {from_cache} images from the cache in {args.cache_dir}")
         if trained_blocks:
             bottom, top = net.backbone.split(trained_blocks)
             net.trained_stages = list(range(len(bottom), len(net.backbone)))
@@ -571,6 +671,9 @@ def main(argv=None):
                "val_accuracy": val["accuracy"], "val_auroc": val["auroc"],
                "val_kind_macro_accuracy": val["kind_macro_accuracy"], "val_per_kind": val["per_kind"],
                "best_epoch": best_epoch}
+    problem = undefined_figures(metrics)
+    if problem:
+        warn(problem)
     training = {"args": {k: v for k, v in vars(args).items()}, "data": summary, "metrics": metrics,
                 "history": history, "timings_s": timings, "device": str(device),
                 "command": "python train.py " + " ".join(sys.argv[1:] if argv is None else argv)}
@@ -579,6 +682,7 @@ def main(argv=None):
     print(f"saved {args.output}")
     net.training_info = training
     print(f"saved {model_lib.export_beside(args.output, net)} (its ONNX twin, which the CLI runs on a CPU)")
+    print(f"classify with it: python final_classification_script.py INPUT --model {shlex.quote(args.output)}")
     return 0
 
 

@@ -90,11 +90,11 @@ def test_bad_arguments_exit_2(capsys):
 
 def test_missing_or_corrupt_model_exits_2_with_one_line(inputs, tmp_path, capsys):
     code, out, err = run_cli(["--model", str(tmp_path / "none.pth"), inputs["image"]], capsys)
-    assert code == 2 and err.startswith("error: model file not found") and len(err.strip().splitlines()) == 1
+    assert code == 2 and err.startswith(f"error: {tmp_path / 'none.pth'}: no such file") and len(err.strip().splitlines()) == 1
     bad = tmp_path / "bad.pth"
     bad.write_bytes(os.urandom(5000))
     code, _, err = run_cli(["--model", str(bad), inputs["image"]], capsys)
-    assert code == 2 and "not a readable checkpoint" in err
+    assert code == 2 and "not a model checkpoint" in err
 
 
 def test_table_and_threshold_override(inputs, capsys):

@@ -55,14 +55,14 @@ def test_predict_handles_every_image_mode(lite0):
 
 
 def test_missing_model_file_is_one_clear_error(tmp_path):
-    with pytest.raises(model.ModelError, match="model file not found: .*nothing.pth .*train.py"):
+    with pytest.raises(model.ModelError, match="nothing.pth: no such file; .*train.py"):
         model.load_model(str(tmp_path / "nothing.pth"))
 
 
 def test_corrupt_model_file_is_one_clear_error(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"this is not a checkpoint" * 100)
-    with pytest.raises(model.ModelError, match="not a readable checkpoint") as info:
+    with pytest.raises(model.ModelError, match="not a model checkpoint") as info:
         model.load_model(str(bad))
     assert "\n" not in str(info.value)
 

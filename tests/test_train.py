@@ -1,13 +1,18 @@
 """train.py end to end: a few dozen corpus images, and the reference recipe on MedMNIST/CIFAR-10 files made here."""
 import csv
+import datetime
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+import dataset
 import model
 import train
-from conftest import corpus_images
+from conftest import ROOT, corpus_images
 from fake_data import write_cifar10, write_medmnist
 
 
@@ -30,13 +35,25 @@ def small_folder(tmp_path_factory):
     return root
 
 
-def test_train_on_an_image_folder_end_to_end(small_folder, tmp_path, capsys):
-    out = tmp_path / "best.pth"
-    code = train.main(["--data", f"folder:{small_folder}", "--arch", "efficientnet_lite0", "--epochs", "4",
-                       "--views", "1", "--kind-weight-power", "0.5", "--workers", "0", "--output", str(out)])
+def test_train_on_an_image_folder_end_to_end(small_folder, tmp_path, capsys, monkeypatch):
+    """Without --output the model goes to a new runs/<date>-<arch>/ folder, printed with how to use it;
+    a rerun the same day gets its own folder, and its features come from the cache without a rate."""
+    monkeypatch.chdir(tmp_path)
+    options = ["--data", f"folder:{small_folder}", "--arch", "efficientnet_lite0", "--views", "1",
+               "--kind-weight-power", "0.5", "--workers", "0", "--cache-dir", "cache"]
+    code = train.main(options + ["--epochs", "4"])
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "epoch   4" in printed and "confusion" in printed and "test:" in printed
+    run = os.path.join("runs", f"{datetime.date.today().isoformat()}-efficientnet_lite0")
+    out = tmp_path / run / "best_model.pth"
+    assert out.is_file() and (tmp_path / run / "best_model.onnx").is_file()
+    assert printed.splitlines()[-1] == f"classify with it: python final_classification_script.py INPUT --model " \
+                                        f"{run}/best_model.pth"
+    assert "images/s on cpu" in printed  # the frozen pass ran
+    # 24 images a class split 70/15/15 by group: val and test are tiny, and no kind reaches 5 test images
+    assert "warning: the test split has" in captured.err and "fewer than 10): its figures will be noise" in captured.err
     raw = torch.load(out, weights_only=True)
     metrics = raw["training"]["metrics"]
     assert {"test_accuracy", "test_recall_medical", "test_recall_non_medical", "test_confusion", "test_auroc",
@@ -52,6 +69,14 @@ def test_train_on_an_image_folder_end_to_end(small_folder, tmp_path, capsys):
     net = model.load_model(str(out))
     assert metrics["test_accuracy"] >= 0.75  # ImageNet features separate these kinds even with 24 images a side
     assert net.predict([__import__("PIL.Image").Image.open(corpus_images("medical", "xray", 7)[-1])])[0] > 0.0
+    nan = [k for k, v in metrics.items() if isinstance(v, float) and v != v]
+    assert ("not a number" in captured.err) == bool(nan) and all(k in captured.err for k in nan)
+
+    assert train.main(options + ["--epochs", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert (tmp_path / f"{run}-2" / "best_model.pth").is_file()  # the first model is still there, unchanged
+    assert torch.load(out, weights_only=True)["training"]["history"][-1]["epoch"] == 4
+    assert "frozen pass: none run; features of" in printed and "images/s" not in printed
 
 
 def test_finetune_last_blocks_on_cached_activations(small_folder, tmp_path):
@@ -101,13 +126,97 @@ def test_an_unwritable_output_is_refused_before_any_work(small_folder, tmp_path,
     assert captured.err.startswith(f"error: cannot write {blocker / 'best.pth'}") and "epoch" not in captured.out
 
 
-def test_finetune_spec_is_checked(capsys):
-    with pytest.raises(SystemExit):
-        train.parse_args(["--finetune", "last-x"])
-    assert "--finetune must be head, last-N (N >= 1) or all" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        train.parse_args(["--epochs", "0"])
-    assert "--epochs must be at least 1" in capsys.readouterr().err
+@pytest.mark.parametrize("args, says", [
+    (["--finetune", "last-x"], "argument --finetune: must be head, last-N (N >= 1) or all, not 'last-x'"),
+    (["--epochs", "0"], "argument --epochs: must be at least 1, not 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1, not 0"),
+    (["--feature-batch-size", "-3"], "argument --feature-batch-size: must be at least 1, not -3"),
+    (["--lr", "0"], "argument --lr: must be over 0, not 0"),
+    (["--lr", "nan"], "argument --lr: must be over 0, not nan"),
+    (["--views", "-1"], "argument --views: must be at least 0, not -1"),
+    (["--label-smoothing", "1"], "argument --label-smoothing: must be from 0 up to (not including) 1, not 1"),
+    (["--epochs", "ten"], "argument --epochs: a whole number is needed, not 'ten'"),
+])
+def test_bad_arguments_are_one_line_before_any_work(capsys, args, says):
+    with pytest.raises(SystemExit) as info:
+        train.main(args + ["--data", "folder:/nonexistent"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {says} (python train.py --help lists every option)"]
+
+
+def test_the_default_output_is_a_new_folder_and_an_existing_file_needs_overwrite(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    day = datetime.date(2026, 3, 4)
+    first = train.output_path(train.DEFAULT_OUTPUT, "resnet50", False, day)
+    assert first == os.path.join("runs", "2026-03-04-resnet50", "best_model.pth")
+    os.makedirs(os.path.dirname(first))
+    assert train.output_path(train.DEFAULT_OUTPUT, "resnet50", False, day) == first  # an empty folder is reused
+    (tmp_path / first).write_bytes(b"a model")
+    assert train.output_path(train.DEFAULT_OUTPUT, "resnet50", False, day) == \
+        os.path.join("runs", "2026-03-04-resnet50-2", "best_model.pth")
+    assert train.output_path(first, "resnet50", True, day) == first
+    with pytest.raises(dataset.DataError, match="^--output runs is a folder; give the checkpoint's file name"):
+        train.output_path("runs", "resnet50", True, day)
+
+
+def test_an_existing_output_is_refused_before_any_data_is_read(tmp_path, capsys):
+    shipped = tmp_path / "best_model.pth"
+    shipped.write_bytes(b"the shipped model")
+    args = ["--data", f"folder:{tmp_path / 'absent'}", "--output", str(shipped)]
+    assert train.main(args) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --output {shipped} exists; pass --overwrite to replace it, or leave --output out to write to a "
+        f"new runs/<date>-<arch>/ folder"]
+    assert shipped.read_bytes() == b"the shipped model"
+    assert train.main(args + ["--overwrite"]) == 2  # allowed past the output check, stopped by the data
+    assert capsys.readouterr().err.startswith(f"error: image folder not found: {tmp_path / 'absent'}")
+
+
+def test_split_sizes_are_checked_before_any_work():
+    def part(split_counts: dict) -> dataset.Part:
+        """split -> (medical, non-medical) images."""
+        labels, splits = [], []
+        for split, (medical, non_medical) in split_counts.items():
+            labels += [dataset.MEDICAL] * medical + [dataset.NON_MEDICAL] * non_medical
+            splits += [split] * (medical + non_medical)
+        kinds = ["k"] * len(labels)
+        return dataset.Part("p", [f"{i}.png" for i in range(len(labels))], np.array(labels, int), kinds, kinds,
+                            np.array(splits, dtype=object), kinds)
+
+    assert dataset.check_split_sizes([part({"train": (70, 80), "val": (10, 15), "test": (12, 10)})], "x") == []
+    warnings = dataset.check_split_sizes([part({"train": (70, 80), "val": (4, 15), "test": (12, 10)})], "x")
+    assert warnings == ["the val split has 4 images a class after balancing (medical 4, non-medical 15; fewer "
+                        "than 10): its figures will be noise; add images"]
+    with pytest.raises(dataset.DataError, match=r"^x: no non-medical images in the test split \(train 80, val 15, "
+                                                r"test 0\); each class needs images in train, val and test"):
+        dataset.check_split_sizes([part({"train": (70, 80), "val": (10, 15), "test": (12, 0)})], "x")
+    with pytest.raises(dataset.DataError, match=r"^x: no medical images; both classes need images"):
+        dataset.check_split_sizes([part({"train": (0, 80), "val": (0, 15), "test": (0, 10)})], "x")
+
+
+def test_six_images_or_one_class_stop_with_one_line_before_any_work(tmp_path, capsys):
+    """Six images once trained a model reporting `accuracy nan`; a folder with one class is as hopeless."""
+    for label in ("medical", "non_medical"):
+        (tmp_path / label).mkdir()
+        for path in corpus_images(label, n=3):
+            (tmp_path / label / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "six.pth"
+    assert train.main(["--data", f"folder:{tmp_path}", "--arch", "efficientnet_lite0", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: folder:{tmp_path}: no ") and " split (train " in err[0]
+    for path in (tmp_path / "non_medical").iterdir():
+        path.unlink()
+    assert train.main(["--data", f"folder:{tmp_path}", "--arch", "efficientnet_lite0", "--output", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: folder:{tmp_path}: no non-medical images; both classes need images (in a folder: non_medical/...)"]
+    assert not out.exists()
+
+
+def test_nan_figures_are_named_in_a_warning():
+    assert train.undefined_figures({"test_accuracy": 0.9, "best_epoch": 2}) is None
+    said = train.undefined_figures({"test_accuracy": 0.9, "test_kind_macro_accuracy": float("nan")})
+    assert said.startswith("test_kind_macro_accuracy not a number (a kind-macro accuracy needs a kind with 5 or "
+                           "more images in its split); the model is saved")
 
 
 def test_auroc_and_kind_macro_accuracy():
@@ -178,10 +287,33 @@ def test_offline_without_data_names_every_missing_file_at_once(tmp_path, capsys)
     assert "error: 12 files missing" in err and "pathmnist.npz" in err and "cifar-10" not in err
 
 
-def test_help_shows_every_default(capsys):
-    with pytest.raises(SystemExit):
-        train.parse_args(["--help"])
-    text = capsys.readouterr().out
-    for default in ("(default: medmnist+cifar10)", "(default: resnet50)", "(default: 28)", "(default: best_model.pth)",
-                    "about 0.6 GB"):
-        assert default in " ".join(text.split())
+def test_help_answers_without_torch_and_shows_every_default(tmp_path):
+    """`python train.py --help` in an interpreter where torch, torchvision and medmnist cannot be imported."""
+    code = ("import sys, runpy; [sys.modules.__setitem__(m, None) for m in ('torch', 'torchvision', 'medmnist')]; "
+            f"sys.path.insert(0, {str(ROOT)!r}); sys.argv = ['train.py', '--help']; "
+            f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                          env={**os.environ, "COLUMNS": "250"})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    text = " ".join(done.stdout.split())
+    shown = [a for a in train.build_parser()._actions if a.dest != "help"]
+    assert len(shown) >= 25  # every option, none left out of the check
+    for action in shown:
+        assert f"(default: {action.default})" in text, action.dest
+    for default in ("(default: medmnist+cifar10)", "(default: resnet50)", "(default: 28)",
+                    "(default: runs/<date>-<arch>/best_model.pth)", "about 0.6 GB", "--overwrite"):
+        assert default in text
+
+
+def test_the_arch_names_shown_without_torch_are_the_backbones():
+    assert sorted(train.ARCHES) == sorted(model.BACKBONES)
+
+
+def test_readme_gives_the_shipped_models_exact_command():
+    recorded = torch.load(ROOT / "best_model.pth", weights_only=True)["training"]["command"]
+    readme = (ROOT / "README.md").read_text()
+    retraining = readme[readme.index("## Retraining"):]
+    start = retraining.index("```\n") + 4
+    block = retraining[start:retraining.index("\n```", start)]
+    assert " ".join(block.replace("\\\n", " ").split()) == recorded
+    assert f"--model {recorded.split('--output ')[1].split()[0]}" in retraining
