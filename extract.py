@@ -4,7 +4,9 @@
 not classified, with the reason); a problem with the input as a whole raises
 `InputError` with a one-line message. Nothing here knows about the model.
 """
+import dataclasses
 import os
+from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Iterator
 
@@ -98,6 +100,9 @@ def _raise(error: Exception) -> Iterator:
 def open_input(text: str, options: Options) -> tuple[str, Iterator[Found | Skipped]]:
     """Input string -> (kind, items). Raises InputError when the input itself is unusable."""
     scheme = url_scheme(text) or ""
+    if scheme in ("http", "https") and options.headers and options.header_hosts is None:
+        # --header's are for the site the user named, never for the image hosts and redirects it points to
+        options = dataclasses.replace(options, header_hosts=frozenset({urlsplit(text).netloc.lower()}))
     if scheme in ("http", "https") and options.crawl_depth > 0:
         return "crawl", crawl(text, options, lambda name, data, budget: _content_items(name, data, options, budget,
                                                                                        standalone=False)[1])
@@ -107,6 +112,8 @@ def open_input(text: str, options: Options) -> tuple[str, Iterator[Found | Skipp
         except FetchError as exc:
             return "url", _raise(InputError(str(exc)))
         if is_html_response(response):
+            if not _is_page(urlsplit(response.url).path, "html"):  # a .pdf or .png URL that gave a web page
+                raise InputError(_not_read("html"))
             return "url", page_images(response.data, response.url, options)
         return _content_items(response.url, response.data, options)
     if len(scheme) > 1 and not os.path.exists(text):

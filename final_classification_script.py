@@ -20,6 +20,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from tqdm import tqdm
 
@@ -31,6 +32,7 @@ DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "best_m
 LABEL_CHOICES = ("medical", "non-medical")
 SEEN_IMAGES = 65536  # results remembered per run by image content, so a logo on every page is classified once
 INTERRUPTED = 130
+STDOUT_CLOSED = 141  # as a shell reports a command ended by SIGPIPE
 
 
 def _version() -> str:
@@ -223,19 +225,61 @@ def check_save_dir(path: str) -> None:
         raise OutputError(f"--save-dir {path}: not writable (permission denied); choose another folder")
 
 
+def check_input_file(path: str) -> None:
+    if os.path.isdir(path):
+        raise OutputError(f"--input-file {path}: is a folder; give a text file of inputs, one a line")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8192)
+    except OSError as exc:
+        raise OutputError(f"--input-file {path}: {exc.strerror or 'unreadable'}") from None
+    if b"\0" in head or extract.sniff(head) not in ("text", "empty", "html"):
+        raise OutputError(f"--input-file {path}: not a text file ({extract.sniff(head)}); give one input a line")
+
+
+def check_not_an_input(path: str, option: str, args) -> None:
+    """An output that would overwrite an input (the input file, an input file or a file in an input folder)."""
+    target = os.path.realpath(path)
+    for text in args.inputs + ([args.input_file] if args.input_file not in (None, "-") else []):
+        source = os.path.realpath(text) if os.path.exists(text) else None
+        if source == target or (source and os.path.isdir(source) and os.path.exists(target)
+                                and target.startswith(source + os.sep)):
+            raise OutputError(f"{option} {path}: would overwrite an input ({text}); choose another path")
+
+
+def check_resumable(path: str) -> None:
+    """--resume rewrites FILE: it must be JSON lines this tool wrote, not some other file of the same name."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = f.readline()
+    try:
+        record = json.loads(first)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or record.get("type") not in ("image", "skipped", "input", "summary"):
+        raise OutputError(f"--resume {path}: not a --jsonl file of this tool (its first line is not one of its "
+                          "lines); give the file an earlier --jsonl -o run wrote")
+
+
 def check_outputs(args) -> None:
-    if args.output and args.output != "-":
-        check_output_file(args.output, "-o")
-    if args.report:
-        check_output_file(args.report, "--report")
+    if args.report == "-":
+        raise OutputError("--report -: the report is a file; give a file name (results go to stdout with -o -)")
+    if args.input_file and args.input_file != "-":
+        check_input_file(args.input_file)
+    for path, option in ((args.output, "-o"), (args.report, "--report")):
+        if path and path != "-":
+            check_output_file(path, option)
+            check_not_an_input(path, option, args)
+    if args.resume:
+        check_resumable(args.output)
     if args.save_dir:
         check_save_dir(args.save_dir)
-    if args.input_file and args.input_file != "-" and not os.path.isfile(args.input_file):
-        raise OutputError(f"--input-file {args.input_file}: no such file")
 
 
-def write_atomically(path: str, text: str) -> None:
-    """A temporary file beside the target, renamed over it: a failure never leaves half a file."""
+def write_atomically(path: str, text) -> None:
+    """A temporary file beside the target, renamed over it: a failure never leaves half a file. `text`: a string
+    or an iterable of strings (written as they come)."""
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     umask = os.umask(0)
@@ -243,7 +287,7 @@ def write_atomically(path: str, text: str) -> None:
     os.chmod(temporary, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o666 & ~umask)  # not mkstemp's 0600
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.write(text)
+            f.writelines([text] if isinstance(text, str) else text)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
@@ -254,63 +298,85 @@ def write_atomically(path: str, text: str) -> None:
 # ---------------------------------------------------------------- inputs
 
 def read_input_lines(lines) -> list[str]:
-    """An input file's lines: blank lines and # comments left out, surrounding spaces stripped."""
+    """An input file's lines: blank lines and comments (a line starting with #, or # after a space) left out,
+    surrounding spaces stripped. A # with no space before it is part of the URL (a fragment)."""
     out = []
     for line in lines:
-        text = line.strip()
-        if text and not text.startswith("#"):
+        text = re.sub(r"(^|\s)#.*$", "", line).strip()
+        if text:
             out.append(text)
     return out
 
 
+def input_key(text: str) -> str:
+    """What makes two inputs the same: a local path's real path; a URL with an empty path is the site's root."""
+    if os.path.exists(text):
+        return os.path.realpath(text)
+    if extract.url_scheme(text) in ("http", "https"):
+        parts = urlsplit(text)
+        return urlunsplit(parts._replace(netloc=parts.netloc.lower(), path=parts.path or "/"))
+    return text
+
+
+def _unique(texts, seen: set):
+    for text in texts:
+        if (key := input_key(text)) not in seen:
+            seen.add(key)
+            yield text
+
+
 def iter_inputs(args):
-    """Positional inputs, then the input file's; an input listed twice is done once."""
-    seen = set()
-
-    def fresh(texts):
-        for text in texts:
-            if text not in seen:
-                seen.add(text)
-                yield text
-
-    yield from fresh(args.inputs)
+    """Positional inputs, then the input file's; an input listed twice (the same file or URL) is done once."""
+    seen: set = set()
+    yield from _unique(args.inputs, seen)
     if args.input_file == "-":
-        yield from fresh(read_input_lines(sys.stdin))
+        yield from _unique(read_input_lines(sys.stdin), seen)
     elif args.input_file:
         with open(args.input_file, encoding="utf-8", errors="replace") as f:
-            yield from fresh(text for text in read_input_lines(f))
+            yield from _unique(read_input_lines(f), seen)
 
 
 def count_inputs(args) -> int | None:
     """For the progress bar's total; unknown when inputs come from stdin."""
     if args.input_file == "-":
         return None
-    total = len(set(args.inputs))
-    if args.input_file:
-        with open(args.input_file, encoding="utf-8", errors="replace") as f:
-            total += len(set(read_input_lines(f)) - set(args.inputs))
-    return total
+    if not args.input_file:
+        return sum(1 for _ in _unique(args.inputs, set()))
+    with open(args.input_file, encoding="utf-8", errors="replace") as f:
+        return sum(1 for _ in _unique(args.inputs + read_input_lines(f), set()))
 
 
-def finished_inputs(path: str) -> set[str]:
+def finished_inputs(path: str) -> tuple[set[str], dict]:
     """Resume: rewrite FILE keeping only the lines of inputs it has finished (those with their "input" line),
-    so a half-written last line and the lines of inputs cut off mid-way are redone, never doubled."""
+    so a half-written last line and the lines of inputs cut off mid-way are redone, never doubled. Returns the
+    finished inputs and the counts of the lines kept, for the summary of the whole file."""
+    summary = report.new_summary()
     if not os.path.exists(path):
-        return set()
+        return set(), summary
     done = set()
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             record = _parse_line(line)
             if record and record.get("type") == "input":
                 done.add(record["input"])
-    kept = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            record = _parse_line(line)
-            if record and record.get("type") != "summary" and record.get("input") in done:
-                kept.append(line)
-    write_atomically(path, "".join(kept))
-    return done
+
+    def kept():
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                record = _parse_line(line)
+                if record and record.get("type") != "summary" and record.get("input") in done:
+                    if record["type"] == "image":
+                        summary["images"] += 1
+                        summary["medical" if record.get("label") == "medical" else "non-medical"] += 1
+                    elif record["type"] == "skipped":
+                        summary["skipped"] += 1
+                    else:
+                        summary["inputs"] += 1
+                        summary["failed_inputs"] += record.get("status") == "failed"
+                    yield line
+
+    write_atomically(path, kept())
+    return done, summary
 
 
 def _parse_line(line: str) -> dict | None:
@@ -326,7 +392,7 @@ def _parse_line(line: str) -> dict | None:
 # ---------------------------------------------------------------- saving images
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.split("?")[0].rstrip("/").split("/")[-1])[-60:] or "input"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.split("?")[0].rstrip("/").split("/")[-1])[:60] or "input"
 
 
 def save_name(found: extract.Found) -> str:
@@ -382,6 +448,7 @@ class InputState:
     non_medical: int = 0
     shown: int = 0
     n_skipped: int = 0
+    over_budget: int = 0  # skipped as over --max-images
     expected: int = 0  # items announced by the extractor, for the progress bar
     seen: int = 0
 
@@ -408,7 +475,8 @@ class Run:
         self.stop = threading.Event()
         self.known: OrderedDict = OrderedDict()  # image key -> p_medical, bounded
         self.classified = self.reused = 0
-        threading.Thread(target=self._model_loop, name="model", daemon=True).start()
+        self.model_thread = threading.Thread(target=self._model_loop, name="model", daemon=True)
+        self.model_thread.start()
 
     def results(self, texts):
         """Yield ("skipped", state, Skipped) / ("image", state, Found, p) / ("end", state) as they come; an
@@ -434,9 +502,12 @@ class Run:
                 active -= 1
             yield event
 
-    def close(self):
+    def close(self, wait: bool = True):
+        """The model thread ends before the interpreter does (torch's threads abort the process otherwise)."""
         self.stop.set()
         self.to_model.put(None)
+        if wait:
+            self.model_thread.join(timeout=30)
 
     def _extract(self, state: InputState) -> None:
         options = dataclasses.replace(self.options, expect=lambda n: self.events.put(("expect", state, n)))
@@ -502,27 +573,33 @@ class Run:
 
 # ---------------------------------------------------------------- the CLI around the run
 
+class OutputClosed(Exception):
+    """stdout was closed by the reader (`| head`): stop quietly, as a Unix tool does."""
+
+
 class Sink:
     """Where results go: JSON lines as they come, and/or every input's record kept for one document at the end
     (a table, JSON, CSV or the HTML report); a JSON lines run without a report keeps nothing per input."""
 
-    def __init__(self, args, model: engine.Engine, model_path: str):
+    def __init__(self, args, model: engine.Engine, model_path: str, summary: dict | None = None):
         self.args, self.model = args, model
         self.model_record = report.model_record(model, model_path)
-        self.summary = report.new_summary()
+        self.summary = summary or report.new_summary()  # a resumed file's counts come first
         self.entries: dict[int, dict] = {}
         self.thumbnails: dict[int, list] = {}
-        self.stream = None
-        if args.jsonl:
-            if args.output and args.output != "-":
-                self.stream = open(args.output, "a" if args.resume else "w", encoding="utf-8")
-            else:
-                self.stream = sys.stdout
+        self.stream = None  # opened at the first line, so a run stopped before any leaves FILE as it was
         self.keep = not args.jsonl or bool(args.report)
 
     def line(self, record: dict) -> None:
-        self.stream.write(json.dumps(record) + "\n")
-        self.stream.flush()
+        if self.stream is None:
+            to_file = self.args.output not in (None, "-")
+            self.stream = open(self.args.output, "a" if self.args.resume else "w", encoding="utf-8") if to_file \
+                else sys.stdout
+        try:
+            self.stream.write(json.dumps(record) + "\n")
+            self.stream.flush()
+        except BrokenPipeError:
+            raise OutputClosed from None
 
     def image(self, state: InputState, found: extract.Found, p: float) -> None:
         label = self.model.label(p)
@@ -535,7 +612,7 @@ class Sink:
         saved = self._save(found, label) if self.args.save_dir else None
         record = report.image_record(found, p, label, saved)
         state.shown += 1
-        if self.stream:
+        if self.args.jsonl:
             self.line(report.image_line(state.text, record))
         if self.keep:
             state.images.append(record)
@@ -554,7 +631,8 @@ class Sink:
     def skipped(self, state: InputState, item: extract.Skipped) -> None:
         record = report.skipped_record(item)
         state.n_skipped += 1
-        if self.stream:
+        state.over_budget += item.reason.startswith("over --max-images")
+        if self.args.jsonl:
             self.line(report.skipped_line(state.text, record))
         if self.keep:
             state.skipped.append(record)
@@ -562,22 +640,25 @@ class Sink:
     def end(self, state: InputState) -> None:
         entry = report.input_record(state.text, state.kind, state.error, state.images, state.skipped)
         report.add_to_summary(self.summary, state.medical, state.non_medical, state.n_skipped, state.error)
-        if self.stream:
+        if self.args.jsonl:
             self.line(report.input_line(entry, state.shown, state.n_skipped))
         if self.keep:
             self.entries[state.number] = entry
 
     def finish(self, interrupted: bool) -> dict:
-        """Write the document (or the JSONL summary line); returns the summary."""
+        """Write the document (or the JSONL summary line); returns the summary. Stopped before any input ended,
+        nothing is written, so the files of an earlier run stay as they were."""
         summary = {k: v for k, v in self.summary.items() if k != "inputs"}
         if interrupted:
             summary["interrupted"] = True
+            if self.stream is None and not self.entries:
+                return summary
         entries = [self.entries[n] for n in sorted(self.entries)]
         document = {"model": self.model_record, "inputs": entries, "summary": summary}
         if self.args.report:
             thumbnails = [self.thumbnails.get(n, []) for n in sorted(self.entries)]
             write_atomically(self.args.report, report.to_html(document, thumbnails))
-        if self.stream:
+        if self.args.jsonl:
             self.line({"type": "summary", **summary})
             if self.stream is not sys.stdout:
                 self.stream.close()
@@ -588,11 +669,14 @@ class Sink:
             text = report.to_csv(document)
         else:
             text = report.to_table(document)
-        if self.args.output and self.args.output != "-":
+        if self.args.output not in (None, "-"):
             write_atomically(self.args.output, text)
-        else:
+            return summary
+        try:
             sys.stdout.write(text)
             sys.stdout.flush()
+        except BrokenPipeError:
+            raise OutputClosed from None
         return summary
 
 
@@ -607,6 +691,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # before the first input started: nothing to write
         print("interrupted before any input was read", file=sys.stderr)
         return INTERRUPTED
+    except OutputClosed:  # the reader of stdout has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return STDOUT_CLOSED
 
 
 def classify(args) -> int:
@@ -623,26 +710,55 @@ def classify(args) -> int:
         return 2
     if args.threshold is not None:
         model.threshold = args.threshold
-    done = finished_inputs(args.output) if args.resume else set()
+    done, summary = finished_inputs(args.output) if args.resume else (set(), None)
     if done:
-        note(f"resuming {args.output}: {len(done)} inputs already finished there are skipped")
-    sink = Sink(args, model, os.path.abspath(args.model))
+        note(f"resuming {args.output}: skipping the {report.plural(len(done), 'input')} it has finished")
+    sink = Sink(args, model, os.path.abspath(args.model), summary)
     run = Run(model, extract_options(args, model), args.jobs, args.batch_size)
-    total = count_inputs(args)
-    several = total is None or total > 1
     interrupted = False
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() \
-        else None
-    bars = [tqdm(desc="inputs", unit="input", total=None if total is None else total - len(done), file=sys.stderr,
-                 disable=args.quiet or not several, position=0, dynamic_ncols=True),
-            tqdm(desc="images", unit="img", total=0, file=sys.stderr, disable=args.quiet,
-                 position=1 if several and not args.quiet else 0, dynamic_ncols=True)]
-    inputs_bar, images_bar = bars
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
     try:
-        for event in run.results(text for text in iter_inputs(args) if text not in done):
+        drain(run, sink, args, (text for text in iter_inputs(args) if text not in done), count_inputs(args), done)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        run.close(wait=not interrupted)
+    try:
+        summary = sink.finish(interrupted)
+    except OSError as exc:
+        print(f"error: writing the results failed: {exc}", file=sys.stderr)
+        return 2
+    table_on_stdout = not (args.json or args.csv or args.jsonl) and args.output in (None, "-")
+    if not table_on_stdout:
+        print(report.summary_line(summary, sink.summary["inputs"]), file=sys.stderr)
+    if interrupted:
+        print("interrupted: the inputs finished so far are written"
+              + ("; --resume carries on" if args.jsonl and args.output not in (None, "-") else "")
+              if sink.entries or sink.stream else "interrupted before any input finished: nothing written",
+              file=sys.stderr)
+        return INTERRUPTED
+    return 1 if summary["failed_inputs"] else 0
+
+
+def drain(run: Run, sink: Sink, args, texts, total: int | None, done: set) -> None:
+    """Every event of the run to the sink, with progress bars (inputs, when several; images, with the totals the
+    extractors announce), the one-line error of each failed input and notes the user should see."""
+    several = total is None or total > 1
+    inputs_bar = tqdm(desc="inputs", unit="input", total=None if total is None else total - len(done),
+                      file=sys.stderr, disable=args.quiet or not several, position=0, dynamic_ncols=True)
+    images_bar = tqdm(desc="images", unit="img", total=0, file=sys.stderr, disable=args.quiet,
+                      position=1 if several and not args.quiet else 0, dynamic_ncols=True)
+    try:
+        for event in run.results(texts):
             kind, state = event[0], event[1]
             if kind == "start":
                 images_bar.set_postfix_str(report.shorten(state.text, 40), refresh=False)
+                if args.crawl and extract.url_scheme(state.text) not in ("http", "https"):
+                    tqdm.write(f"note: {state.text}: --crawl follows the links of http(s) pages; read alone",
+                               file=sys.stderr)
             elif kind == "expect":
                 state.expected += event[2]
                 images_bar.total += event[2]
@@ -660,35 +776,19 @@ def classify(args) -> int:
                 sink.end(state)
                 if state.error:
                     tqdm.write(f"error: {state.text}: {state.error}", file=sys.stderr)
+                if state.over_budget:
+                    tqdm.write(f"note: {state.text}: {report.plural(state.over_budget, 'image')} over --max-images "
+                               f"{args.max_images} not classified (listed as skipped); raise --max-images to read "
+                               "them", file=sys.stderr)
                 inputs_bar.update(1)
-    except KeyboardInterrupt:
-        interrupted = True
-        run.stop.set()
     finally:
-        for bar in bars:
-            bar.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    run.close()
-    try:
-        summary = sink.finish(interrupted)
-    except OSError as exc:
-        print(f"error: writing the results failed: {exc}", file=sys.stderr)
-        return 2
-    table_on_stdout = not (args.json or args.csv or args.jsonl) and args.output in (None, "-")
-    if not table_on_stdout:
-        print(report.summary_line(summary, sink.summary["inputs"]), file=sys.stderr)
-    if interrupted:
-        print("interrupted: the inputs finished so far are written"
-              + ("; --resume carries on" if args.jsonl and args.output not in (None, "-") else ""), file=sys.stderr)
-        return INTERRUPTED
-    return 1 if summary["failed_inputs"] else 0
+        inputs_bar.close()
+        images_bar.close()
 
 
 if __name__ == "__main__":
     code = main()
-    if code == INTERRUPTED:  # threads still downloading must not hold the exit up
-        sys.stdout.flush()
+    if code in (INTERRUPTED, STDOUT_CLOSED):  # threads still downloading must not hold the exit up
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)

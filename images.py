@@ -45,8 +45,9 @@ class Options:
     pages: tuple | None = None  # PDF pages to read: ((first, last or None), ...), 1-based; None for all
     password: str | None = field(default=None, repr=False)  # tried on a PDF the empty password does not open
     user_agent: str = USER_AGENT
-    headers: dict = field(default_factory=dict, repr=False)  # sent with every request after User-Agent (so they
-    # may replace it); never printed: they may hold cookies or tokens
+    headers: dict = field(default_factory=dict, repr=False)  # sent after User-Agent (so they may replace it); never
+    # printed: they may hold cookies or tokens
+    header_hosts: frozenset | None = None  # the hosts `headers` go to (an input URL's own); None: every host
     retries: int = 2  # further tries of a request after a connect error, a timeout, 429 or 5xx, within `timeout`
     verify: bool | str = True  # check certificates (False: --insecure; a path: --ca-bundle, a PEM file or folder)
     crawl_depth: int = 0  # an http(s) page: follow its links on the same site this many steps (0: the page alone)

@@ -66,9 +66,11 @@ def _session():
     return _local.session
 
 
-def request_headers(options: Options) -> dict:
-    """The User-Agent, then --header's (a header of the same name, in any case, replaces it)."""
-    return {"User-Agent": options.user_agent, **options.headers}
+def request_headers(options: Options, url: str) -> dict:
+    """The User-Agent, then --header's (a header of the same name, in any case, replaces it), the latter only to
+    the hosts they are meant for: a token for a site must not reach the image hosts and redirects it points to."""
+    meant = options.header_hosts is None or urlsplit(url).netloc.lower() in options.header_hosts
+    return {"User-Agent": options.user_agent, **(options.headers if meant else {})}
 
 
 def url_scheme(url: str) -> str | None:
@@ -147,7 +149,7 @@ def _given_up(problem: FetchError, tries: int, options: Options) -> FetchError:
     if problem.transient and problem.wait is not None and tries <= options.retries:
         limit = (f"the {MAX_RETRY_AFTER_S:g} s the tool waits at most" if problem.wait > MAX_RETRY_AFTER_S
                  else f"--timeout {options.timeout:g} s")
-        message += f" (the server asks to retry in {problem.wait:g} s, past {limit})"
+        message += f" (the server asks to retry in {problem.wait:g} s, which would run past {limit})"
     elif problem.transient and tries > 1 and message.startswith("HTTP "):
         message += f" ({tries} tries)"
     return FetchError(message, transient=problem.transient, host_down=problem.host_down, wait=problem.wait,
@@ -165,10 +167,10 @@ def _get_once(url: str, options: Options, deadline: float, html_cap: bool, image
     if options.verify is False:  # asked for with --insecure: a warning on every request would only be noise
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     try:
-        response = _session().get(url, stream=True, allow_redirects=False, headers=request_headers(options),
+        response = _session().get(url, stream=True, allow_redirects=False, headers=request_headers(options, url),
                                   verify=options.verify, timeout=(min(10.0, left), left))
     except requests.exceptions.RequestException as exc:
-        raise request_problem(exc, left) from None
+        raise request_problem(exc, left, options.verify) from None
     with response:
         if response.is_redirect:
             return safe_urljoin(url, response.headers.get("location", ""))
@@ -214,14 +216,14 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
-def request_problem(exc: Exception, waited: float) -> FetchError:
+def request_problem(exc: Exception, waited: float, verify: bool | str = True) -> FetchError:
     """A failed request -> what happened and, where the user can do something, what to do."""
     import requests
     import urllib3
 
     reason = _short_reason(exc)
     if isinstance(exc, requests.exceptions.SSLError):
-        return FetchError(_tls_problem(exc), host_down=True)
+        return FetchError(_tls_problem(exc, verify), host_down=True)
     if isinstance(exc, requests.exceptions.ProxyError):
         return FetchError(f"proxy failed ({reason}); check HTTP_PROXY / HTTPS_PROXY / NO_PROXY", transient=True,
                           host_down=True)
@@ -238,12 +240,15 @@ def request_problem(exc: Exception, waited: float) -> FetchError:
     return FetchError(f"request failed ({reason})")
 
 
-def _tls_problem(exc: Exception) -> str:
+def _tls_problem(exc: Exception, verify: bool | str) -> str:
     for cause in _causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
             detail = (cause.verify_message or "verify failed").rstrip(".")
             if re.search(r"mismatch|expired|not yet valid", detail):
                 return f"certificate not trusted ({detail}); use --insecure to download anyway"
+            if isinstance(verify, str):
+                return (f"certificate not trusted by --ca-bundle {verify} ({detail}); give the CA that signed it, "
+                        "or --insecure")
             return f"certificate not trusted ({detail}); use --ca-bundle FILE or --insecure"
     for cause in _causes(exc):
         if isinstance(cause, ssl.SSLError) and cause.reason:

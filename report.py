@@ -105,15 +105,15 @@ def shorten(text: str, width: int) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1):]
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def summary_line(summary: dict, n_inputs: int) -> str:
-    line = (f"{summary['images']} images: {summary['medical']} medical, {summary['non-medical']} non-medical; "
-            f"{summary['skipped']} skipped; {summary['failed_inputs']} of {n_inputs} inputs failed")
+    line = (f"{plural(summary['images'], 'image')}: {summary['medical']} medical, {summary['non-medical']} "
+            f"non-medical; {summary['skipped']} skipped; {summary['failed_inputs']} of {plural(n_inputs, 'input')} "
+            "failed")
     return line + ("; interrupted" if summary.get("interrupted") else "")
-
-
-def confidence(image: dict) -> float:
-    """How sure the model is of the label it gave: p_medical for medical, 1 - p_medical otherwise."""
-    return image["p_medical"] if image["label"] == "medical" else 1 - image["p_medical"]
 
 
 def to_table(report: dict) -> str:
@@ -123,11 +123,11 @@ def to_table(report: dict) -> str:
         if entry["error"]:
             lines.append(f"   error: {entry['error']}")
         if entry["images"]:
-            lines.append(f"   {'source':60s} {'page':>4s} {'size':>11s}  {'label':11s} {'confidence':>10s}")
+            lines.append(f"   {'source':60s} {'page':>4s} {'size':>11s}  {'label':11s} {'p(medical)':>10s}")
         for im in entry["images"]:
             lines.append(f"   {shorten(im['source'], 60):60s} {im['page'] or '':>4} "
                          f"{str(im['width']) + 'x' + str(im['height']):>11s}  {im['label']:11s} "
-                         f"{confidence(im):10.3f}")
+                         f"{im['p_medical']:10.3f}")
         reasons: dict = {}
         for sk in entry["skipped"]:
             reason = re.sub(r" \(\d+x\d+\)$", "", sk["reason"])
@@ -277,7 +277,7 @@ def to_html(report: dict, thumbnails: list[list[str]]) -> str:
 <h1>Medical image report</h1>
 <p class="muted">Model {esc(str(model.get('arch')))} ({esc(str(model.get('engine', '')))}),
 threshold {threshold:.3f}: an image is medical when p(medical) is at or above it.
-{len(report['inputs'])} inputs{"; interrupted" if summary.get("interrupted") else ""}.{shown_note}</p>
+{plural(len(report['inputs']), 'input')}{"; interrupted" if summary.get("interrupted") else ""}.{shown_note}</p>
 <ul class="counts">""" + "".join(f'<li data-count="{esc(name)}"><b>{n}</b> {esc(name)}</li>'
                                   for name, n in counts.items()) + f"""</ul>
 <div class="legend"><span><span class="swatch medical"></span> medical: p(medical) &ge; {threshold:.3f}</span>
@@ -294,7 +294,7 @@ of the threshold: look for yourself</span>
     order = 0
     for entry, thumbs in zip(report["inputs"], thumbnails + [[]] * (len(report["inputs"]) - len(thumbnails))):
         parts.append(f'<section class="input"><h2>{esc(entry["input"])} <small class="muted">'
-                     f'({esc(entry["kind"])}, {len(entry["images"])} images)</small></h2>')
+                     f'({esc(entry["kind"])}, {plural(len(entry["images"]), "image")})</small></h2>')
         if entry["error"]:
             parts.append(f'<p class="error">error: {esc(entry["error"])}</p>')
         parts.append('<div class="grid">')

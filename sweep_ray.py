@@ -251,6 +251,12 @@ class Writer:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:  # before any work: a run must never end with nowhere to write
+        cli.check_output_file(args.output, "--output")
+        cli.check_not_an_input(args.output, "--output", argparse.Namespace(inputs=[args.inputs], input_file=None))
+    except cli.OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         inputs = read_inputs(args.inputs)
     except (OSError, ValueError) as exc:

@@ -1,8 +1,9 @@
-"""Retrain the medical / non-medical head on a frozen ImageNet backbone.
+"""Retrain the medical / non-medical classifier on an ImageNet backbone.
 
-The backbone never changes, so its features are computed once (plus a few
-augmented views per folder image) and the head is trained on the cache.
-The best epoch by validation accuracy is saved as a self-describing checkpoint.
+With --finetune head (default) the backbone is frozen: its features are computed once (plus a few augmented views
+per folder image) and the head is trained on the cache; last-N also adapts the backbone's last N blocks on cached
+activations; all trains every layer (a GPU job). The epoch with the best validation kind-macro accuracy is saved
+as a self-describing checkpoint, with its ONNX twin beside it, under runs/<date>-<arch>/ unless --output says.
 """
 from __future__ import annotations  # annotations name torch types without importing torch
 
@@ -555,14 +556,29 @@ def streamed_batches(net, parts, seed: int, batch_size: int, workers: int, weigh
     return batches
 
 
-def ensure_writable_folder(path: str) -> None:
-    """The checkpoint's folder exists and takes files, checked before any work is done."""
+def ensure_writable_folder(path: str) -> list[str]:
+    """The checkpoint's folder exists and takes files, checked before any work is done. Returns the folders made
+    for it, deepest first, so a run refused later can take them away again."""
     folder = os.path.dirname(os.path.abspath(path))
+    made, missing = [], folder
+    while not os.path.exists(missing):
+        made.append(missing)
+        missing = os.path.dirname(missing)
     try:
         os.makedirs(folder, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as exc:
+        remove_empty(made)
         raise dataset.DataError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
+    return made
+
+
+def remove_empty(folders: list[str]) -> None:
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return  # not empty, or gone: leave it and those above it
 
 
 def warn(message: str) -> None:
@@ -574,9 +590,10 @@ def main(argv=None):
     trained_blocks = parse_finetune(args.finetune)
     batch_size = args.batch_size or (256 if trained_blocks == 0 else 64)
     timings = {}
+    made = []
     try:
         args.output = output_path(args.output, args.arch, args.overwrite, datetime.date.today())
-        ensure_writable_folder(args.output)
+        made = ensure_writable_folder(args.output)
         t0 = time.perf_counter()
         parts = dataset.load_sources(args.data, args.data_dir, args.medmnist_size, not args.no_download, args.seed)
         for warning in dataset.check_split_sizes(parts, args.data):
@@ -600,6 +617,7 @@ def main(argv=None):
             net.backbone.split(trained_blocks)  # checks N against the backbone's blocks
         timings["build_model_s"] = time.perf_counter() - t0
     except (dataset.DataError, engine.EngineError) as exc:  # model.ModelError is an EngineError
+        remove_empty(made)  # a refused run leaves no empty runs/<date>-<arch>/ behind
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -101,7 +101,7 @@ def test_table_and_threshold_override(inputs, capsys):
     code, out, _ = run_cli([inputs["pdf"], "--threshold", "0"], capsys)
     assert code == 0
     assert out.count(" medical ") == 2 and "2 images: 2 medical, 0 non-medical" in out
-    assert "paper.pdf#page=2&image=1" in out and "size" in out and "confidence" in out
+    assert "paper.pdf#page=2&image=1" in out and "size" in out and "p(medical)" in out
 
 
 def test_csv_has_a_row_per_image_and_skip(inputs, tmp_path, capsys):

@@ -137,7 +137,7 @@ def test_quiet_silences_progress_only(tmp_path):
     result = run([str(MEDICAL[0]), str(tmp_path / "missing.png"), "--json", "-o", str(out), "--quiet"])
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"error: {tmp_path / 'missing.png'}: no such file, folder or URL",
-                                          "1 images: 1 medical, 0 non-medical; 0 skipped; 1 of 2 inputs failed"]
+                                          "1 image: 1 medical, 0 non-medical; 0 skipped; 1 of 2 inputs failed"]
     report = json.loads(out.read_text())
     assert report["inputs"][1]["kind"] == "unknown" and report["model"]["threshold"] == round(
         report["model"]["threshold"], 4)
@@ -176,3 +176,67 @@ def test_version_and_a_quick_help_without_torch(tmp_path):
     helped = subprocess.run([sys.executable, str(ROOT / "final_classification_script.py"), "--help"],
                             capture_output=True, text=True, env=env)
     assert helped.returncode == 0 and "--input-file" in helped.stdout and "(default: 4)" in helped.stdout
+
+
+def test_an_html_page_served_for_a_pdf_url_is_a_failed_input(server, capsys):
+    server.add("/paper.pdf", b"<html><body><h1>404 Not Found</h1></body></html>", "application/pdf")
+    server.add("/article", b"<html><body><p>no pictures</p></body></html>", "text/html")
+    assert cli.main([server.url + "/paper.pdf", server.url + "/article", "--json", "--quiet"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [e["error"] for e in report["inputs"]] == ["HTML error page: not an image, PDF, DICOM or web page", None]
+
+
+def test_stdout_closed_by_the_reader_stops_quietly(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i, path in enumerate((MEDICAL + NON_MEDICAL) * 3):
+        (folder / f"{i}_{path.name}").write_bytes(path.read_bytes())
+    pipeline = subprocess.run(f"{sys.executable} {ROOT / 'final_classification_script.py'} {folder} --jsonl "
+                              "--batch-size 1 | head -1", shell=True, capture_output=True, text=True, timeout=120)
+    assert json.loads(pipeline.stdout)["type"] == "image"
+    assert "Traceback" not in pipeline.stderr and "BrokenPipe" not in pipeline.stderr
+
+
+def test_outputs_that_would_overwrite_inputs_or_are_not_this_tools_are_refused(tmp_path):
+    listing = tmp_path / "inputs.txt"
+    listing.write_text(f"{MEDICAL[0]}  # a trailing comment\n")
+    image = tmp_path / "scan.png"
+    image.write_bytes(MEDICAL[1].read_bytes())
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    for args, message in (
+            (["--input-file", str(listing), "--jsonl", "-o", str(listing)], f"-o {listing}: would overwrite an input"),
+            ([str(image), "--json", "-o", str(image)], f"-o {image}: would overwrite an input"),
+            ([str(tmp_path), "--report", str(image)], f"--report {image}: would overwrite an input"),
+            ([str(image), "--jsonl", "-o", str(notes), "--resume"], f"--resume {notes}: not a --jsonl file"),
+            (["--input-file", str(tmp_path), "--json"], f"--input-file {tmp_path}: is a folder"),
+            (["--input-file", str(image), "--json"], f"--input-file {image}: not a text file"),
+            ([str(image), "--report", "-"], "--report -: the report is a file")):
+        result = run(args)
+        assert result.returncode == 2 and result.stderr.startswith(f"error: {message}"), (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert notes.read_text() == "my notes\n" and image.read_bytes() == MEDICAL[1].read_bytes()
+    same = f"{MEDICAL[0].parent}/./{MEDICAL[0].name}"  # the listed file, spelt another way
+    done = run([same, "--input-file", str(listing), "--json"])
+    assert done.returncode == 0 and [e["input"] for e in json.loads(done.stdout)["inputs"]] == [same]
+
+
+def test_custom_headers_go_only_to_the_input_urls_host(server, capsys):
+    other = Server()
+    seen = {}
+
+    def record(where):
+        def handler(request):
+            seen[where] = request.headers.get("Authorization")
+            request._send(200, {"Content-Type": "image/png"}, MEDICAL[0].read_bytes())
+        return handler
+
+    server.routes["/own.png"] = record("own")
+    other.routes["/theirs.png"] = record("theirs")
+    server.add("/page.html", f'<img src="/own.png"><img src="{other.url}/theirs.png">'.encode())
+    try:
+        assert cli.main([server.url + "/page.html", "--header", "Authorization: Bearer secret", "--json",
+                         "--quiet", "--min-size", "0"]) == 0
+    finally:
+        other.httpd.shutdown()
+    assert seen == {"own": "Bearer secret", "theirs": None}

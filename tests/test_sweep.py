@@ -101,7 +101,7 @@ def test_resume_drops_a_cut_input_and_a_half_line_and_does_the_rest_once(tmp_pat
     crashed.write_text("".join(lines[:first_done + 1]) + cut + cut[:25])
     result = run(["--input-file", str(listing), "--jsonl", "-o", str(crashed), "--resume"])
     assert result.returncode == 0, result.stderr
-    assert "1 inputs already finished" in result.stderr
+    assert "skipping the 1 input it has finished" in result.stderr
     assert _image_lines(crashed) == _image_lines(clean)
     assert sorted(r["input"] for r in lines_of(crashed.read_text()) if r["type"] == "input") == sorted(inputs)
 
@@ -128,6 +128,8 @@ def test_a_run_killed_at_a_random_moment_and_resumed_has_every_line_once(tmp_pat
     records = lines_of(out.read_text())
     assert sorted(r["input"] for r in records if r["type"] == "input") == sorted(inputs)
     assert [r["type"] for r in records].count("summary") == 1
+    summary = next(r for r in records if r["type"] == "summary")
+    assert summary["images"] == len(_image_lines(out)) and summary["failed_inputs"] == 0  # the whole file
 
 
 class CountingEngine:

@@ -124,3 +124,7 @@ def test_bad_arguments_and_unreadable_input_lists_exit_2(tmp_path, capsys):
     pq.write_table(pa.table({"url": ["x"]}), tmp_path / "cols.parquet")
     assert sweep_ray.main([str(tmp_path / "cols.parquet"), "-o", str(tmp_path / "out.jsonl")]) == 2
     assert "Parquet file has no `input` column (it has url)" in capsys.readouterr().err
+    (tmp_path / "list.txt").write_text("x\n")
+    assert sweep_ray.main([str(tmp_path / "list.txt"), "-o", str(tmp_path / "no" / "out.jsonl")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --output {tmp_path / 'no' / 'out.jsonl'}: folder "
+                                               f"{tmp_path / 'no'} does not exist; create it first")
