@@ -89,7 +89,7 @@ def main():
     images = sum(sum(c.values()) for c in training["data"].values())
     print(json.dumps({"device": str(device), "images": images, "train_py_wall_s": round(wall, 2),
                       **{k: round(v, 2) for k, v in timings.items()}}, indent=1))
-    print(f"feature pass, data loading and preparation included: {images / timings['features_s']:.0f} images/s")
+    print(f"feature pass, data loading and preparation included: {images / timings['frozen_pass_s']:.0f} images/s")
     print(f"bare ResNet50 forward, fp32: {bare_forward(device, seconds=args.bare_seconds):.0f} images/s")
     if device.type == "cuda":
         print(f"bare ResNet50 forward, bf16 + channels_last: "
