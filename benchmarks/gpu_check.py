@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -23,6 +24,8 @@ from PIL import Image
 from common import DEFAULT_MODEL, ROOT, corpus_sample, upscaled_jpeg, write_pdf
 
 import engine
+
+HERE = Path(__file__).resolve().parent  # reference_recipe.py lies beside this script, also in a copy run elsewhere
 
 
 def cli_seconds(device: str, pdf: str) -> float:
@@ -49,8 +52,9 @@ def main():
     start = time.perf_counter()
     p_gpu = np.array(gpu.predict(images))
     first = time.perf_counter() - start
-    difference = np.abs(p_gpu - np.array(cpu.predict(images)))
-    flips = int(((p_gpu >= cpu.threshold) != (np.array(cpu.predict(images)) >= cpu.threshold)).sum())
+    p_cpu = np.array(cpu.predict(images))
+    difference = np.abs(p_gpu - p_cpu)
+    flips = int(((p_gpu >= cpu.threshold) != (p_cpu >= cpu.threshold)).sum())
     print(f"1. max |p_gpu - p_cpu| over {len(images)} corpus images: {difference.max():.2e} "
           f"(mean {difference.mean():.2e}, labels that differ: {flips}); first predict incl. warm-up {first:.2f} s",
           flush=True)
@@ -77,7 +81,7 @@ def main():
     print(f"3. steady classification on {args.device}, batch {gpu.default_batch_size}: model alone "
           f"{model_only:.0f} img/s; predict() with preparation {with_preparation:.0f} img/s", flush=True)
 
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reference_recipe.py"), "--scale",
+    done = subprocess.run([sys.executable, str(HERE / "reference_recipe.py"), "--scale",
                            str(args.recipe_scale), "--device", args.device, "--epochs", "2", "--bare-seconds", "5"],
                           capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith(("feature pass", "bare ResNet50"))]

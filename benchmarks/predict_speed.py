@@ -1,6 +1,7 @@
-"""Model load time and predict throughput on the CPU: ONNX Runtime against torch, both backbones, batch 1-32.
+"""Model load time and predict throughput: ONNX Runtime against torch on the CPU, both backbones, batch 1-32.
 
     python benchmarks/predict_speed.py --images 64
+    python benchmarks/predict_speed.py --device cuda   # torch alone, on the GPU (ONNX Runtime runs on the CPU only)
 
 ResNet50's ImageNet weights cannot be downloaded offline, so it runs from a
 randomly initialised state dict file: the same computation, the same speed.
@@ -55,20 +56,23 @@ def main():
     p.add_argument("--images", type=int, default=64, help="corpus images to classify per measurement")
     p.add_argument("--repeats", type=int, default=3, help="load-time repeats (the best is reported)")
     p.add_argument("--archs", default="efficientnet_lite0,resnet50")
+    p.add_argument("--device", default="cpu", help="where torch runs; ONNX Runtime is measured only on cpu")
     args = p.parse_args()
     images = [Image.open(x).copy() for x in corpus_sample(args.images)]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for arch in args.archs.split(","):
             path, weights = checkpoint_for(arch, folder)
-            for name in ("torch", "onnx"):
-                load, speed = measure(lambda: engine.open_engine(path, name, "cpu", weights), images, args.repeats)
+            for name in ("torch", "onnx") if args.device == "cpu" else ("torch",):
+                load, speed = measure(lambda: engine.open_engine(path, name, args.device, weights), images,
+                                      args.repeats)
                 rows.append((arch, name, load, speed))
-    print(f"CPU threads {torch.get_num_threads()}, {len(images)} corpus images of mixed sizes, preparation included")
+    print(f"device {args.device}, CPU threads {torch.get_num_threads()}, {len(images)} corpus images of mixed sizes, "
+          f"preparation included")
     print(f"{'backbone':20s} {'engine':6s} {'load s':>7s} " + " ".join(f"{'img/s b' + str(b):>10s}" for b in BATCHES))
     for arch, name, load, speed in rows:
         print(f"{arch:20s} {name:6s} {load:7.2f} " + " ".join(f"{speed[b]:10.1f}" for b in BATCHES))
-    for arch in dict.fromkeys(r[0] for r in rows):
+    for arch in dict.fromkeys(r[0] for r in rows if r[1] == "onnx"):
         (_, _, lt, st), (_, _, lo, so) = [r for r in rows if r[0] == arch]
         print(f"ratio onnx/torch {arch}: load {lt / lo:.2f}x faster; "
               + ", ".join(f"batch {b} {so[b] / st[b]:.2f}x" for b in BATCHES))
