@@ -9,7 +9,6 @@ skipped image and input; the rows of one input come together, its `input` row la
 when every input was processed, 1 when any input failed or was lost, 2 for bad arguments.
 """
 import argparse
-import io
 import json
 import logging
 import os
@@ -22,11 +21,11 @@ import final_classification_script as cli
 import report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PNG_LEVEL = 1  # the reduced images cross the object store as PNG: lossless, and fast to write at level 1
 RETRIES = 3  # a worker or actor that dies (killed, out of memory, a crash in a decoder) has its work run again;
 # past that its inputs are failed rows saying so (Ray Data's default, retrying for ever, hangs on a poison file)
 LOST = "lost: Ray could not finish its work (a worker died on every try, or raised: see Ray's logs)"
-MAX_BLOCKS = 2000  # one input a Ray task up to this many inputs, so one slow PDF holds up no other
+BLOCKS_PER_CPU = 8  # inputs go to Ray tasks in blocks: a few per CPU keeps every core busy and one slow PDF
+# from holding up much, without a task's overhead (tens of ms on a small machine) for every input
 # Fields of the Parquet output: every field a JSON line of any type has, null where a type has none.
 PARQUET_FIELDS = [("type", "string"), ("input", "string"), ("source", "string"), ("page", "int64"),
                   ("width", "int64"), ("height", "int64"), ("label", "string"), ("p_medical", "float64"),
@@ -85,10 +84,10 @@ def read_inputs(path: str) -> list[str]:
 
 # ---------------------------------------------------------------- extraction (a Ray task per block of inputs)
 
-def _png(image) -> bytes:
-    buffer = io.BytesIO()
-    engine.to_rgb(image).save(buffer, "PNG", compress_level=PNG_LEVEL)
-    return buffer.getvalue()
+def _pixels(image) -> tuple[bytes, str]:
+    """The reduced image's RGB bytes and its size: lossless, and nothing to encode or decode on either side."""
+    rgb = engine.to_rgb(image)
+    return rgb.tobytes(), f"{rgb.width}x{rgb.height}"
 
 
 def _found_fields(found: extract.Found) -> dict:
@@ -97,7 +96,7 @@ def _found_fields(found: extract.Found) -> dict:
 
 
 def extraction_rows(row: dict, options: extract.Options) -> Iterator[dict]:
-    """One input -> a row per found image (its reduced pixels as PNG), per skipped image, then the input's row.
+    """One input -> a row per found image (its reduced RGB pixels), per skipped image, then the input's row.
 
     Every problem is the input's error, as in the CLI; images found before it are kept.
     """
@@ -110,16 +109,19 @@ def extraction_rows(row: dict, options: extract.Options) -> Iterator[dict]:
             if isinstance(item, extract.Skipped):
                 skipped += 1
                 yield {**common, "type": "skipped", "line": json.dumps(
-                    report.skipped_line(text, report.skipped_record(item))), "pixels": b""}
+                    report.skipped_line(text, report.skipped_record(item))), "pixels": b"", "size": ""}
             else:
                 images += 1
-                yield {**common, "type": "image", "line": json.dumps(_found_fields(item)), "pixels": _png(item.image)}
+                pixels, size = _pixels(item.image)
+                yield {**common, "type": "image", "line": json.dumps(_found_fields(item)), "pixels": pixels,
+                       "size": size}
     except extract.InputError as exc:
         error = str(exc)
     except Exception as exc:  # noqa: BLE001 - never lose the other inputs' results to one bad file
         error = f"unexpected {type(exc).__name__}: {extract.first_line(exc)}"
     entry = report.input_record(text, kind, error, [], [])
-    yield {**common, "type": "input", "line": json.dumps(report.input_line(entry, images, skipped)), "pixels": b""}
+    yield {**common, "type": "input", "line": json.dumps(report.input_line(entry, images, skipped)), "pixels": b"",
+           "size": ""}
 
 
 # ---------------------------------------------------------------- classification (an actor pool)
@@ -140,7 +142,8 @@ class Classifier:
 
         lines = list(batch["line"])
         at = [i for i, kind in enumerate(batch["type"]) if kind == "image"]
-        found = [extract.Found(image=Image.open(io.BytesIO(batch["pixels"][i])), **json.loads(lines[i])) for i in at]
+        found = [extract.Found(image=Image.frombytes("RGB", tuple(map(int, str(batch["size"][i]).split("x"))),
+                                                      bytes(batch["pixels"][i])), **json.loads(lines[i])) for i in at]
         for i, item, p in zip(at, found, self.model.predict([f.image for f in found], self.batch_size)):
             record = report.image_record(item, p, self.model.label(p), None)
             lines[i] = json.dumps(report.image_line(str(batch["input"][i]), record))
@@ -162,6 +165,12 @@ def model_on_workers(model_path: str, address: str | None) -> str:
     return os.path.relpath(os.path.abspath(model_path), HERE) if address and inside else os.path.abspath(model_path)
 
 
+def blocks(n_inputs: int) -> int:
+    import ray
+
+    return max(1, min(n_inputs, int(ray.cluster_resources().get("CPU", 1) * BLOCKS_PER_CPU)))
+
+
 def sweep(inputs: list[str], options: extract.Options, args) -> Iterator[dict]:
     """Inputs -> finished JSON lines, the lines of each input together and its `input` line last."""
     import warnings
@@ -175,7 +184,7 @@ def sweep(inputs: list[str], options: extract.Options, args) -> Iterator[dict]:
     gpu = args.num_gpus_per_actor > 0
     with warnings.catch_warnings():  # retry counts have no named parameter in Ray 2.60 (requirements-ray.txt pins it)
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
-        rows = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS)).flat_map(
+        rows = ray.data.from_items(items, override_num_blocks=blocks(len(items))).flat_map(
             extraction_rows, fn_kwargs={"options": options}, max_retries=RETRIES)
         classified = rows.map_batches(
             Classifier, fn_constructor_args=(model_on_workers(args.model, args.address), gpu, args.backbone_weights,
