@@ -19,7 +19,7 @@ from urllib.robotparser import RobotFileParser
 
 from images import Found, ImageBudget, InputError, Options, Skipped
 from pages import (FetchError, Response, download_pictures, fetch, find_images, find_links,
-                   is_html_response)
+                   is_html_response, parse_html)
 
 MAX_TRIES = 3  # a page answered 429 or 5xx is asked this many times in all
 MIN_BACKOFF = 0.5  # seconds before the first retry when the server does not say (doubling each time)
@@ -198,13 +198,14 @@ def crawl(start: str, options: Options, read_document: ReadDocument) -> Iterator
         if not is_html_response(response):
             yield from _document_items(response, link.linked_from or response.url, budget, read_document)
             continue
-        outline = find_links(response.data, response.url)
+        tree = parse_html(response.data)  # one parse for the links and the pictures
+        outline = find_links(tree, response.url)
         if outline.password_field or is_login_url(response.url):
             if link.depth == 0:
                 raise InputError("login page (it asks for a password): nothing to crawl")
             yield Skipped(link.url, "page skipped: login page")
             continue
-        pictures = [p for p in find_images(response.data, response.url)
+        pictures = [p for p in find_images(tree, response.url)
                     if (page_key(p.url), p.link and page_key(p.link)) not in pictures_read]
         pictures_read.update((page_key(p.url), p.link and page_key(p.link)) for p in pictures)
         for item in download_pictures(pictures, response.url, options, budget=budget):

@@ -97,6 +97,11 @@ def _raise(error: Exception) -> Iterator:
     yield  # a generator, so the error comes where the items would
 
 
+def input_problem(exc: Exception) -> str:
+    """The one-line error of an input that stopped: its InputError's message, or what went unexpectedly wrong."""
+    return str(exc) if isinstance(exc, InputError) else f"unexpected {type(exc).__name__}: {first_line(exc)}"
+
+
 def open_input(text: str, options: Options) -> tuple[str, Iterator[Found | Skipped]]:
     """Input string -> (kind, items). Raises InputError when the input itself is unusable."""
     scheme = url_scheme(text) or ""

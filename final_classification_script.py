@@ -338,12 +338,7 @@ def iter_inputs(args):
 
 def count_inputs(args) -> int | None:
     """For the progress bar's total; unknown when inputs come from stdin."""
-    if args.input_file == "-":
-        return None
-    if not args.input_file:
-        return sum(1 for _ in _unique(args.inputs, set()))
-    with open(args.input_file, encoding="utf-8", errors="replace") as f:
-        return sum(1 for _ in _unique(args.inputs + read_input_lines(f), set()))
+    return None if args.input_file == "-" else sum(1 for _ in iter_inputs(args))
 
 
 def finished_inputs(path: str) -> tuple[set[str], dict]:
@@ -520,10 +515,8 @@ class Run:
                     self.events.put(("skipped", state, item))
                 else:
                     self.to_model.put((state, item, image_key(item.image)))
-        except extract.InputError as exc:
-            state.error = str(exc)
         except Exception as exc:  # never lose the other inputs' results to one bad file
-            state.error = f"unexpected {type(exc).__name__}: {extract.first_line(exc)}"
+            state.error = extract.input_problem(exc)
         self.to_model.put((state, _END, None))
 
     def _take_batch(self) -> list | None:

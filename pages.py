@@ -382,14 +382,21 @@ def _base_url(soup, page_url: str) -> str:
     return page_url
 
 
-def find_images(html: str | bytes, base_url: str) -> list[PageImage]:
+def parse_html(html):
+    """A page's parse tree; a tree already parsed is returned as it is, so a crawler that wants both the images
+    and the links of a page parses it once."""
+    from bs4 import BeautifulSoup
+
+    return html if isinstance(html, BeautifulSoup) else BeautifulSoup(html, "html.parser")
+
+
+def find_images(html, base_url: str) -> list[PageImage]:
     """Every picture a reader of the page sees, once each, as absolute URLs (or data: URIs), in page order.
+    `html`: its bytes, text or `parse_html` tree.
 
     Pure: no network. Non-http(s) URLs are kept so the caller can report them as skipped.
     """
-    from bs4 import BeautifulSoup
-
-    soup = BeautifulSoup(html, "html.parser")
+    soup = parse_html(html)
     base_url = _base_url(soup, base_url)
     raw: list[tuple[list[str], str | None]] = []  # (candidates of one picture, best first; enclosing link)
 
@@ -471,12 +478,11 @@ class PageLinks:
     password_field: bool
 
 
-def find_links(html: str | bytes, base_url: str) -> PageLinks:
+def find_links(html, base_url: str) -> PageLinks:
     """The http(s) URLs of the page's `<a href>` and `<area href>`, absolute, without fragments, once each, in
-    page order (mailto:, javascript:, file: and the like are left out). Pure: no network."""
-    from bs4 import BeautifulSoup
-
-    soup = BeautifulSoup(html, "html.parser")
+    page order (mailto:, javascript:, file: and the like are left out). `html` as for find_images. Pure: no
+    network."""
+    soup = parse_html(html)
     base_url = _base_url(soup, base_url)
     urls = (_absolute(tag["href"], base_url) for tag in soup.find_all(["a", "area"], href=True))
     password = soup.find("input", attrs={"type": re.compile(r"^\s*password\s*$", re.I)}) is not None

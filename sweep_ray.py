@@ -115,10 +115,8 @@ def extraction_rows(row: dict, options: extract.Options) -> Iterator[dict]:
                 pixels, size = _pixels(item.image)
                 yield {**common, "type": "image", "line": json.dumps(_found_fields(item)), "pixels": pixels,
                        "size": size}
-    except extract.InputError as exc:
-        error = str(exc)
     except Exception as exc:  # noqa: BLE001 - never lose the other inputs' results to one bad file
-        error = f"unexpected {type(exc).__name__}: {extract.first_line(exc)}"
+        error = extract.input_problem(exc)
     entry = report.input_record(text, kind, error, [], [])
     yield {**common, "type": "input", "line": json.dumps(report.input_line(entry, images, skipped)), "pixels": b"",
            "size": ""}
