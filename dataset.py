@@ -7,6 +7,7 @@ later on the device). Balancing and splitting work on the labels alone.
 import csv
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -39,6 +40,7 @@ class Part:
     groups: list
     splits: np.ndarray  # "train" / "val" / "test" per image
     stratum: list = field(default_factory=list)  # what balancing spreads the larger class over
+    sources: list = field(default_factory=list)  # where each image was published (source_key), if known
 
     def __len__(self):
         return len(self.labels)
@@ -47,7 +49,7 @@ class Part:
         take = lambda seq: [seq[i] for i in index]
         images = self.images[index] if isinstance(self.images, np.ndarray) else take(self.images)
         return Part(self.name, images, self.labels[index], take(self.kinds), take(self.groups),
-                    self.splits[index], take(self.stratum))
+                    self.splits[index], take(self.stratum), take(self.sources) if self.sources else [])
 
 
 # ---------------------------------------------------------------- balancing and splitting
@@ -115,6 +117,86 @@ def group_split(labels: np.ndarray, kinds: Sequence[str], groups: Sequence[str],
     return out
 
 
+# Accounts that publish one repository per public dataset through one pipeline: held out as one source.
+SAME_PIPELINE_OWNERS = {"sarah-antillia": "antillia", "atlan-antillia": "antillia"}
+SPLIT_BY = ("group", "source")
+
+
+def source_key(source_package: str) -> str:
+    """Where an image was published, without version or commit: a PyPI or Debian package, or a GitHub owner as a
+    whole (an owner's repositories share a pipeline, and some owners' several accounts do too).
+
+    'pypi:dipy==1.12.1' -> 'pypi:dipy'; 'debian:opencv-doc=4.6.0' -> 'debian:opencv-doc';
+    'github:atlan-antillia/EfficientNet-Pap-Smear@3f1e' -> 'github:antillia'.
+    """
+    text = source_package.strip()
+    scheme, _, rest = text.partition(":")
+    if not rest:
+        return text
+    if scheme == "github":
+        owner = rest.split("@")[0].split("/")[0].lower()
+        return f"github:{SAME_PIPELINE_OWNERS.get(owner, owner)}"
+    return f"{scheme}:{re.split(r'==|=|@', rest)[0]}"
+
+
+def _assign_sources(labels: np.ndarray, kinds: Sequence[str], sources: Sequence[str], fractions, seed: int,
+                    names: Sequence[str]) -> np.ndarray:
+    """Whole sources to the named shares: largest first, each to the share furthest below its target on the
+    (label, kind) strata the source holds, rare strata counting as much as common ones."""
+    rng = np.random.default_rng(seed)
+    strata = [(int(l), k) for l, k in zip(labels, kinds)]
+    totals: dict = {}
+    for s in strata:
+        totals[s] = totals.get(s, 0) + 1
+    members: dict = {}
+    for i, source in enumerate(sources):
+        members.setdefault(source, []).append(i)
+    order = sorted(members)
+    rng.shuffle(order)
+    order.sort(key=lambda s: -len(members[s]))  # stable: ties keep the shuffled order
+    filled = [dict.fromkeys(totals, 0) for _ in names]
+    size = [0] * len(names)
+    out = np.empty(len(labels), dtype=object)
+    for source in order:
+        counts: dict = {}
+        for i in members[source]:
+            counts[strata[i]] = counts.get(strata[i], 0) + 1
+        n_source = len(members[source])
+        # the deficit on the source's own strata, and on the share's size, each as a fraction of its target
+        score = [sum(n * (fractions[j] * totals[s] - filled[j][s]) / totals[s] for s, n in counts.items()) / n_source
+                 + (fractions[j] * len(labels) - size[j]) / len(labels) for j in range(len(names))]
+        j = int(np.argmax(score))
+        for s, n in counts.items():
+            filled[j][s] += n
+        size[j] += n_source
+        out[members[source]] = names[j]
+    return out
+
+
+def source_split(labels: np.ndarray, kinds: Sequence[str], sources: Sequence[str], fractions=(0.7, 0.15, 0.15),
+                 seed: int = 0, folds: int = 0, fold: int = 0) -> np.ndarray:
+    """train/val/test with every source on one side only, so validation and test measure sources never seen.
+
+    With `folds` K > 1, the test sources stay as they are and the other sources are dealt into K folds by the
+    same rule: fold `fold` is validation, the rest train (source-held-out cross-validation)."""
+    out = _assign_sources(labels, kinds, sources, fractions, seed, SPLITS)
+    if folds > 1:
+        rest = np.flatnonzero(out != "test")
+        fold_of = _assign_sources(labels[rest], [kinds[i] for i in rest], [sources[i] for i in rest],
+                                  [1 / folds] * folds, seed + 1, list(range(folds)))
+        out[rest] = np.where(fold_of == fold, "val", "train")
+    return out
+
+
+def single_source_kinds(parts: list["Part"]) -> list[str]:
+    """Kinds whose images all come from one source: never both trained on and held out, so reported apart."""
+    seen: dict = {}
+    for p in parts:
+        for kind, source in zip(p.kinds, p.sources or p.groups):
+            seen.setdefault(kind, set()).add(source)
+    return sorted(k for k, s in seen.items() if len(s) == 1)
+
+
 def kind_weights(labels: np.ndarray, kinds: Sequence[str], power: float = 0.5) -> np.ndarray:
     """Per-sample loss weights so rare kinds count: each kind weighs count**(1-power), each class the same."""
     labels = np.asarray(labels)
@@ -131,8 +213,12 @@ def kind_weights(labels: np.ndarray, kinds: Sequence[str], power: float = 0.5) -
 
 # ---------------------------------------------------------------- sources
 
-def folder_source(root: str, seed: int = 0, fractions=(0.7, 0.15, 0.15)) -> Part:
-    """ROOT/medical/** and ROOT/non_medical/**; manifest.csv (path, group, kind) if present."""
+def folder_source(root: str, seed: int = 0, fractions=(0.7, 0.15, 0.15), split_by: str = "group",
+                  folds: int = 0, fold: int = 0) -> Part:
+    """ROOT/medical/** and ROOT/non_medical/**; manifest.csv (path, group, kind, source_package) if present.
+
+    split_by "group" keeps each group on one side; "source" each source (source_key of source_package, else
+    the group), with `folds`/`fold` for source-held-out cross-validation."""
     if not os.path.isdir(root):
         raise DataError(f"image folder not found: {root}")
     manifest = {}
@@ -140,7 +226,7 @@ def folder_source(root: str, seed: int = 0, fractions=(0.7, 0.15, 0.15)) -> Part
     if os.path.isfile(manifest_path):
         with open(manifest_path, newline="") as f:
             manifest = {os.path.normpath(row["path"]): row for row in csv.DictReader(f)}
-    paths, labels, kinds, groups = [], [], [], []
+    paths, labels, kinds, groups, sources = [], [], [], [], []
     for label, sub in ((MEDICAL, "medical"), (NON_MEDICAL, "non_medical")):
         top = os.path.join(root, sub)
         if not os.path.isdir(top):
@@ -157,11 +243,15 @@ def folder_source(root: str, seed: int = 0, fractions=(0.7, 0.15, 0.15)) -> Part
                 labels.append(label)
                 kinds.append(row.get("kind") or sub)
                 groups.append(row.get("group") or rel)
+                sources.append(source_key(row["source_package"]) if row.get("source_package") else groups[-1])
     if not paths:
         raise DataError(f"no images found under {root}/medical or {root}/non_medical")
     labels = np.array(labels)
-    splits = group_split(labels, kinds, groups, fractions, seed)
-    return Part(f"folder:{root}", paths, labels, kinds, groups, splits, list(kinds))
+    if split_by == "source":
+        splits = source_split(labels, kinds, sources, fractions, seed, folds, fold)
+    else:
+        splits = group_split(labels, kinds, groups, fractions, seed)
+    return Part(f"folder:{root}", paths, labels, kinds, groups, splits, list(kinds), sources)
 
 
 def medmnist_files(size: int) -> list[str]:
@@ -284,7 +374,7 @@ def missing_downloads(items: list[str], data_dir: str, medmnist_size: int) -> li
 
 
 def load_sources(spec: str, data_dir: str, medmnist_size: int = 28, download: bool = True,
-                 seed: int = 0) -> list[Part]:
+                 seed: int = 0, split_by: str = "group", folds: int = 0, fold: int = 0) -> list[Part]:
     """'medmnist+cifar10+folder:PATH' -> parts.
 
     MedMNIST is read last and each of its datasets is capped, per split, at the
@@ -305,7 +395,7 @@ def load_sources(spec: str, data_dir: str, medmnist_size: int = 28, download: bo
         if item == "cifar10":
             parts += cifar10_source(data_dir, download, seed)
         elif item.startswith("folder:"):
-            parts.append(folder_source(item[len("folder:"):], seed))
+            parts.append(folder_source(item[len("folder:"):], seed, split_by=split_by, folds=folds, fold=fold))
     if "medmnist" in items:
         cap = {s: int(sum(((p.labels == NON_MEDICAL) & (p.splits == s)).sum() for p in parts)) or None
                for s in SPLITS}

@@ -27,7 +27,7 @@ import engine
 # torch, torchvision and model.py (which imports torch) are imported inside the functions that use
 # them, so `--help` and argument errors answer at once.
 
-AUGMENT_VERSION = 2  # part of the feature-cache key: bump when the augmentation changes
+AUGMENT_VERSION = 3  # part of the feature-cache key: bump when the augmentation changes
 ARCHES = ("efficientnet_lite0", "resnet50")  # model.BACKBONES, named here for --help (a test keeps them equal)
 DEFAULT_OUTPUT = os.path.join("runs", "<date>-<arch>", "best_model.pth")  # a new folder per run, never overwritten
 
@@ -44,13 +44,21 @@ def augmentation(size: int) -> T.Compose:
         T.RandomHorizontalFlip(),
         T.RandomApply([T.RandomZoomOut(fill=255, side_range=(1.0, 1.4))], p=0.15),
         T.RandomApply([T.RandomZoomOut(fill=0, side_range=(1.0, 1.4))], p=0.1),
+        T.RandomApply([T.RandomChoice([T.RandomRotation(20, fill=f) for f in FLAT_FILLS])], p=0.15),
         T.RandomApply([T.ColorJitter(0.3, 0.3, 0.25, 0.03)], p=0.5),
-        T.RandomGrayscale(p=0.2),
+        T.RandomGrayscale(p=0.3),  # grey and colour on both labels: greyness is no cue for "medical"
+        T.RandomApply([T.RandomChoice([T.ColorJitter(contrast=(0.3, 0.6)), T.ColorJitter(brightness=(0.3, 0.6))])],
+                      p=0.15),  # low contrast and dark pictures on both labels
+        T.RandomInvert(p=0.05),
         T.RandomApply([PaperLook()], p=0.35),
         T.RandomApply([T.RandomChoice([T.Resize(s, antialias=True) for s in (48, 64, 96, 128)]),
                        T.Resize(size, antialias=True)], p=0.25),
         T.RandomApply([RandomJPEG((25, 90))], p=0.5),
     ])
+
+
+# Flat paddings (rotations, pre-augmented sets' borders) in the same colours on both labels, so none is a cue.
+FLAT_FILLS = ((0, 0, 0), (255, 255, 255), (128, 128, 128), (0, 0, 128), (255, 0, 255))
 
 
 def _uniform(low: float, high: float) -> float:
@@ -131,8 +139,9 @@ class RandomJPEG:
 class FileViews:
     """Image files as (view, index) pairs, prepared as the engines prepare them: view 0 plain, later views augmented."""
 
-    def __init__(self, paths, views: int, preprocess: dict, augment, seed: int):
+    def __init__(self, paths, views: int, preprocess: dict, augment, seed: int, transform=None):
         self.paths, self.views, self.preprocess, self.augment, self.seed = paths, views, preprocess, augment, seed
+        self.transform = transform  # applied to every view first (greyscale, for the shortcut check)
 
     def __len__(self):
         return len(self.paths) * (1 + self.views)
@@ -145,6 +154,8 @@ class FileViews:
                 image.load()
         except Exception:
             return None
+        if self.transform:
+            image = self.transform(image)
         if view:
             import torch
 
@@ -203,7 +214,8 @@ def feature_function(net, engine_name: str = "auto", trained_blocks: int = 0):
     return lambda batch: half(frozen(batch).float().cpu())
 
 
-def compute_features(model, parts, batch_size=64, workers=0, views=0, seed=0, desc="features", features=None):
+def compute_features(model, parts, batch_size=64, workers=0, views=0, seed=0, desc="features", features=None,
+                     transform=None):
     """Backbone features of every image of `parts` (folder images also as `views` augmented copies).
 
     `features` is a feature_function (made here when not given). Returns features (M, D) on the
@@ -222,7 +234,7 @@ def compute_features(model, parts, batch_size=64, workers=0, views=0, seed=0, de
             if isinstance(part.images, np.ndarray):
                 data, n_views = ArrayImages(part.images, model.preprocess), 1
             else:
-                data, n_views = FileViews(part.images, views, model.preprocess, augment, seed), 1 + views
+                data, n_views = FileViews(part.images, views, model.preprocess, augment, seed, transform), 1 + views
             batches = DataLoader(data, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
                                  worker_init_fn=_one_thread, pin_memory=model.device.type == "cuda")
             ok_all = []
@@ -242,7 +254,7 @@ def compute_features(model, parts, batch_size=64, workers=0, views=0, seed=0, de
 
 
 def freeze_batchnorm(module: nn.Module) -> None:
-    """Adapted blocks keep their ImageNet batch statistics: small batches would only add noise."""
+    """Adapted blocks keep their ImageNet batch statistics (--batchnorm frozen): small batches would only add noise."""
     from torch import nn
 
     for m in module.modules():
@@ -250,12 +262,60 @@ def freeze_batchnorm(module: nn.Module) -> None:
             m.eval()
 
 
+class TrainingState:
+    """The whole training state after every epoch, so a long run survives a stop (--resume-training FILE).
+
+    Written to a temporary file and renamed, so a stop mid-write leaves the last whole epoch's state. `key` is
+    what the run was started with; a state of another architecture, corpus or option set is refused by name."""
+
+    def __init__(self, path: str | None, key: dict, resume: bool = False):
+        self.path, self.key, self.resume = path, key, resume
+
+    def load(self, key: dict | None = None) -> dict | None:
+        """The saved state, after checking it belongs to this run (`key`: the part of the key known so far)."""
+        import torch
+
+        if not (self.resume and self.path):
+            return None
+        key = self.key if key is None else key
+        try:
+            saved = torch.load(self.path, weights_only=True)
+        except FileNotFoundError:
+            raise dataset.DataError(f"--resume-training {self.path}: no such file") from None
+        except Exception as exc:
+            raise dataset.DataError(f"--resume-training {self.path}: not a training state of train.py "
+                                    f"({type(exc).__name__})") from None
+        if not isinstance(saved, dict) or "key" not in saved:
+            raise dataset.DataError(f"--resume-training {self.path}: not a training state of train.py")
+        differs = [f"{k} ({saved['key'].get(k)!r} there, {v!r} now)" for k, v in key.items()
+                   if saved["key"].get(k) != v]
+        if differs:
+            raise dataset.DataError(f"--resume-training {self.path}: made with other settings: {'; '.join(differs)}; "
+                                    "resume with the same options, or start a new run")
+        return saved
+
+    def save(self, state: dict) -> None:
+        import torch
+
+        if not self.path:
+            return
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            torch.save({"key": self.key, **state}, temporary)
+            os.replace(temporary, self.path)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+
+
 def fit(trainable: nn.Module, epoch_batches, val_probabilities, val_y, val_kinds, epochs=10, lr=1e-3,
-        weight_decay=1e-4, label_smoothing=0.0, schedule="constant", steps_per_epoch=1, log=print):
+        weight_decay=1e-4, label_smoothing=0.0, schedule="constant", steps_per_epoch=1, log=print,
+        batchnorm="frozen", state: TrainingState | None = None, quiet=False):
     """Adam + (weighted) cross-entropy; keeps the epoch with the best validation kind-macro accuracy.
 
     epoch_batches(epoch) yields (inputs, labels, weights) on the device; val_probabilities() gives
-    p_medical of the validation set with the current weights. Returns the best epoch and the history.
+    p_medical of the validation set with the current weights. After each epoch the training state goes to
+    `state`, and a resumed state carries on from its next epoch. Returns the best epoch and the history.
     """
     import torch
     from torch import nn
@@ -264,12 +324,26 @@ def fit(trainable: nn.Module, epoch_batches, val_probabilities, val_y, val_kinds
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     scheduler = (torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * max(1, steps_per_epoch))
                  if schedule == "onecycle" else None)
-    best, history = None, []
-    for epoch in range(1, epochs + 1):
+    best, history, first = None, [], 1
+    saved = state.load() if state else None
+    if saved:
+        trainable.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler and saved.get("scheduler"):
+            scheduler.load_state_dict(saved["scheduler"])
+        best = (tuple(saved["best_key"]), saved["best_epoch"], saved["best_model"])
+        history, first = list(saved["history"]), saved["epoch"] + 1
+        torch.set_rng_state(saved["rng"])
+        log(f"resumed from {state.path}: {saved['epoch']} of {epochs} epochs done")
+    for epoch in range(first, epochs + 1):
         trainable.train()
-        freeze_batchnorm(trainable)
+        if batchnorm == "frozen":
+            freeze_batchnorm(trainable)
         total_loss = correct = seen = 0.0
-        for x, y, w in epoch_batches(epoch):
+        started = time.perf_counter()
+        bar = tqdm(epoch_batches(epoch), total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="batch",
+                   file=sys.stderr, disable=quiet or steps_per_epoch < 20, leave=False)
+        for x, y, w in bar:
             logits = trainable(x)
             loss = (nn.functional.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing)
                     * w).sum() / w.sum()
@@ -281,17 +355,25 @@ def fit(trainable: nn.Module, epoch_batches, val_probabilities, val_y, val_kinds
             total_loss += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
+        bar.close()
         trainable.eval()
         val = evaluate(val_probabilities(), val_y, val_kinds, 0.5)
         row = {"epoch": epoch, "train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                "val_accuracy": val["accuracy"], "val_kind_macro_accuracy": val["kind_macro_accuracy"],
-               "val_auroc": val["auroc"]}
+               "val_auroc": val["auroc"], "epoch_s": time.perf_counter() - started}
         history.append(row)
         log(f"epoch {epoch:3d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "
-            f"val acc {val['accuracy']:.4f} kind-macro {val['kind_macro_accuracy']:.4f} auroc {val['auroc']:.4f}")
+            f"val acc {val['accuracy']:.4f} kind-macro {val['kind_macro_accuracy']:.4f} auroc {val['auroc']:.4f}  "
+            f"{row['epoch_s']:.0f} s" + (f", about {row['epoch_s'] * (epochs - epoch) / 60:.0f} min to go"
+                                          if epoch < epochs else ""))
         key = tuple(-1.0 if v != v else v for v in (val["kind_macro_accuracy"], val["accuracy"], val["auroc"]))
         if best is None or key > best[0]:
             best = (key, epoch, {k: v.detach().clone() for k, v in trainable.state_dict().items()})
+        if state:
+            state.save({"epoch": epoch, "model": trainable.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler else None, "best_key": list(best[0]),
+                        "best_epoch": best[1], "best_model": best[2], "history": history,
+                        "rng": torch.get_rng_state()})
     trainable.load_state_dict(best[2])
     trainable.eval()
     return best[1], history
@@ -388,9 +470,10 @@ def auroc(p_medical: np.ndarray, labels: np.ndarray) -> float:
 MIN_KIND_IMAGES = 5  # kinds with fewer test images do not enter the kind-macro accuracy
 
 
-def evaluate(p_medical: np.ndarray, labels: np.ndarray, kinds, threshold: float) -> dict:
-    """Accuracy, recalls, AUROC, confusion matrix (rows: true medical, non-medical), accuracy per kind
-    and the kind-macro accuracy (the mean over kinds with at least MIN_KIND_IMAGES images)."""
+def evaluate(p_medical: np.ndarray, labels: np.ndarray, kinds, threshold: float, apart=()) -> dict:
+    """Accuracy, balanced accuracy, recalls, AUROC, confusion matrix (rows: true medical, non-medical), accuracy per
+    kind and the kind-macro accuracy (the mean over kinds with at least MIN_KIND_IMAGES images, except the kinds
+    `apart`: those of a single source, which a source-held-out split cannot both train on and test)."""
     pred = np.where(p_medical >= threshold, dataset.MEDICAL, dataset.NON_MEDICAL)
     recall = lambda c: float((pred[labels == c] == c).mean()) if (labels == c).any() else float("nan")
     confusion = [[int(((labels == t) & (pred == p)).sum()) for p in (0, 1)] for t in (0, 1)]
@@ -398,16 +481,63 @@ def evaluate(p_medical: np.ndarray, labels: np.ndarray, kinds, threshold: float)
     for kind in sorted(set(kinds)):
         mask = np.array([k == kind for k in kinds])
         per_kind[kind] = {"n": int(mask.sum()), "accuracy": float((pred[mask] == labels[mask]).mean())}
-    counted = [v["accuracy"] for v in per_kind.values() if v["n"] >= MIN_KIND_IMAGES]
+    counted = [v["accuracy"] for k, v in per_kind.items() if v["n"] >= MIN_KIND_IMAGES and k not in apart]
+    recalls = [r for r in (recall(dataset.MEDICAL), recall(dataset.NON_MEDICAL)) if r == r]
     return {"accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
+            "balanced_accuracy": float(np.mean(recalls)) if recalls else float("nan"),
+            "single_source_kinds": {k: v for k, v in per_kind.items() if k in apart},
             "recall_medical": recall(dataset.MEDICAL), "recall_non_medical": recall(dataset.NON_MEDICAL),
             "auroc": auroc(p_medical, labels), "confusion": confusion, "per_kind": per_kind,
             "kind_macro_accuracy": float(np.mean(counted)) if counted else float("nan"), "n": int(len(labels))}
 
 
+COLOUR_MEDICAL_KINDS = ("histology", "cytology", "dermoscopy", "clinical_photo", "endoscopy", "fundus")
+COLOUR_SPREAD = 12  # mean max-min over channels, in levels, at or above which an image counts as colour
+
+
+def is_colour(path: str) -> bool:
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(engine.to_rgb(im).resize((64, 64)), dtype=np.int16)
+    except Exception:
+        return False
+    return float((rgb.max(2) - rgb.min(2)).mean()) >= COLOUR_SPREAD
+
+
+def grey_flips(parts, p_colour: np.ndarray, threshold: float, grey_probabilities) -> dict:
+    """The colour shortcut, measured: among colour test images classified right in colour, the share of non-medical
+    ones that become medical when greyed, and of medical ones of colour kinds that become non-medical.
+
+    `p_colour` is p_medical of the parts' images in order; grey_probabilities(parts) gives it for their greyed
+    copies (only folder images can be greyed; MedMNIST / CIFAR-10 parts are left out)."""
+    chosen, index, offset = [], [], 0
+    for part in parts:
+        if not isinstance(part.images, np.ndarray):
+            pick = [i for i in range(len(part)) if (part.labels[i] == dataset.NON_MEDICAL
+                                                     or part.kinds[i] in COLOUR_MEDICAL_KINDS)
+                    and is_colour(part.images[i])]
+            right = [i for i in pick if (p_colour[offset + i] >= threshold) == (part.labels[i] == dataset.MEDICAL)]
+            if right:
+                chosen.append(part.subset(np.array(right)))
+                index += [offset + i for i in right]
+        offset += len(part)
+    out = {}
+    if not chosen:
+        return {"grey_flip_non_medical": float("nan"), "grey_flip_medical": float("nan"),
+                "grey_flip_n": {"non_medical": 0, "medical": 0}}
+    p_grey, labels = grey_probabilities(chosen), np.concatenate([p.labels for p in chosen])
+    flipped = (p_grey >= threshold) != (labels == dataset.MEDICAL)
+    for name, label in (("non_medical", dataset.NON_MEDICAL), ("medical", dataset.MEDICAL)):
+        mask = labels == label
+        out[f"grey_flip_{name}"] = float(flipped[mask].mean()) if mask.any() else float("nan")
+    out["grey_flip_n"] = {"non_medical": int((labels == dataset.NON_MEDICAL).sum()),
+                          "medical": int((labels == dataset.MEDICAL).sum())}
+    return out
+
+
 def undefined_figures(metrics: dict) -> str | None:
     """A warning naming the figures that came out NaN, and why: no model is saved with NaN figures unsaid."""
-    nan = [k for k, v in metrics.items() if isinstance(v, float) and v != v]
+    nan = [k for k, v in metrics.items() if isinstance(v, float) and v != v and "grey_flip" not in k]
     if not nan:
         return None
     why = (f"a kind-macro accuracy needs a kind with {MIN_KIND_IMAGES} or more images in its split"
@@ -475,6 +605,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the frozen pass on a CPU: auto and onnx use ONNX Runtime (about 6x torch), torch torch")
     p.add_argument("--workers", type=number(int, 0), default=min(8, os.cpu_count() or 1),
                    help="image loading processes")
+    p.add_argument("--split-by", default="source", choices=dataset.SPLIT_BY,
+                   help="folder data: keep each source (a package, or a GitHub owner's repositories; the manifest's "
+                        "source_package) on one side of train/val/test, so val and test measure sources never "
+                        "seen; or each group only")
+    p.add_argument("--folds", type=number(int, 0), default=0,
+                   help="source-held-out cross-validation: deal the non-test sources into K folds and validate on "
+                        "--fold (0: one validation split)")
+    p.add_argument("--fold", type=number(int, 0), default=0, help="with --folds K: the fold validated on, 0..K-1")
+    p.add_argument("--cv-summary", default=None, metavar="FILE",
+                   help="a cross-validation summary (benchmarks/source_cv.py writes it) stored in the checkpoint's "
+                        "metrics")
+    p.add_argument("--batchnorm", default="frozen", choices=["frozen", "update"],
+                   help="adapted layers keep ImageNet's BatchNorm statistics, or update them on the training data")
+    p.add_argument("--resume-training", default=None, metavar="STATE",
+                   help="carry on a stopped run from the training state it wrote after its last whole epoch "
+                        "(training_state.pt beside its checkpoint); the same options are needed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--cache-dir", default=None,
                    help="keep the frozen pass's outputs here, so a rerun with other training settings skips it")
     p.add_argument("--output", default=DEFAULT_OUTPUT,
@@ -485,7 +632,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None):
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.folds and not args.fold < args.folds:
+        parser.error(f"--fold {args.fold}: must be below --folds {args.folds}")
+    if args.fold and not args.folds:
+        parser.error("--fold needs --folds K")
+    return args
+
+
+STATE_FILE = "training_state.pt"
+# what a resumed run must share with the run that wrote the state; other options (--workers, --quiet) may differ
+STATE_KEY_ARGS = ("data", "arch", "backbone_weights", "finetune", "head_hidden", "fit", "medmnist_size", "epochs",
+                  "batch_size", "lr", "weight_decay", "schedule", "label_smoothing", "views", "kind_weight_power",
+                  "seed", "split_by", "folds", "fold", "batchnorm")
+
+
+def state_key(args, splits) -> dict:
+    """The options and the training images a state belongs to (a changed corpus changes the digest)."""
+    digest = hashlib.sha1()
+    for part in splits["train"]:
+        digest.update(part.name.encode())
+        digest.update(repr(len(part)).encode())
+        if not isinstance(part.images, np.ndarray):
+            digest.update("\n".join(map(str, part.images)).encode())
+    return {**{k: getattr(args, k) for k in STATE_KEY_ARGS}, "training_images": digest.hexdigest()[:16]}
 
 
 def output_path(requested: str, arch: str, overwrite: bool, today: datetime.date) -> str:
@@ -581,6 +752,20 @@ def remove_empty(folders: list[str]) -> None:
             return  # not empty, or gone: leave it and those above it
 
 
+def read_cv_summary(path: str) -> dict:
+    """benchmarks/source_cv.py's summary: per-fold validation figures and their mean and spread."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise dataset.DataError(f"--cv-summary {path}: unreadable ({getattr(exc, 'strerror', None) or exc})") from None
+    if not isinstance(summary, dict) or "folds" not in summary:
+        raise dataset.DataError(f"--cv-summary {path}: not a summary written by benchmarks/source_cv.py")
+    return summary
+
+
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
@@ -592,10 +777,24 @@ def main(argv=None):
     timings = {}
     made = []
     try:
+        if args.resume_training:
+            if not os.path.isfile(args.resume_training):
+                raise dataset.DataError(f"--resume-training {args.resume_training}: no such file")
+            if args.output == DEFAULT_OUTPUT:  # the stopped run's own folder
+                args.output = os.path.join(os.path.dirname(args.resume_training), "best_model.pth")
         args.output = output_path(args.output, args.arch, args.overwrite, datetime.date.today())
         made = ensure_writable_folder(args.output)
+        try:
+            import torch  # noqa: F401  (before any data is read: the CPU-only install has no torch)
+        except ImportError:
+            raise dataset.DataError("training needs torch, which this install lacks (requirements-cli.txt is the "
+                                    "classification-only install): pip install -r requirements.txt") from None
+        cv_summary = read_cv_summary(args.cv_summary) if args.cv_summary else None
+        if args.resume_training:  # the options are checked before any data is read; the images once they are
+            TrainingState(args.resume_training, {}, resume=True).load({k: getattr(args, k) for k in STATE_KEY_ARGS})
         t0 = time.perf_counter()
-        parts = dataset.load_sources(args.data, args.data_dir, args.medmnist_size, not args.no_download, args.seed)
+        parts = dataset.load_sources(args.data, args.data_dir, args.medmnist_size, not args.no_download, args.seed,
+                                     args.split_by, args.folds, args.fold)
         for warning in dataset.check_split_sizes(parts, args.data):
             warn(warning)
         splits = dataset.balanced_splits(parts, args.seed)
@@ -625,6 +824,8 @@ def main(argv=None):
         t0 = time.perf_counter()
         net.backbone.requires_grad_(True)
         net.trained_stages = list(range(len(net.backbone)))
+        if device.type == "cpu":  # about 1.8x on these CPUs (the prepared NHWC batch is channels_last already)
+            net.to(memory_format=torch.channels_last)
         trainable = net
         as_is = lambda batch: batch  # validation and test keep their prepared uint8 images
         cached = {s: compute_features(net, splits[s], args.feature_batch_size, args.workers, 0, args.seed,
@@ -661,21 +862,51 @@ def main(argv=None):
     trainable.to(device)
     val_x, val_y, val_kinds = cached["val"]
     t0 = time.perf_counter()
-    best_epoch, history = fit(trainable, epoch_batches, lambda: probabilities(trainable, val_x, device), val_y,
-                              val_kinds, args.epochs, args.lr, args.weight_decay, args.label_smoothing, args.schedule,
-                              steps)
+    state = TrainingState(args.resume_training or os.path.join(os.path.dirname(args.output), STATE_FILE),
+                          state_key(args, splits), resume=bool(args.resume_training))
+    try:
+        best_epoch, history = fit(trainable, epoch_batches, lambda: probabilities(trainable, val_x, device), val_y,
+                                  val_kinds, args.epochs, args.lr, args.weight_decay, args.label_smoothing,
+                                  args.schedule, steps, batchnorm=args.batchnorm, state=state, quiet=args.quiet)
+    except dataset.DataError as exc:  # a state of another run
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        done = os.path.isfile(state.path)
+        print("\nstopped: " + (f"the last whole epoch's state is in {state.path}; carry on with the same options and "
+                               f"--resume-training {shlex.quote(state.path)}" if done else "no epoch had finished"),
+              file=sys.stderr)
+        return 130
     timings["training_s"] = time.perf_counter() - t0
 
+    apart = dataset.single_source_kinds([p for split in dataset.SPLITS for p in splits[split]]) \
+        if args.split_by == "source" else []
     val_p = probabilities(trainable, val_x, device)
     net.threshold = choose_threshold(val_p, val_y)
-    val = evaluate(val_p, val_y, val_kinds, net.threshold)
+    val = evaluate(val_p, val_y, val_kinds, net.threshold, apart)
     test_x, test_y, test_kinds = cached["test"]
-    test = evaluate(probabilities(trainable, test_x, device), test_y, test_kinds, net.threshold)
+    test_p = probabilities(trainable, test_x, device)
+    test = evaluate(test_p, test_y, test_kinds, net.threshold, apart)
+    grey_input = as_is if trained_blocks is None else None
+
+    def grey_probabilities(parts):
+        run = grey_input or feature_function(net, args.engine, trained_blocks)
+        x = compute_features(net, parts, args.feature_batch_size, args.workers, 0, args.seed, "greyed test images",
+                             run, transform=lambda im: im.convert("L").convert("RGB"))[0]
+        return probabilities(trainable, x, device)
+
+    flips = grey_flips(splits["test"], test_p, net.threshold, grey_probabilities)
     print(f"best epoch {best_epoch}, threshold {net.threshold:.3f}")
     for name, m in (("val", val), ("test", test)):
         print(f"{name}: {m['n']} images, accuracy {m['accuracy']:.4f}, kind-macro accuracy "
               f"{m['kind_macro_accuracy']:.4f}, AUROC {m['auroc']:.4f}, recall medical {m['recall_medical']:.4f}, "
               f"recall non-medical {m['recall_non_medical']:.4f}")
+    print(f"greyed colour test images that change label: non-medical -> medical {flips['grey_flip_non_medical']:.3f} "
+          f"of {flips['grey_flip_n']['non_medical']}, medical -> non-medical {flips['grey_flip_medical']:.3f} "
+          f"of {flips['grey_flip_n']['medical']}")
+    if apart:
+        print("kinds of a single source (reported apart): " + (", ".join(
+            f"{k} {v['accuracy']:.2f}/{v['n']}" for k, v in test["single_source_kinds"].items()) or "none in test"))
     print("test confusion (rows true, columns predicted; medical, non-medical):")
     for name, row in zip(model_lib.CLASSES, test["confusion"]):
         print(f"  {name:12s} {row[0]:6d} {row[1]:6d}")
@@ -688,7 +919,12 @@ def main(argv=None):
                "test_confusion": test["confusion"], "test_n": test["n"],
                "val_accuracy": val["accuracy"], "val_auroc": val["auroc"],
                "val_kind_macro_accuracy": val["kind_macro_accuracy"], "val_per_kind": val["per_kind"],
-               "best_epoch": best_epoch}
+               "test_balanced_accuracy": test["balanced_accuracy"], "val_balanced_accuracy": val["balanced_accuracy"],
+               "val_recall_medical": val["recall_medical"], "val_recall_non_medical": val["recall_non_medical"],
+               "test_single_source_kinds": test["single_source_kinds"], "split_by": args.split_by,
+               **{f"test_{k}": v for k, v in flips.items()}, "best_epoch": best_epoch}
+    if cv_summary:
+        metrics.update({f"cv_{k}": v for k, v in cv_summary.items()})
     problem = undefined_figures(metrics)
     if problem:
         warn(problem)

@@ -47,6 +47,36 @@ def test_group_split_never_puts_a_group_on_two_sides_of_the_corpus():
         assert {0, 1} <= set(labels[splits == split])
 
 
+def test_source_key_drops_versions_and_holds_an_owner_and_its_pipeline_accounts_together():
+    assert dataset.source_key("pypi:dipy==1.12.1") == "pypi:dipy"
+    assert dataset.source_key("debian:opencv-doc=4.6.0+dfsg-12") == "debian:opencv-doc"
+    assert dataset.source_key("github:nyukat/GMIC@594029e") == dataset.source_key("github:nyukat/breast@6176eb")
+    assert dataset.source_key("github:sarah-antillia/A@1") == dataset.source_key("github:atlan-antillia/B@2")
+    assert dataset.source_key("github:zooniverse/Galaxy-Zoo@3") != dataset.source_key("github:cszn/DnCNN@e9")
+
+
+def test_source_split_and_its_folds_never_put_a_source_on_two_sides_of_the_corpus():
+    with open(CORPUS / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    labels = np.array([0 if r["label"] == "medical" else 1 for r in rows])
+    kinds, sources = [r["kind"] for r in rows], [dataset.source_key(r["source_package"]) for r in rows]
+    plain = dataset.source_split(labels, kinds, sources, seed=0)
+    folds = [dataset.source_split(labels, kinds, sources, seed=0, folds=3, fold=f) for f in range(3)]
+    for splits in [plain] + folds:
+        sides: dict = {}
+        for source, split in zip(sources, splits):
+            sides.setdefault(source, set()).add(split)
+        assert all(len(s) == 1 for s in sides.values())
+        for split in dataset.SPLITS:
+            assert {0, 1} <= set(labels[splits == split])
+    assert 0.1 < Counter(plain)["test"] / len(rows) < 0.2
+    for splits in folds:  # the test sources are the same in every fold, and each fold validates on its own
+        assert np.array_equal(splits == "test", plain == "test")
+    val_sets = [set(np.flatnonzero(s == "val")) for s in folds]
+    assert not (val_sets[0] & val_sets[1]) and not (val_sets[1] & val_sets[2])
+    assert sum(map(len, val_sets)) == int((plain != "test").sum())
+
+
 def test_kind_weights_make_each_class_weigh_the_same_and_rare_kinds_count_more():
     labels = np.array([0] * 100 + [0] * 4 + [1] * 50)
     kinds = ["mri"] * 100 + ["xray"] * 4 + ["photo"] * 50

@@ -40,7 +40,7 @@ def test_train_on_an_image_folder_end_to_end(small_folder, tmp_path, capsys, mon
     a rerun the same day gets its own folder, and its features come from the cache without a rate."""
     monkeypatch.chdir(tmp_path)
     options = ["--data", f"folder:{small_folder}", "--arch", "efficientnet_lite0", "--views", "1",
-               "--kind-weight-power", "0.5", "--workers", "0", "--cache-dir", "cache"]
+               "--kind-weight-power", "0.5", "--workers", "0", "--cache-dir", "cache", "--split-by", "group"]
     code = train.main(options + ["--epochs", "4"])
     assert code == 0
     captured = capsys.readouterr()
@@ -317,3 +317,53 @@ def test_readme_gives_the_shipped_models_exact_command():
     block = retraining[start:retraining.index("\n```", start)]
     assert " ".join(block.replace("\\\n", " ").split()) == recorded
     assert f"--model {recorded.split('--output ')[1].split()[0]}" in retraining
+
+
+def test_a_stopped_run_resumes_from_its_last_whole_epoch_and_refuses_other_settings(small_folder, tmp_path, capsys):
+    """The state after every epoch; --resume-training carries on to the same number of epochs; a state made with
+    other options is one line naming what differs, exit 2."""
+    out = tmp_path / "run" / "best_model.pth"
+    options = ["--data", f"folder:{small_folder}", "--arch", "efficientnet_lite0", "--workers", "0", "--quiet",
+               "--split-by", "group", "--output", str(out)]
+    real_fit = train.fit
+
+    def stop_after_two(*args, **kwargs):  # Ctrl-C once epoch 2 is trained, before its state is saved
+        log = kwargs.get("log", print)
+        kwargs["log"] = lambda line: (log(line), line.startswith("epoch   2") and (_ for _ in ()).throw(
+            KeyboardInterrupt))
+        return real_fit(*args, **kwargs)
+
+    train.fit = stop_after_two
+    try:
+        assert train.main(options + ["--epochs", "4"]) == 130
+    finally:
+        train.fit = real_fit
+    state = out.parent / train.STATE_FILE
+    err = capsys.readouterr().err
+    assert state.is_file() and not out.exists() and f"--resume-training {state}" in err
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+    saved = torch.load(state, weights_only=True)
+    assert saved["epoch"] == 1 and len(saved["history"]) == 1  # the last whole epoch saved
+
+    assert train.main(options + ["--epochs", "5", "--resume-training", str(state)]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning: ")]
+    assert len(err) == 1 and "made with other settings: epochs (4 there, 5 now)" in err[0]
+
+    assert train.main(options + ["--epochs", "4", "--resume-training", str(state)]) == 0
+    printed = capsys.readouterr().out
+    assert "resumed from" in printed and "1 of 4 epochs done" in printed and "epoch   2" in printed
+    assert "epoch   1 " not in printed
+    raw = torch.load(out, weights_only=True)
+    assert [row["epoch"] for row in raw["training"]["history"]] == [1, 2, 3, 4]
+    metrics = raw["training"]["metrics"]
+    assert {"test_grey_flip_non_medical", "test_grey_flip_medical", "test_balanced_accuracy"} <= set(metrics)
+    assert 0.0 <= metrics["test_grey_flip_non_medical"] <= 1.0
+
+
+def test_resume_training_with_a_file_that_is_not_a_state_is_one_line(small_folder, tmp_path, capsys):
+    bad = tmp_path / "notes.pt"
+    bad.write_text("not a state")
+    code = train.main(["--data", f"folder:{small_folder}", "--arch", "efficientnet_lite0", "--workers", "0",
+                       "--quiet", "--split-by", "group", "--epochs", "1", "--resume-training", str(bad)])
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning: ")]
+    assert code == 2 and len(err) == 1 and "not a training state of train.py" in err[0]
