@@ -17,9 +17,17 @@ from typing import Callable, Iterator
 from urllib.parse import urlsplit
 from urllib.robotparser import RobotFileParser
 
-from images import Found, ImageBudget, InputError, Options, Skipped
-from pages import (FetchError, Response, download_pictures, fetch, find_images, find_links,
-                   is_html_response, parse_html)
+from images import Finished, Found, ImageBudget, InputError, Options, Skipped
+from pages import (
+    FetchError,
+    Response,
+    download_pictures,
+    fetch,
+    find_images,
+    find_links,
+    is_html_response,
+    parse_html,
+)
 
 MAX_TRIES = 3  # a page answered 429 or 5xx is asked this many times in all
 MIN_BACKOFF = 0.5  # seconds before the first retry when the server does not say (doubling each time)
@@ -105,6 +113,7 @@ class Crawler:
         # Pages are asked again here, in the host's turn and with the crawl's longer pauses, not inside fetch.
         self.page_options = dataclasses.replace(options, retries=0)
         self.robots: dict[str, tuple[RobotFileParser, str]] = {}  # host -> (rules, why nothing is allowed)
+        self.refused: set = set()  # pages robots.txt or the site's rules kept the crawl from asking for
 
     def fetch(self, url: str, refuse_redirect: Callable[[str], str | None] | None = None) -> Response:
         """pages.fetch in the host's turn; a 429 or 5xx is asked again after a pause. Raises FetchError."""
@@ -163,14 +172,18 @@ class Crawler:
         return refuse
 
 
-def crawl(start: str, options: Options, read_document: ReadDocument) -> Iterator[Found | Skipped]:
+def crawl(start: str, options: Options, read_document: ReadDocument) -> Iterator[Found | Skipped | Finished]:
     """The images of the start page and of the site's pages it leads to, up to `options.crawl_depth` links away
     and `options.max_pages` fetched; each Found says the page it was found on, each page not read is one Skipped.
-    An image is read once per crawl, with the first page that shows it. The start page failing raises InputError."""
+    An image is read once per crawl, with the first page that shows it. The start page failing raises InputError.
+    After each page asked for comes its Finished mark (with its links); under --resume a finished page is not
+    fetched again, its recorded links are followed instead."""
     crawler, budget = Crawler(options), ImageBudget(options.max_images)
+    done = (options.done or {}).get("files", {})
     queue, site, fetched = deque([Link(start, 0, None)]), None, 0
     queued = {page_key(start)}  # pages fetched or waiting
-    classified: set = set()  # images found, never fetched again as linked files
+    classified = {page_key(url) for url in (options.done or {}).get("sources", ())}  # never fetched again
+    budget.used = len(classified)
     pictures_read: set = set()  # (picture, link) of the pictures read, not read again on later pages
     while queue:
         if fetched >= options.max_pages or budget.full:
@@ -182,43 +195,62 @@ def crawl(start: str, options: Options, read_document: ReadDocument) -> Iterator
         link = queue.popleft()
         if page_key(link.url) in classified:
             continue
-        if site is not None and (why := crawler.refusal(link.url)):
-            yield Skipped(link.url, f"page skipped: {why}")
-            continue
-        fetched += 1  # a page asked for counts, answered or not
-        try:
-            response = crawler.fetch(link.url, site and crawler.redirect_refusal(site))
-        except FetchError as exc:
-            if site is None:
-                raise InputError(str(exc)) from None
-            yield Skipped(link.url, f"page skipped: {exc}")
-            continue
-        site = site or site_of(response.url)
-        queued.add(page_key(response.url))
-        if not is_html_response(response):
-            yield from _document_items(response, link.linked_from or response.url, budget, read_document)
-            continue
-        tree = parse_html(response.data)  # one parse for the links and the pictures
-        outline = find_links(tree, response.url)
-        if outline.password_field or is_login_url(response.url):
-            if link.depth == 0:
-                raise InputError("login page (it asks for a password): nothing to crawl")
-            yield Skipped(link.url, "page skipped: login page")
-            continue
-        pictures = [p for p in find_images(tree, response.url)
-                    if (page_key(p.url), p.link and page_key(p.link)) not in pictures_read]
-        pictures_read.update((page_key(p.url), p.link and page_key(p.link)) for p in pictures)
-        for item in download_pictures(pictures, response.url, options, budget=budget):
-            if isinstance(item, Found):
-                item.found_on = response.url
-                classified.add(page_key(item.source))
-            yield item
+        if link.url in done:  # finished by the run resumed: its links, as recorded
+            fetched += 1
+            site, page_url = site or site_of(start), link.url
+            links = done[link.url].get("links") or []
+        else:
+            links = []
+            site, page_url = yield from _read_page(link, site, crawler, options, budget, read_document, queued,
+                                                   classified, pictures_read, links)
+            fetched += link.url not in crawler.refused
+            yield Finished(link.url, links=tuple(links))
         if link.depth < options.crawl_depth:
-            for url in outline.links:
+            for url in links:
                 key = page_key(url)
                 if site_of(url) == site and not is_not_page(url) and key not in queued and key not in classified:
                     queued.add(key)
-                    queue.append(Link(url, link.depth + 1, response.url))
+                    queue.append(Link(url, link.depth + 1, page_url))
+
+
+def _read_page(link: Link, site: str | None, crawler: "Crawler", options: Options, budget: ImageBudget,
+               read_document: ReadDocument, queued: set, classified: set, pictures_read: set, links: list):
+    """One page of a crawl: its items yielded, its same-site links appended to `links`; returns the site and the
+    page's URL after redirects."""
+    if site is not None and (why := crawler.refusal(link.url)):
+        crawler.refused.add(link.url)
+        yield Skipped(link.url, f"page skipped: {why}")
+        return site, link.url
+    try:
+        response = crawler.fetch(link.url, site and crawler.redirect_refusal(site))
+    except FetchError as exc:
+        if site is None:
+            raise InputError(str(exc)) from None
+        yield Skipped(link.url, f"page skipped: {exc}")
+        return site, link.url
+    site = site or site_of(response.url)
+    queued.add(page_key(response.url))
+    if not is_html_response(response):
+        yield from _document_items(response, link.linked_from or response.url, budget, read_document)
+        return site, response.url
+    tree = parse_html(response.data)  # one parse for the links and the pictures
+    outline = find_links(tree, response.url)
+    if outline.password_field or is_login_url(response.url):
+        if link.depth == 0:
+            raise InputError("login page (it asks for a password): nothing to crawl")
+        yield Skipped(link.url, "page skipped: login page")
+        return site, response.url
+    pictures = [p for p in find_images(tree, response.url) if page_key(p.url) not in classified and
+                (page_key(p.url), p.link and page_key(p.link)) not in pictures_read]
+    pictures_read.update((page_key(p.url), p.link and page_key(p.link)) for p in pictures)
+    for item in download_pictures(pictures, response.url, options, budget=budget):
+        if isinstance(item, Found):
+            item.found_on = response.url
+            classified.add(page_key(item.source))
+        yield item
+    if link.depth < options.crawl_depth:
+        links.extend(url for url in outline.links if site_of(url) == site)
+    return site, response.url
 
 
 def _document_items(response: Response, found_on: str, budget: ImageBudget, read_document: ReadDocument

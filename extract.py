@@ -6,15 +6,34 @@ not classified, with the reason); a problem with the input as a whole raises
 """
 import dataclasses
 import os
-from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
-from images import (CONTENT_NAMES, IMAGE_EXTENSIONS, Found, ImageBudget, InputError, Options,  # noqa: F401
-                    Skipped, decode_images, first_line, read_file, sniff)
 from crawl import crawl
-from pages import (FetchError, LocalFolder, fetch, find_image_urls, is_html_response,  # noqa: F401 (re-exported)
-                   page_images, url_scheme)
+from images import (  # noqa: F401
+    CONTENT_NAMES,
+    IMAGE_EXTENSIONS,
+    Finished,
+    Found,
+    ImageBudget,
+    InputError,
+    Options,
+    Skipped,
+    decode_images,
+    first_line,
+    read_file,
+    sniff,
+)
+from pages import (  # noqa: F401 (re-exported)
+    FetchError,
+    LocalFolder,
+    fetch,
+    find_image_urls,
+    is_html_response,
+    page_images,
+    url_scheme,
+)
 from pdfs import pdf_images
 
 READ_KINDS = ("pdf", "dicom", "image", "svg", "html")  # content the tool reads; anything else is not an input
@@ -60,8 +79,9 @@ def _content_items(name: str, data: bytes, options: Options, budget: ImageBudget
 
 
 def _file_items(path: str, data: bytes, options: Options, budget: ImageBudget | None = None,
-                standalone: bool = True, seen: set | None = None) -> tuple[str, Iterator[Found | Skipped]]:
-    local = LocalFolder(path, set() if seen is None else seen)
+                standalone: bool = True, seen: set | None = None, boundary: str | None = None
+                ) -> tuple[str, Iterator[Found | Skipped]]:
+    local = LocalFolder(path, set() if seen is None else seen, boundary)
     return _content_items(path, data, options, budget, standalone, local)
 
 
@@ -70,26 +90,33 @@ def _head(path: str) -> bytes:
         return f.read(HEAD_BYTES)
 
 
-def _folder_items(root: str, options: Options) -> Iterator[Found | Skipped]:
+def _folder_items(root: str, options: Options) -> Iterator[Found | Skipped | Finished]:
     """Every file whose content is an image, PDF, DICOM or page, whatever its name; a file named as an image whose
     content is not is listed as skipped; other files are passed over silently. A file a saved page of the folder
-    showed is not read again."""
+    showed is not read again, and a saved page may show any file of the folder given (a mirrored site's ../img/).
+    After each file read comes its Finished mark; under --resume the files an earlier run finished are not read."""
+    done = (options.done or {}).get("files", {})
     budget, seen = ImageBudget(options.max_images), set()
-    options.announce(sum(len(files) for _, _, files in os.walk(root)))
+    budget.used = len((options.done or {}).get("sources", ()))
+    for record in done.values():
+        seen.update(os.path.realpath(path) for path in [record["file"], *record.get("covers", ())])
+    options.announce(sum(len(files) for _, _, files in os.walk(root)) - len(done))
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
-            if os.path.realpath(path) in seen:
+            if os.path.realpath(path) in seen or not os.path.isfile(path):  # a FIFO or device would block the walk
                 continue
+            before = set(seen)
             try:
                 kind = sniff(_head(path))
                 if kind not in READ_KINDS and not name.lower().endswith(IMAGE_EXTENSIONS):
                     continue
                 seen.add(os.path.realpath(path))
-                yield from _file_items(path, read_file(path, options), options, budget, False, seen)[1]
+                yield from _file_items(path, read_file(path, options), options, budget, False, seen, root)[1]
             except (InputError, OSError) as exc:
                 yield Skipped(path, str(exc) if isinstance(exc, InputError) else f"unreadable ({exc.strerror})")
+            yield Finished(path, tuple(sorted(seen - before - {os.path.realpath(path)})))
 
 
 def _raise(error: Exception) -> Iterator:

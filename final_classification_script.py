@@ -8,29 +8,28 @@ Exit status: 0 when every input was processed, 1 when any input failed, 2 for ba
 or output path, 130 when stopped by Ctrl-C or SIGTERM (the inputs finished by then are written).
 """
 import argparse
-import dataclasses
-import hashlib
-import json
 import os
-import queue
 import re
 import signal
 import sys
-import tempfile
 import threading
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
-
-from tqdm import tqdm
 
 import engine
 import extract
 import report
+from outputs import (
+    OutputClosed,
+    OutputError,
+    Sink,
+    WriteFailed,
+    check_outputs,
+    read_resume,
+)
+from pipeline import Run, drain
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "best_model.pth")
 LABEL_CHOICES = ("medical", "non-medical")
-SEEN_IMAGES = 65536  # results remembered per run by image content, so a logo on every page is classified once
 INTERRUPTED = 130
 STDOUT_CLOSED = 141  # as a shell reports a command ended by SIGPIPE
 
@@ -116,6 +115,13 @@ def _ca_bundle(path: str) -> str:
     return path
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument error in one line, never after the whole usage; --help has the rest."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see python {self.prog} --help)\n")
+
+
 def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
     """How inputs are read and fetched; sweep_ray.py takes the same options."""
     p.add_argument("--min-size", type=at_least(0), default=32,
@@ -132,7 +138,8 @@ def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user-agent", type=_user_agent, default=extract.Options.user_agent, metavar="TEXT",
                    help="the User-Agent header sent (default: %(default)s)")
     p.add_argument("--header", type=_header, action="append", default=[], metavar="'NAME: VALUE'",
-                   help="an HTTP header sent with every request; repeatable")
+                   help="an HTTP header sent to the input URL's own host (never to other image hosts or "
+                        "redirects off it); repeatable")
     tls = p.add_mutually_exclusive_group()
     tls.add_argument("--ca-bundle", type=_ca_bundle, metavar="FILE",
                      help="trust the certificates in this PEM file (e.g. a private CA) instead of the system's")
@@ -145,6 +152,8 @@ def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crawl", type=at_least(0), default=0, metavar="DEPTH",
                    help="from a page URL, also read the pages its links lead to on the same site, up to DEPTH "
                         "links away (default: 0, the page alone)")
+    p.add_argument("--max-page-bytes", type=at_least(1024), default=extract.Options.max_page_bytes, metavar="N",
+                   help="an HTML page larger than N bytes is not read (default: %(default)s, 16 MiB)")
     p.add_argument("--max-pages", type=at_least(1), default=100, metavar="N",
                    help="a crawl fetches at most N pages (default: %(default)s)")
     p.add_argument("--delay", type=seconds(allow_zero=True), default=0.5, metavar="S",
@@ -153,7 +162,7 @@ def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="final_classification_script.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="http(s) URL of a page, PDF or image; a PDF or image path; a saved page; or a folder")
     p.add_argument("--input-file", metavar="FILE",
@@ -176,6 +185,9 @@ def parse_args(argv=None):
     p.add_argument("--threshold", type=probability,
                    help="p_medical at or above which an image is medical (default: the model's, chosen on validation "
                         "data)")
+    p.add_argument("--strict", action="store_true",
+                   help="an input whose every image download failed is a failed input (exit 1); by default it is "
+                        "a note and its downloads are listed as skipped")
     p.add_argument("--jobs", type=at_least(1), default=4,
                    help="inputs extracted at the same time; their images share the model's batches "
                         "(default: %(default)s)")
@@ -195,104 +207,6 @@ def parse_args(argv=None):
     if args.by_label and not args.save_dir:
         p.error("--by-label sorts what --save-dir saves: give --save-dir DIR too")
     return args
-
-
-# ---------------------------------------------------------------- output paths, checked before any input is read
-
-class OutputError(Exception):
-    """An output path that cannot be written; found before any work, so no result is lost to it."""
-
-
-def check_output_file(path: str, option: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise OutputError(f"{option} {path}: is a folder; give a file name")
-    if not os.path.isdir(folder):
-        raise OutputError(f"{option} {path}: folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise OutputError(f"{option} {path}: not writable here (permission denied); choose another path")
-
-
-def check_save_dir(path: str) -> None:
-    """Created now, so a folder that cannot be made fails the run before it starts, not image by image."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise OutputError(f"--save-dir {path}: is a file, not a folder")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"--save-dir {path}: cannot be created ({exc.strerror}); choose another folder") from None
-    if not os.access(path, os.W_OK):
-        raise OutputError(f"--save-dir {path}: not writable (permission denied); choose another folder")
-
-
-def check_input_file(path: str) -> None:
-    if os.path.isdir(path):
-        raise OutputError(f"--input-file {path}: is a folder; give a text file of inputs, one a line")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8192)
-    except OSError as exc:
-        raise OutputError(f"--input-file {path}: {exc.strerror or 'unreadable'}") from None
-    if b"\0" in head or extract.sniff(head) not in ("text", "empty", "html"):
-        raise OutputError(f"--input-file {path}: not a text file ({extract.sniff(head)}); give one input a line")
-
-
-def check_not_an_input(path: str, option: str, args) -> None:
-    """An output that would overwrite an input (the input file, an input file or a file in an input folder)."""
-    target = os.path.realpath(path)
-    for text in args.inputs + ([args.input_file] if args.input_file not in (None, "-") else []):
-        source = os.path.realpath(text) if os.path.exists(text) else None
-        if source == target or (source and os.path.isdir(source) and os.path.exists(target)
-                                and target.startswith(source + os.sep)):
-            raise OutputError(f"{option} {path}: would overwrite an input ({text}); choose another path")
-
-
-def check_resumable(path: str) -> None:
-    """--resume rewrites FILE: it must be JSON lines this tool wrote, not some other file of the same name."""
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return
-    with open(path, encoding="utf-8", errors="replace") as f:
-        first = f.readline()
-    try:
-        record = json.loads(first)
-    except ValueError:
-        record = None
-    if not isinstance(record, dict) or record.get("type") not in ("image", "skipped", "input", "summary"):
-        raise OutputError(f"--resume {path}: not a --jsonl file of this tool (its first line is not one of its "
-                          "lines); give the file an earlier --jsonl -o run wrote")
-
-
-def check_outputs(args) -> None:
-    if args.report == "-":
-        raise OutputError("--report -: the report is a file; give a file name (results go to stdout with -o -)")
-    if args.input_file and args.input_file != "-":
-        check_input_file(args.input_file)
-    for path, option in ((args.output, "-o"), (args.report, "--report")):
-        if path and path != "-":
-            check_output_file(path, option)
-            check_not_an_input(path, option, args)
-    if args.resume:
-        check_resumable(args.output)
-    if args.save_dir:
-        check_save_dir(args.save_dir)
-
-
-def write_atomically(path: str, text) -> None:
-    """A temporary file beside the target, renamed over it: a failure never leaves half a file. `text`: a string
-    or an iterable of strings (written as they come)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o666 & ~umask)  # not mkstemp's 0600
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.writelines([text] if isinstance(text, str) else text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 # ---------------------------------------------------------------- inputs
@@ -341,82 +255,6 @@ def count_inputs(args) -> int | None:
     return None if args.input_file == "-" else sum(1 for _ in iter_inputs(args))
 
 
-def finished_inputs(path: str) -> tuple[set[str], dict]:
-    """Resume: rewrite FILE keeping only the lines of inputs it has finished (those with their "input" line),
-    so a half-written last line and the lines of inputs cut off mid-way are redone, never doubled. Returns the
-    finished inputs and the counts of the lines kept, for the summary of the whole file."""
-    summary = report.new_summary()
-    if not os.path.exists(path):
-        return set(), summary
-    done = set()
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            record = _parse_line(line)
-            if record and record.get("type") == "input":
-                done.add(record["input"])
-
-    def kept():
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                record = _parse_line(line)
-                if record and record.get("type") != "summary" and record.get("input") in done:
-                    if record["type"] == "image":
-                        summary["images"] += 1
-                        summary["medical" if record.get("label") == "medical" else "non-medical"] += 1
-                    elif record["type"] == "skipped":
-                        summary["skipped"] += 1
-                    else:
-                        summary["inputs"] += 1
-                        summary["failed_inputs"] += record.get("status") == "failed"
-                    yield line
-
-    write_atomically(path, kept())
-    return done, summary
-
-
-def _parse_line(line: str) -> dict | None:
-    if not line.endswith("\n"):
-        return None  # cut off by a crash
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
-
-
-# ---------------------------------------------------------------- saving images
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.split("?")[0].rstrip("/").split("/")[-1])[:60] or "input"
-
-
-def save_name(found: extract.Found) -> str:
-    """The input's stem, then page, image index and frame where they apply: paper_p003_i02, scan_f004."""
-    stem = os.path.splitext(_slug(found.source.split("#")[0]))[0] or "image"
-    if "#data-uri-" in found.source:
-        stem += "_data" + found.source.rsplit("-", 1)[1]
-    parts = [stem] + [f"{tag}{value:0{width}d}" for tag, value, width in
-                      (("p", found.page, 3), ("i", found.index, 2), ("f", found.frame, 3)) if value is not None]
-    return "_".join(parts)
-
-
-def save_image(found: extract.Found, folder: str) -> str:
-    os.makedirs(folder, exist_ok=True)
-    name, ext = save_name(found), found.ext if found.encoded is not None else "png"
-    for n in range(1, 1_000_000):  # the same name from another input or folder gets -2, -3, ...
-        path = os.path.join(folder, f"{name}.{ext}" if n == 1 else f"{name}-{n}.{ext}")
-        try:
-            with open(path, "xb") as f:  # exclusive, so two inputs saving at once never share a name
-                if found.encoded is not None:
-                    f.write(found.encoded)
-                else:
-                    found.image.save(f, format="PNG")
-            return os.path.abspath(path)
-        except FileExistsError:
-            continue
-    raise OSError("no free file name")
-
-
 def extract_options(args, model: engine.Engine) -> extract.Options:
     """Decoded images are kept only as large as the model needs (its resize), never at full resolution."""
     return extract.Options(min_size=args.min_size, max_images=args.max_images, timeout=args.timeout,
@@ -425,252 +263,8 @@ def extract_options(args, model: engine.Engine) -> extract.Options:
                            user_agent=args.user_agent, headers=dict(args.header),
                            verify=False if args.insecure else args.ca_bundle or True,
                            crawl_depth=args.crawl, max_pages=args.max_pages, delay=args.delay,
+                           max_page_bytes=args.max_page_bytes,
                            working_size=max(model.preprocess["resize"], model.preprocess["crop"]))
-
-
-# ---------------------------------------------------------------- the run: extraction threads, one model thread
-
-@dataclass
-class InputState:
-    """One input in flight. `images` and `skipped` hold its records until it ends, unless they are streamed."""
-    number: int
-    text: str
-    kind: str | None = None
-    error: str | None = None
-    images: list = field(default_factory=list)
-    skipped: list = field(default_factory=list)
-    medical: int = 0  # every classified image is counted, also those --only leaves out
-    non_medical: int = 0
-    shown: int = 0
-    n_skipped: int = 0
-    over_budget: int = 0  # skipped as over --max-images
-    expected: int = 0  # items announced by the extractor, for the progress bar
-    seen: int = 0
-
-
-_END = object()  # an input's last item through the model queue, so it arrives after all its images
-
-
-def image_key(image) -> bytes:
-    """The same pixels (one logo on every page) get the same key, whatever their file name."""
-    digest = hashlib.blake2b(image.tobytes(), digest_size=16)
-    digest.update(f"{image.mode}{image.size}".encode())
-    return digest.digest()
-
-
-class Run:
-    """Inputs extracted `jobs` at a time on threads; their images meet in one queue, so the model thread always
-    takes full batches across inputs; results come back to the calling thread in order, per input."""
-
-    def __init__(self, model: engine.Engine, options: extract.Options, jobs: int = 4, batch_size: int | None = None):
-        self.model, self.options, self.jobs = model, options, jobs
-        self.batch_size = batch_size or model.default_batch_size
-        self.to_model: queue.Queue = queue.Queue(maxsize=2 * self.batch_size)
-        self.events: queue.Queue = queue.Queue()
-        self.stop = threading.Event()
-        self.known: OrderedDict = OrderedDict()  # image key -> p_medical, bounded
-        self.classified = self.reused = 0
-        self.model_thread = threading.Thread(target=self._model_loop, name="model", daemon=True)
-        self.model_thread.start()
-
-    def results(self, texts):
-        """Yield ("skipped", state, Skipped) / ("image", state, Found, p) / ("end", state) as they come; an
-        input's events come in the order its items were found, and "end" after all of them."""
-        active, texts = 0, iter(texts)
-        number = 0
-        exhausted = False
-        while True:
-            while not exhausted and active < self.jobs:
-                text = next(texts, None)
-                if text is None:
-                    exhausted = True
-                    break
-                state = InputState(number, text)
-                number += 1
-                active += 1
-                yield ("start", state)
-                threading.Thread(target=self._extract, args=(state,), name="extract", daemon=True).start()
-            if not active:
-                return
-            event = self.events.get()
-            if event[0] == "end":
-                active -= 1
-            yield event
-
-    def close(self, wait: bool = True):
-        """The model thread ends before the interpreter does (torch's threads abort the process otherwise)."""
-        self.stop.set()
-        self.to_model.put(None)
-        if wait:
-            self.model_thread.join(timeout=30)
-
-    def _extract(self, state: InputState) -> None:
-        options = dataclasses.replace(self.options, expect=lambda n: self.events.put(("expect", state, n)))
-        try:
-            state.kind, items = extract.open_input(state.text, options)
-            for item in items:
-                if self.stop.is_set():
-                    return
-                if isinstance(item, extract.Skipped):
-                    self.events.put(("skipped", state, item))
-                else:
-                    self.to_model.put((state, item, image_key(item.image)))
-        except Exception as exc:  # never lose the other inputs' results to one bad file
-            state.error = extract.input_problem(exc)
-        self.to_model.put((state, _END, None))
-
-    def _take_batch(self) -> list | None:
-        """Queue items up to a full batch of images (inputs' end marks ride along), or what came within 20 ms."""
-        first = self.to_model.get()
-        if first is None:
-            return None
-        batch, images = [first], int(first[1] is not _END)
-        while images < self.batch_size:
-            try:
-                item = self.to_model.get(timeout=0.02)
-            except queue.Empty:
-                break
-            if item is None:
-                self.to_model.put(None)
-                break
-            batch.append(item)
-            images += item[1] is not _END
-        return batch
-
-    def _model_loop(self) -> None:
-        while (batch := self._take_batch()) is not None:
-            todo = {}
-            for state, item, key in batch:
-                if item is not _END and key not in self.known and key not in todo:
-                    todo[key] = item.image
-            failure = None
-            try:
-                if todo:
-                    for key, p in zip(todo, self.model.predict(list(todo.values()), self.batch_size)):
-                        self.known[key] = p
-            except Exception as exc:
-                failure = f"the model failed on a batch: {type(exc).__name__}: {extract.first_line(exc)}"
-            for state, item, key in batch:
-                if item is _END:
-                    self.events.put(("end", state))
-                elif key in self.known:
-                    self.known.move_to_end(key)
-                    self.events.put(("image", state, item, self.known[key]))
-                else:
-                    state.error = state.error or failure
-            self.classified += len(todo)
-            self.reused += sum(item is not _END for _, item, _ in batch) - len(todo)
-            while len(self.known) > SEEN_IMAGES:
-                self.known.popitem(last=False)
-
-
-# ---------------------------------------------------------------- the CLI around the run
-
-class OutputClosed(Exception):
-    """stdout was closed by the reader (`| head`): stop quietly, as a Unix tool does."""
-
-
-class Sink:
-    """Where results go: JSON lines as they come, and/or every input's record kept for one document at the end
-    (a table, JSON, CSV or the HTML report); a JSON lines run without a report keeps nothing per input."""
-
-    def __init__(self, args, model: engine.Engine, model_path: str, summary: dict | None = None):
-        self.args, self.model = args, model
-        self.model_record = report.model_record(model, model_path)
-        self.summary = summary or report.new_summary()  # a resumed file's counts come first
-        self.entries: dict[int, dict] = {}
-        self.thumbnails: dict[int, list] = {}
-        self.stream = None  # opened at the first line, so a run stopped before any leaves FILE as it was
-        self.keep = not args.jsonl or bool(args.report)
-
-    def line(self, record: dict) -> None:
-        if self.stream is None:
-            to_file = self.args.output not in (None, "-")
-            self.stream = open(self.args.output, "a" if self.args.resume else "w", encoding="utf-8") if to_file \
-                else sys.stdout
-        try:
-            self.stream.write(json.dumps(record) + "\n")
-            self.stream.flush()
-        except BrokenPipeError:
-            raise OutputClosed from None
-
-    def image(self, state: InputState, found: extract.Found, p: float) -> None:
-        label = self.model.label(p)
-        if label == "medical":
-            state.medical += 1
-        else:
-            state.non_medical += 1
-        if self.args.only and label != self.args.only:
-            return
-        saved = self._save(found, label) if self.args.save_dir else None
-        record = report.image_record(found, p, label, saved)
-        state.shown += 1
-        if self.args.jsonl:
-            self.line(report.image_line(state.text, record))
-        if self.keep:
-            state.images.append(record)
-        if self.args.report:
-            self.thumbnails.setdefault(state.number, []).append(report.thumbnail(found.image))
-
-    def _save(self, found: extract.Found, label: str) -> str | None:
-        folder = os.path.join(self.args.save_dir, label) if self.args.by_label else self.args.save_dir
-        try:
-            return save_image(found, folder)
-        except OSError as exc:
-            tqdm.write(f"note: {found.source}: classified but not saved to {folder} "
-                       f"({exc.strerror or exc})", file=sys.stderr)
-            return None
-
-    def skipped(self, state: InputState, item: extract.Skipped) -> None:
-        record = report.skipped_record(item)
-        state.n_skipped += 1
-        state.over_budget += item.reason.startswith("over --max-images")
-        if self.args.jsonl:
-            self.line(report.skipped_line(state.text, record))
-        if self.keep:
-            state.skipped.append(record)
-
-    def end(self, state: InputState) -> None:
-        entry = report.input_record(state.text, state.kind, state.error, state.images, state.skipped)
-        report.add_to_summary(self.summary, state.medical, state.non_medical, state.n_skipped, state.error)
-        if self.args.jsonl:
-            self.line(report.input_line(entry, state.shown, state.n_skipped))
-        if self.keep:
-            self.entries[state.number] = entry
-
-    def finish(self, interrupted: bool) -> dict:
-        """Write the document (or the JSONL summary line); returns the summary. Stopped before any input ended,
-        nothing is written, so the files of an earlier run stay as they were."""
-        summary = {k: v for k, v in self.summary.items() if k != "inputs"}
-        if interrupted:
-            summary["interrupted"] = True
-            if self.stream is None and not self.entries:
-                return summary
-        entries = [self.entries[n] for n in sorted(self.entries)]
-        document = {"model": self.model_record, "inputs": entries, "summary": summary}
-        if self.args.report:
-            thumbnails = [self.thumbnails.get(n, []) for n in sorted(self.entries)]
-            write_atomically(self.args.report, report.to_html(document, thumbnails))
-        if self.args.jsonl:
-            self.line({"type": "summary", **summary})
-            if self.stream is not sys.stdout:
-                self.stream.close()
-            return summary
-        if self.args.json:
-            text = json.dumps(document, indent=2) + "\n"
-        elif self.args.csv:
-            text = report.to_csv(document)
-        else:
-            text = report.to_table(document)
-        if self.args.output not in (None, "-"):
-            write_atomically(self.args.output, text)
-            return summary
-        try:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        except BrokenPipeError:
-            raise OutputClosed from None
-        return summary
 
 
 def _raise_interrupt(signum, frame):
@@ -691,7 +285,7 @@ def main(argv=None) -> int:
 
 def classify(args) -> int:
     try:
-        check_outputs(args)
+        targets = check_outputs(args)
     except OutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -703,11 +297,16 @@ def classify(args) -> int:
         return 2
     if args.threshold is not None:
         model.threshold = args.threshold
-    done, summary = finished_inputs(args.output) if args.resume else (set(), None)
+    resumed = read_resume(args.output) if args.resume else None
+    done = resumed.done if resumed else set()
     if done:
         note(f"resuming {args.output}: skipping the {report.plural(len(done), 'input')} it has finished")
-    sink = Sink(args, model, os.path.abspath(args.model), summary)
-    run = Run(model, extract_options(args, model), args.jobs, args.batch_size)
+    if resumed and resumed.partial:
+        files = sum(len(partial["files"]) for partial in resumed.partial.values())
+        note(f"resuming {args.output}: skipping {report.plural(files, 'file')} (or crawled pages) already done of "
+             f"{report.plural(len(resumed.partial), 'input')} cut off mid-way")
+    sink = Sink(args, model, os.path.abspath(args.model), resumed, targets)
+    run = Run(model, extract_options(args, model), args.jobs, args.batch_size, resumed.partial if resumed else None)
     interrupted = False
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
@@ -715,14 +314,22 @@ def classify(args) -> int:
         drain(run, sink, args, (text for text in iter_inputs(args) if text not in done), count_inputs(args), done)
     except KeyboardInterrupt:
         interrupted = True
+    except WriteFailed as exc:  # a full disk or an I/O error mid-run: the lines written so far stay whole
+        run.close(wait=False)
+        print(f"error: {exc}" + ("; the lines written are whole, --resume carries on" if args.resume or args.jsonl
+                                 and "-o" in targets and not targets["-o"].through else ""), file=sys.stderr)
+        return 2
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         run.close(wait=not interrupted)
     try:
         summary = sink.finish(interrupted)
+    except WriteFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
-        print(f"error: writing the results failed: {exc}", file=sys.stderr)
+        print(f"error: writing the results failed: {exc.strerror or exc}", file=sys.stderr)
         return 2
     table_on_stdout = not (args.json or args.csv or args.jsonl) and args.output in (None, "-")
     if not table_on_stdout:
@@ -734,49 +341,6 @@ def classify(args) -> int:
               file=sys.stderr)
         return INTERRUPTED
     return 1 if summary["failed_inputs"] else 0
-
-
-def drain(run: Run, sink: Sink, args, texts, total: int | None, done: set) -> None:
-    """Every event of the run to the sink, with progress bars (inputs, when several; images, with the totals the
-    extractors announce), the one-line error of each failed input and notes the user should see."""
-    several = total is None or total > 1
-    inputs_bar = tqdm(desc="inputs", unit="input", total=None if total is None else total - len(done),
-                      file=sys.stderr, disable=args.quiet or not several, position=0, dynamic_ncols=True)
-    images_bar = tqdm(desc="images", unit="img", total=0, file=sys.stderr, disable=args.quiet,
-                      position=1 if several and not args.quiet else 0, dynamic_ncols=True)
-    try:
-        for event in run.results(texts):
-            kind, state = event[0], event[1]
-            if kind == "start":
-                images_bar.set_postfix_str(report.shorten(state.text, 40), refresh=False)
-                if args.crawl and extract.url_scheme(state.text) not in ("http", "https"):
-                    tqdm.write(f"note: {state.text}: --crawl follows the links of http(s) pages; read alone",
-                               file=sys.stderr)
-            elif kind == "expect":
-                state.expected += event[2]
-                images_bar.total += event[2]
-                images_bar.refresh()
-            elif kind in ("skipped", "image"):
-                sink.skipped(state, event[2]) if kind == "skipped" else sink.image(state, event[2], event[3])
-                state.seen += 1
-                if state.seen > state.expected:  # more than announced, or nothing announced
-                    images_bar.total += 1
-                images_bar.update(1)
-            elif kind == "end":
-                if state.expected > state.seen:  # announced more than came (ignored files, budget)
-                    images_bar.total -= state.expected - state.seen
-                    images_bar.refresh()
-                sink.end(state)
-                if state.error:
-                    tqdm.write(f"error: {state.text}: {state.error}", file=sys.stderr)
-                if state.over_budget:
-                    tqdm.write(f"note: {state.text}: {report.plural(state.over_budget, 'image')} over --max-images "
-                               f"{args.max_images} not classified (listed as skipped); raise --max-images to read "
-                               "them", file=sys.stderr)
-                inputs_bar.update(1)
-    finally:
-        inputs_bar.close()
-        images_bar.close()
 
 
 if __name__ == "__main__":

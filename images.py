@@ -6,12 +6,11 @@ here knows about the model or imports torch.
 """
 import io
 import os
-from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
-
 from PIL import Image
 
 from version import __version__
@@ -34,6 +33,7 @@ class Options:
     max_images: int = 500
     timeout: float = 20.0  # seconds for one whole download, its retries and their waits included
     pdf_time_limit: float = 300.0  # seconds for one PDF; what was extracted before it ran out is kept
+    pdf_page_time_limit: float = 20.0  # seconds for one page's images; those after it ran out are skipped
     max_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 100_000_000
     workers: int = 8
@@ -53,6 +53,9 @@ class Options:
     crawl_depth: int = 0  # an http(s) page: follow its links on the same site this many steps (0: the page alone)
     max_pages: int = 100  # a crawl fetches at most this many pages and linked documents
     delay: float = 0.5  # seconds between a crawl's requests to one host (robots.txt's Crawl-delay when longer)
+    max_page_bytes: int = 16 * 1024 * 1024  # an HTML page larger than this is not read (--max-page-bytes)
+    done: dict | None = field(default=None, repr=False)  # --resume: what an earlier run finished of this input,
+    # {"files": {source: its "file" line}, "sources": the images it classified}; those files are not read again
     expect: Callable[[int], None] | None = field(default=None, repr=False)  # told how many items are coming,
     # as soon as an extractor knows (a PDF's listed images, a page's pictures, a folder's files): progress totals
 
@@ -85,6 +88,16 @@ class Skipped:
     undecodable: bool = False  # content that claims an image format but does not decode (a damaged file)
 
 
+@dataclass
+class Finished:
+    """Every item of one file of a folder (one page of a crawl) has been given: --resume need not read it again.
+    `covers`: the other files a saved page read; `links`: a crawled page's same-site links, so a resumed crawl
+    goes on from it without fetching it again."""
+    source: str
+    covers: tuple = ()
+    links: tuple | None = None
+
+
 class InputError(Exception):
     """The input as a whole could not be processed; the message is one line."""
 
@@ -108,9 +121,18 @@ class ImageBudget:
         return item
 
 
+def clip(text: str, width: int = 160) -> str:
+    """At most `width` characters, cut at a word's end (never mid-word) with an ellipsis."""
+    if len(text) <= width:
+        return text
+    cut = text[:width - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > width // 2 else cut).rstrip(" ,;:(") + "…"
+
+
 def first_line(exc: Exception) -> str:
     text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
+    return clip(text.splitlines()[0] if text else type(exc).__name__)
 
 
 def read_file(path: str, options: Options) -> bytes:
@@ -239,6 +261,29 @@ def size_problem(width: int, height: int, options: Options) -> str | None:
     return None
 
 
+BLANK_LEVELS = 2  # an image whose every channel spans at most this many levels shows nothing
+
+
+def blank_problem(image: Image.Image) -> str | None:
+    """Why an image shows nothing (a lazy-loading placeholder, an empty mask, a white page), or None.
+
+    Fully transparent, or one colour: every channel's range within BLANK_LEVELS levels, alpha included (a shape
+    drawn only in the alpha channel is a picture)."""
+    bands = image.getbands()
+    if "A" in bands and image.getchannel("A").getextrema()[1] == 0:
+        return "blank image (fully transparent)"
+    extrema = image.getextrema()
+    extrema = [extrema] if len(bands) == 1 else extrema
+    if all(high - low <= BLANK_LEVELS for low, high in extrema if isinstance(low, (int, float))):
+        return "blank image (one colour)"
+    return None
+
+
+def _shown(found: Found) -> Found | Skipped:
+    problem = blank_problem(found.image)
+    return Skipped(found.source, problem) if problem else found
+
+
 FILE_EXTENSIONS = {"jpeg": "jpg", "mpo": "jpg", "tiff": "tif", "jpeg2000": "jp2"}
 
 
@@ -254,8 +299,8 @@ def _frame(image: Image.Image, data: bytes, source: str, options: Options, page:
     image.load()
     pixels = to_8bit(image, _bits_per_sample(data, image))
     if pixels is image and frame is None:  # the file as it is
-        return Found(source, page, reduce(pixels, options.working_size), width, height,
-                     data if options.keep_encoded else None, FILE_EXTENSIONS.get(fmt, fmt), format=fmt)
+        return _shown(Found(source, page, reduce(pixels, options.working_size), width, height,
+                            data if options.keep_encoded else None, FILE_EXTENSIONS.get(fmt, fmt), format=fmt))
     return full_size_found(pixels.copy(), source, page, options, format=fmt, frame=frame)
 
 
@@ -265,11 +310,15 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def full_size_found(image: Image.Image, source: str, page: int | None, options: Options, **fields) -> Found:
-    """Found for decoded pixels with no file of their own: kept as PNG for --save-dir, at full size."""
+def full_size_found(image: Image.Image, source: str, page: int | None, options: Options,
+                    **fields) -> Found | Skipped:
+    """Found for decoded pixels with no file of their own: kept as PNG for --save-dir, at full size (Skipped when
+    the pixels show nothing)."""
+    reduced = reduce(image, options.working_size)
+    if problem := blank_problem(reduced):
+        return Skipped(source, problem)
     encoded = png_bytes(image) if options.keep_encoded else None
-    return Found(source, page, reduce(image, options.working_size), image.width, image.height, encoded, "png",
-                 **fields)
+    return Found(source, page, reduced, image.width, image.height, encoded, "png", **fields)
 
 
 def _not_read(kind: str, source: str) -> Skipped:

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 import engine
-from engine import CLASSES, MEDICAL
+from atomic import replace_file
+from engine import CLASSES
 
 FORMAT_VERSION = 1
 # On a CPU the backbones run fastest a few images at a time: EfficientNet-Lite0 on 2 cores does
@@ -294,7 +295,7 @@ def save_checkpoint(model: Classifier, path: str, training: dict) -> dict:
         prefixes = tuple(f"backbone.{i}." for i in model.trained_stages)
         checkpoint["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
                                     if k.startswith(prefixes)}
-    torch.save(checkpoint, path)
+    replace_file(path, lambda f: torch.save(checkpoint, f))
     return checkpoint
 
 
@@ -372,7 +373,8 @@ class FrozenPart(nn.Module):
 def export_graph(module: nn.Module, path: str, crop: int, outputs: list[str], metadata: dict | None = None) -> str:
     """Write `module` (uint8 (N, crop, crop, 3) in) as ONNX, dynamic batch, opset 17, with string metadata.
 
-    Written to a temporary file beside `path` and renamed into place, so a half-written export never exists.
+    Written to a temporary file beside `path` and renamed into place (atomic.replace_file), so a half-written
+    export never exists.
     """
     import onnx
 
@@ -391,18 +393,7 @@ def export_graph(module: nn.Module, path: str, crop: int, outputs: list[str], me
     del graph.metadata_props[:]
     for key, value in (metadata or {}).items():
         graph.metadata_props.add(key=key, value=value)
-    handle, temporary = tempfile.mkstemp(suffix=".onnx.tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(graph.SerializeToString())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would hide the export from other users
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    replace_file(path, lambda f: f.write(graph.SerializeToString()))
     return path
 
 

@@ -16,8 +16,18 @@ from typing import Callable, Iterable, Iterator
 from urllib.parse import quote, unquote, unquote_to_bytes, urljoin, urlsplit
 from urllib.request import url2pathname
 
-from images import (IMAGE_EXTENSIONS, USER_AGENT, Found, ImageBudget, InputError, Options, Skipped,  # noqa: F401
-                    decode_images, read_file, sniff)
+from images import (  # noqa: F401
+    IMAGE_EXTENSIONS,
+    USER_AGENT,
+    Found,
+    ImageBudget,
+    InputError,
+    Options,
+    Skipped,
+    decode_images,
+    read_file,
+    sniff,
+)
 
 # The attributes lazy-loading scripts read their real URL from, most specific first.
 LAZY_SRC_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy", "data-url", "data-hi-res-src",
@@ -26,7 +36,6 @@ LAZY_SRC_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy", "da
 LAZY_SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset", "data-original-set", "data-original-srcset")
 BACKGROUND_ATTRS = ("data-bg", "data-background", "data-background-image", "data-bg-src", "data-bgset")
 META_IMAGE_KEYS = ("og:image", "og:image:url", "og:image:secure_url", "twitter:image", "twitter:image:src")
-MAX_HTML_BYTES = 16 * 1024 * 1024
 # Content types a link may be served with to count as a link to an image (octet-stream: the bytes decide).
 IMAGE_TYPES = ("image/", "application/dicom", "application/octet-stream")
 # Retries: waits of 0.5, 1, 2 s ... (or the server's Retry-After, when longer), all inside the download's --timeout.
@@ -184,7 +193,7 @@ def _get_once(url: str, options: Options, deadline: float, html_cap: bool, image
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > options.max_bytes:
             raise FetchError(f"response of {int(declared):,} bytes is over the {options.max_bytes:,} byte cap")
-        chunks, total, cap = [], 0, options.max_bytes
+        chunks, total, cap, what = [], 0, options.max_bytes, "byte cap"
         while True:  # read1 returns what has arrived, so a trickling server still meets the deadline
             try:
                 chunk = response.raw.read1(64 * 1024, decode_content=True)
@@ -193,11 +202,11 @@ def _get_once(url: str, options: Options, deadline: float, html_cap: bool, image
             if not chunk:
                 break
             if not chunks and html_cap and sniff(chunk) == "html":
-                cap = min(cap, MAX_HTML_BYTES)
+                cap, what = options.max_page_bytes, "byte cap of a page (raise --max-page-bytes to read it)"
             chunks.append(chunk)
             total += len(chunk)
             if total > cap:
-                raise FetchError(f"response is over the {cap:,} byte cap")
+                raise FetchError(f"response is over the {cap:,} {what}")
             if time.monotonic() > deadline:
                 raise FetchError(f"download took longer than {options.timeout:g} s")
         return Response(response.url, response.headers.get("content-type", ""), b"".join(chunks))
@@ -349,17 +358,38 @@ def _urlish(value: str) -> bool:
     return bool(value) and not value.startswith(("{", "[", "<")) and " " not in value
 
 
+# File names lazy-loading scripts put in `src` until the real image loads.
+PLACEHOLDER_NAME = re.compile(r"(^|[/_.-])(blank|spacer|placeholder|transparent|pixel|lazy|lazyload|loading|loader|"
+                              r"1x1|dummy|empty|grey|gray|clear)([_.-][^/]*)?\.(gif|png|svg|jpe?g|webp)$", re.I)
+
+
+def is_placeholder(url: str) -> bool:
+    """A data: URI or a placeholder file: what a lazy-loading page shows before its real image."""
+    url = url.strip()
+    return url.lower().startswith("data:") or bool(PLACEHOLDER_NAME.search(urlsplit(url).path))
+
+
 def _element_candidates(elements: list[dict]) -> list[str]:
     """The URLs an <img> (with the <source>s of its <picture>) may show, best first: srcset candidates (lazy ones
-    included) largest first, then lazy-loading attributes, then `src`; data: placeholders after every real URL."""
+    included) largest first, then lazy-loading attributes, then `src`; data: URIs after every real URL. Where a
+    lazy attribute names the real image, a placeholder `src` (data: or a placeholder file) is no candidate: it
+    never stands in for the real image, whose failure is then reported."""
     sized, lazy, plain = [], [], []
     for attrs in elements:
-        for a in ("srcset",) + LAZY_SRCSET_ATTRS:
+        lazy_sized = []
+        for a in LAZY_SRCSET_ATTRS:
             if isinstance(attrs.get(a), str):
-                sized += parse_srcset(attrs[a])
-        lazy += [attrs[a] for a in LAZY_SRC_ATTRS if isinstance(attrs.get(a), str) and _urlish(attrs[a])]
+                lazy_sized += parse_srcset(attrs[a])
+        if isinstance(attrs.get("srcset"), str):
+            sized += parse_srcset(attrs["srcset"])
+        sized += lazy_sized
+        lazy_urls = [attrs[a] for a in LAZY_SRC_ATTRS if isinstance(attrs.get(a), str) and _urlish(attrs[a])]
+        lazy += lazy_urls
         if isinstance(attrs.get("src"), str) and attrs["src"].strip():
-            plain.append(attrs["src"])
+            if not ((lazy_urls or lazy_sized) and is_placeholder(attrs["src"])):
+                plain.append(attrs["src"])
+    if sized or lazy:  # a placeholder srcset beside a real lazy URL stands in for nothing either
+        sized = [c for c in sized if not is_placeholder(c[0])] if lazy else sized
     ordered = [u for u, _ in sorted(sized, key=lambda c: -c[1])] + lazy + plain
     return sorted(ordered, key=lambda u: u.strip().lower().startswith("data:"))  # stable: real URLs first
 
@@ -523,20 +553,24 @@ def bounded_map(function, items: Iterable, workers: int) -> Iterator:
 
 @dataclass
 class LocalFolder:
-    """A saved page (`page`, its path as given) and its folder: its file: images are read from disk, inside this
-    folder tree only, each file once (`seen` holds the real paths read, shared with a folder walk that holds the
-    page), and named by their path as the page's path was given."""
+    """A saved page (`page`, its path as given) and its folder: its file: images are read from disk, inside
+    `boundary` only (the folder given as the input, else the page's own folder), each file once (`seen` holds the
+    real paths read, shared with a folder walk that holds the page), and named by their path as the page's path
+    was given."""
     page: str
     seen: set = field(default_factory=set)
+    boundary: str | None = None
 
     @property
     def root(self) -> str:
-        return os.path.dirname(os.path.abspath(self.page))
+        return os.path.realpath(self.boundary or os.path.dirname(os.path.abspath(self.page)))
 
     def name(self, url: str) -> str:
         path = url2pathname(unquote(urlsplit(url).path))
-        inside = os.path.relpath(path, self.root)
-        return path if inside.startswith(os.pardir) else os.path.join(os.path.dirname(self.page), inside)
+        page_folder = os.path.dirname(os.path.abspath(self.page))
+        if os.path.relpath(os.path.realpath(path), self.root).startswith(os.pardir):
+            return path
+        return os.path.normpath(os.path.join(os.path.dirname(self.page), os.path.relpath(path, page_folder)))
 
     def read_already(self, url: str) -> bool:
         return url_scheme(url) == "file" and self._path(url) in self.seen
@@ -547,8 +581,9 @@ class LocalFolder:
     def read(self, url: str, options: Options) -> bytes | None:
         """The file's bytes, or None when it was read already. Raises FetchError."""
         path = self._path(url)
-        if os.path.commonpath([path, os.path.realpath(self.root)]) != os.path.realpath(self.root):
-            raise FetchError("outside the saved page's folder (not read)")
+        if os.path.commonpath([path, self.root]) != self.root:
+            raise FetchError("outside the saved page's folder (not read)" if self.boundary is None else
+                             f"outside the input folder {self.boundary} (not read)")
         if path in self.seen:
             return None
         try:
@@ -607,7 +642,7 @@ def _download_image(image: "PageImage | str", page_url: str, index: int, options
     """One picture of a page -> its items: through its link when that leads to an image, else its best
     candidate, else the next candidate that gives an image (the best one's problem is reported when none does)."""
     image = image if isinstance(image, PageImage) else PageImage(image)
-    notes = []
+    linked = None
     if image.link:
         items = _read_candidate(image.link, page_url, index, options, dead_hosts, local,
                                 images_only=not image.link_is_image)
@@ -617,15 +652,20 @@ def _download_image(image: "PageImage | str", page_url: str, index: int, options
                     item.thumbnail = _source(image.url, local)
             return items
         if image.link_is_image and items:  # a link named as an image that does not give one is worth a line
-            notes.append(Skipped(items[0].source, f"linked image: {items[0].reason}; the thumbnail is classified "
-                                                  "instead"))
-    first = None
+            linked = items[0]
+    first, shown = None, None
     for url in (image.url,) + image.fallbacks:
         items = _read_candidate(url, page_url, index, options, dead_hosts, local)
         if any(isinstance(item, Found) for item in items):
-            return notes + items
+            shown = items
+            break
         first = items if first is None else first
-    return notes + (first or [])
+    if linked is not None:  # what happened instead, as it happened
+        outcome = "the thumbnail is classified instead" if shown else "the thumbnail could not be read either"
+        notes = [Skipped(linked.source, f"linked image: {linked.reason}; {outcome}")]
+    else:
+        notes = []
+    return notes + (shown or first or [])
 
 
 def page_images(html: bytes, page_url: str, options: Options, local: LocalFolder | None = None,

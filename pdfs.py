@@ -1,13 +1,24 @@
 """PDFs: the embedded raster images (not renders of pages), each once, with the page it is first drawn on."""
 import itertools
 import re
+import struct
 import time
 from typing import Iterator
 
 from PIL import Image
 
-from images import (Found, ImageBudget, InputError, Options, Skipped, decode_image, first_line, full_size_found,
-                    size_problem)
+from images import (
+    Found,
+    ImageBudget,
+    InputError,
+    Options,
+    Skipped,
+    decode_image,
+    first_line,
+    full_size_found,
+    size_problem,
+)
+
 
 def _pymupdf():
     import pymupdf
@@ -81,6 +92,55 @@ def _xref_image(doc, xref: int, smask: int, filters: str, source: str, page: int
 # What a PDF image stream is stored as, by its filter, for the `format` of a result.
 PDF_FILTER_FORMATS = {"DCTDecode": "jpeg", "JPXDecode": "jpeg2000", "JBIG2Decode": "jbig2",
                       "CCITTFaxDecode": "ccitt", "FlateDecode": "flate", "RunLengthDecode": "rle"}
+
+
+JBIG2_PAGE_INFO = 48
+JBIG2_REGIONS = {4, 6, 7, 20, 22, 23, 36, 38, 39, 40, 42, 43}  # segment types whose data starts with a region
+
+
+def jbig2_declared_size(data: bytes) -> tuple[int, int] | None:
+    """The largest bitmap (page or region) the segment headers of an embedded JBIG2 stream declare, read without
+    decoding anything: MuPDF spends a minute on a stream that declares 100000x100000 before it gives up."""
+    largest, at = None, 0
+    while at + 11 <= len(data):
+        number, flags, referred = struct.unpack_from(">IBB", data, at)
+        at += 6
+        count = referred >> 5
+        if count == 7:  # the long form: a 4-byte count, then retention bits
+            if at + 3 > len(data):
+                break
+            count = struct.unpack_from(">I", data, at - 1)[0] & 0x1FFFFFFF
+            at += 3 + (count + 8) // 8
+        at += count * (1 if number <= 256 else 2 if number <= 65536 else 4)
+        at += 4 if flags & 0x40 else 1  # page association
+        if at + 4 > len(data):
+            break
+        length = struct.unpack_from(">I", data, at)[0]
+        at += 4
+        kind = flags & 0x3F
+        if (kind == JBIG2_PAGE_INFO or kind in JBIG2_REGIONS) and at + 8 <= len(data):
+            width, height = struct.unpack_from(">II", data, at)
+            if height == 0xFFFFFFFF:  # a striped page of unknown height: its width alone is known
+                height = 1
+            if largest is None or width * height > largest[0] * largest[1]:
+                largest = (width, height)
+        if length == 0xFFFFFFFF:  # an immediate region of unknown length: nothing after it is read here
+            break
+        at += length
+    return largest
+
+
+def declared_problem(doc, xref: int, filters: str, options: Options) -> str | None:
+    """A reason not to decode an image whose stream declares more pixels than the cap, whatever its dictionary says."""
+    if filters != "JBIG2Decode":  # a chain of filters: the raw stream is not JBIG2 yet
+        return None
+    try:
+        size = jbig2_declared_size(doc.xref_stream_raw(xref) or b"")
+    except Exception:
+        return None
+    if size and size[0] * size[1] > options.max_pixels:
+        return f"JBIG2 image declares a {size[0]}x{size[1]} bitmap, over the pixel cap (not decoded)"
+    return None
 
 
 def parse_pages(text: str) -> tuple[tuple[int, int | None], ...]:
@@ -275,6 +335,7 @@ def pdf_images(data: bytes, name: str, options: Options, budget: ImageBudget | N
             if time.monotonic() > deadline:
                 raise InputError(f"stopped at page {number + 1} of {doc.page_count} after "
                                  f"{options.pdf_time_limit:g} s; the images before it are reported")
+            page_deadline = time.monotonic() + options.pdf_page_time_limit
             try:
                 listed, forms = _page_images(doc, page)
             except Exception as exc:
@@ -288,8 +349,12 @@ def pdf_images(data: bytes, name: str, options: Options, budget: ImageBudget | N
                 if doc.xref_get_key(xref, "ImageMask")[1] == "true":
                     yield numbered(Skipped(page_source, f"stencil mask ({width}x{height} 1-bit shape, not a picture)"))
                     continue
-                if problem := size_problem(width, height, options):
+                if problem := size_problem(width, height, options) or declared_problem(doc, xref, filters, options):
                     yield numbered(Skipped(page_source, problem))
+                    continue
+                if time.monotonic() > page_deadline:
+                    yield numbered(Skipped(page_source, f"page {number + 1} ran past {options.pdf_page_time_limit:g} s:"
+                                                        " its other images are not read"))
                     continue
                 if budget.full:  # checked before decoding, so a 10,000-image PDF is not decoded in vain
                     yield numbered(Skipped(page_source, budget.reason))

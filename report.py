@@ -43,9 +43,23 @@ def model_record(model, model_path: str) -> dict:
     return {"path": model_path, "arch": model.arch, "threshold": round(model.threshold, 4), "engine": model.name}
 
 
-def input_record(text: str, kind: str | None, error: str | None, images: list, skipped: list) -> dict:
-    """One input of the JSON schema; `kind` is what the tool took the input for, or `unknown`."""
-    return {"input": text, "kind": kind or "unknown", "error": error, "images": images, "skipped": skipped}
+def input_record(text: str, kind: str | None, error: str | None, images: list, skipped: list,
+                 downloads_failed: int = 0) -> dict:
+    """One input of the JSON schema; `kind` is what the tool took the input for, or `unknown`; `downloads_failed`
+    counts its images whose download failed (listed under skipped)."""
+    return {"input": text, "kind": kind or "unknown", "error": error, "images": images, "skipped": skipped,
+            "downloads_failed": downloads_failed}
+
+
+def is_download_failure(reason: str) -> bool:
+    return reason.startswith(("download failed", "linked image: download failed"))
+
+
+def all_downloads_failed(images: int, downloads_failed: int) -> str | None:
+    """The problem of an input whose every image download failed (nothing classified), or None."""
+    if images or not downloads_failed:
+        return None
+    return f"every image download failed ({plural(downloads_failed, 'download')}; listed as skipped)"
 
 
 def new_summary() -> dict:
@@ -73,11 +87,18 @@ def skipped_line(text: str, record: dict) -> dict:
     return {"type": "skipped", "input": text, **record}
 
 
+def file_line(text: str, finished) -> dict:
+    """The line that says one file of a folder (one page of a crawl) is done: a resumed run does not read it
+    again. `covers`: other files a saved page read; `links`: a crawled page's same-site links."""
+    return {"type": "file", "input": text, "file": finished.source, "covers": list(finished.covers),
+            **({"links": list(finished.links)} if finished.links is not None else {})}
+
+
 def input_line(entry: dict, images: int, skipped: int) -> dict:
     """The line that says an input ended; a resumed run skips the inputs that have one."""
     return {"type": "input", "input": entry["input"], "kind": entry["kind"],
             "status": "failed" if entry["error"] else "done", "error": entry["error"],
-            "images": images, "skipped": skipped}
+            "images": images, "skipped": skipped, "downloads_failed": entry.get("downloads_failed", 0)}
 
 
 # ---------------------------------------------------------------- CSV and table
@@ -102,7 +123,11 @@ def to_csv(report: dict) -> str:
 
 
 def shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1):]
+    """Cut in the middle, keeping the start (scheme, host) and more of the end (the file's name)."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 3
+    return text[:head] + "…" + text[-(width - 1 - head):]
 
 
 def plural(n: int, noun: str) -> str:
@@ -122,6 +147,10 @@ def to_table(report: dict) -> str:
         lines.append(f"== {entry['input']} ({entry['kind']})")
         if entry["error"]:
             lines.append(f"   error: {entry['error']}")
+        elif problem := all_downloads_failed(len(entry["images"]), entry.get("downloads_failed", 0)):
+            lines.append(f"   note: {problem}")
+        if entry.get("interrupted"):
+            lines.append("   interrupted: only what was found before the stop is listed")
         if entry["images"]:
             lines.append(f"   {'source':60s} {'page':>4s} {'size':>11s}  {'label':11s} {'p(medical)':>10s}")
         for im in entry["images"]:
@@ -140,6 +169,7 @@ def to_table(report: dict) -> str:
 
 # ---------------------------------------------------------------- HTML
 
+SINGULAR = {"images": "image", "failed inputs": "failed input"}
 FILTERS = ("all", "medical", "non-medical", "uncertain")
 # The part of a source the tool appended to name one image of a file: a PDF page and image, a frame, a data: URI.
 NAMED_PART = re.compile(r"#(?:page=(\d+)(?:&image=\d+)?|frame=\d+|data-uri-\d+)$")
@@ -278,8 +308,8 @@ def to_html(report: dict, thumbnails: list[list[str]]) -> str:
 <p class="muted">Model {esc(str(model.get('arch')))} ({esc(str(model.get('engine', '')))}),
 threshold {threshold:.3f}: an image is medical when p(medical) is at or above it.
 {plural(len(report['inputs']), 'input')}{"; interrupted" if summary.get("interrupted") else ""}.{shown_note}</p>
-<ul class="counts">""" + "".join(f'<li data-count="{esc(name)}"><b>{n}</b> {esc(name)}</li>'
-                                  for name, n in counts.items()) + f"""</ul>
+<ul class="counts">""" + "".join(f'<li data-count="{esc(name)}"><b>{n}</b> {esc(SINGULAR.get(name, name) if n == 1 else name)}'
+                                  '</li>' for name, n in counts.items()) + f"""</ul>
 <div class="legend"><span><span class="swatch medical"></span> medical: p(medical) &ge; {threshold:.3f}</span>
 <span><span class="swatch non-medical"></span> non-medical: p(medical) &lt; {threshold:.3f}</span>
 <span><span class="swatch uncertain"></span><span class="mark">uncertain</span> p(medical) within {UNCERTAIN}

@@ -9,15 +9,21 @@ skipped image and input; the rows of one input come together, its `input` row la
 when every input was processed, 1 when any input failed or was lost, 2 for bad arguments.
 """
 import argparse
+import contextlib
 import json
 import logging
 import os
+import re
 import sys
+import tempfile
+import threading
 from typing import Iterator
 
+import atomic
 import engine
 import extract
 import final_classification_script as cli
+import outputs
 import report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,11 +37,11 @@ PARQUET_FIELDS = [("type", "string"), ("input", "string"), ("source", "string"),
                   ("width", "int64"), ("height", "int64"), ("label", "string"), ("p_medical", "float64"),
                   ("saved_path", "string"), ("format", "string"), ("thumbnail", "string"), ("reason", "string"),
                   ("kind", "string"), ("status", "string"), ("error", "string"), ("images", "int64"),
-                  ("skipped", "int64")]
+                  ("skipped", "int64"), ("downloads_failed", "int64")]
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.OneLineParser(prog="sweep_ray.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", metavar="INPUTS", help="text file, one input a line, or Parquet with an `input` column")
     p.add_argument("--output", "-o", required=True, metavar="OUT.parquet|OUT.jsonl",
                    help="where the rows go; the format follows the extension")
@@ -55,8 +61,9 @@ def parse_args(argv=None):
                    help="images per model batch (default: 16 on the CPU, 128 on CUDA)")
     p.add_argument("--backbone-weights", help="local file of the backbone's ImageNet weights, for offline machines")
     cli.add_extraction_arguments(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(save_dir=None)  # the extracted files stay where they are; no --save-dir on a cluster
+    p.add_argument("--quiet", action="store_true", help="no progress bars (errors and the summary still show)")
+    p.add_argument("--verbose", action="store_true", help="also Ray's own logs, warnings and up, and the actors'")
+    p.set_defaults(save_dir=None, strict=False)  # the extracted files stay where they are; no --save-dir on a cluster
     args = p.parse_args(argv)
     if args.num_gpus_per_actor < 0:
         p.error("--num-gpus-per-actor must be 0 or more")
@@ -102,12 +109,15 @@ def extraction_rows(row: dict, options: extract.Options) -> Iterator[dict]:
     """
     n, text = row["n"], row["input"]
     common = {"n": n, "input": text}
-    kind, error, images, skipped = None, None, 0, 0
+    kind, error, images, skipped, downloads_failed = None, None, 0, 0, 0
     try:
         kind, items = extract.open_input(text, options)
         for item in items:
+            if isinstance(item, extract.Finished):  # the CLI's resume marks; a sweep resumes by input
+                continue
             if isinstance(item, extract.Skipped):
                 skipped += 1
+                downloads_failed += report.is_download_failure(item.reason)
                 yield {**common, "type": "skipped", "line": json.dumps(
                     report.skipped_line(text, report.skipped_record(item))), "pixels": b"", "size": ""}
             else:
@@ -117,7 +127,7 @@ def extraction_rows(row: dict, options: extract.Options) -> Iterator[dict]:
                        "size": size}
     except Exception as exc:  # noqa: BLE001 - never lose the other inputs' results to one bad file
         error = extract.input_problem(exc)
-    entry = report.input_record(text, kind, error, [], [])
+    entry = report.input_record(text, kind, error, [], [], downloads_failed)
     yield {**common, "type": "input", "line": json.dumps(report.input_line(entry, images, skipped)), "pixels": b"",
            "size": ""}
 
@@ -223,16 +233,26 @@ class Writer:
 
     CHUNK = 1000
 
-    def __init__(self, path: str):
-        self.path, self.parquet, self.rows = path, path.lower().endswith(".parquet"), []
+    def __init__(self, target: outputs.Target):
+        """JSON lines stream into the file (or straight through a FIFO or device); Parquet goes to a temporary
+        file beside a regular target, renamed over it at the end, so a symlink's target is replaced and the link
+        stays."""
+        self.target, self.parquet, self.rows, self.temporary = target, target.path.lower().endswith(".parquet"), [], None
         if self.parquet:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
             self.schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in PARQUET_FIELDS])
-            self.file = pq.ParquetWriter(path, self.schema)
+            if target.through:
+                target.close()
+                self.file = pq.ParquetWriter(target.path, self.schema)
+            else:
+                handle, self.temporary = tempfile.mkstemp(dir=os.path.dirname(target.real), suffix=".tmp",
+                                                          prefix=f".{os.path.basename(target.real)}.")
+                os.close(handle)
+                self.file = pq.ParquetWriter(self.temporary, self.schema)
         else:
-            self.file = open(path, "w", encoding="utf-8")
+            self.file = target.open_stream(resume=False)
 
     def write(self, line: dict):
         if not self.parquet:
@@ -254,14 +274,59 @@ class Writer:
         if self.parquet:
             self._flush()
         self.file.close()
+        if self.temporary:
+            os.chmod(self.temporary, atomic.replacement_mode(self.target.real))
+            os.replace(self.temporary, self.target.real)
+
+
+# Ray's own log lines: its Python loggers' ("2026-12-03 14:07:31,158<TAB>INFO ...") and its C++ core's
+# ("[2026-12-03 14:07:31,183 E 26232 26232] core_worker.cc:...").
+RAY_LOG_LINE = re.compile(rb"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\t[A-Z]+ |"
+                          rb"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [DIWEF] \d+ \d+\] )")
+
+
+@contextlib.contextmanager
+def ray_logs_hidden():
+    """stderr (the descriptor, which Ray's C++ core and its processes write to as well) through a filter that drops
+    Ray's own log lines and passes the rest (this tool's errors, notes, summary and progress) on as it comes."""
+    sys.stderr.flush()
+    real = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def forward():
+        pending = b""
+        while chunk := os.read(read, 65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if not RAY_LOG_LINE.match(line):
+                    os.write(real, line + b"\n")
+            if pending[:1] not in (b"", b"[", b"2"):  # a progress bar's \r update passes at once
+                os.write(real, pending)
+                pending = b""
+
+    thread = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real, 2)  # Ray's processes may keep the pipe open: what they write later is read and dropped
+        thread.join(timeout=0.5)
+
+
+def quiet_ray_loggers(level: int) -> None:
+    for name in ["ray", *(n for n in logging.root.manager.loggerDict if n.startswith("ray."))]:
+        logging.getLogger(name).setLevel(level)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:  # before any work: a run must never end with nowhere to write
-        cli.check_output_file(args.output, "--output")
-        cli.check_not_an_input(args.output, "--output", argparse.Namespace(inputs=[args.inputs], input_file=None))
-    except cli.OutputError as exc:
+        target = outputs.check_output_file(args.output, "--output")
+        outputs.check_not_an_input(args.output, "--output", argparse.Namespace(inputs=[args.inputs], input_file=None))
+    except outputs.OutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
@@ -275,35 +340,43 @@ def main(argv=None) -> int:
     except engine.EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    import ray
+    with contextlib.nullcontext() if args.verbose else ray_logs_hidden():
+        return _sweep_main(args, target, inputs, model)
 
-    if args.quiet:
-        logging.getLogger("ray").setLevel(logging.WARNING)
+
+def _sweep_main(args, target: outputs.Target, inputs: list[str], model: engine.Engine) -> int:
+    import ray
+    import ray.data  # noqa: F401 - it sets up its own loggers, quietened below
+
+    ray_level = logging.WARNING if args.verbose else logging.ERROR  # Ray's own INFO lines are not for users
+    quiet_ray_loggers(ray_level)
     try:
         if not ray.is_initialized():
             ray.init(address=args.address or "local", runtime_env=runtime_env(args.address),  # local: a new one
-                     log_to_driver=not args.quiet, logging_level=logging.WARNING if args.quiet else logging.INFO)
+                     log_to_driver=args.verbose, logging_level=ray_level)
+            quiet_ray_loggers(ray_level)  # ray.init sets its own
     except Exception as exc:  # noqa: BLE001 - unreachable cluster, refused token, bad address: one line
         print(f"error: Ray at {args.address or 'this machine'}: {type(exc).__name__}: {extract.first_line(exc)}",
               file=sys.stderr)
         return 2
     ray.data.DataContext.get_current().enable_progress_bars = not args.quiet
     written = failed = 0
-    writer = Writer(args.output)
+    writer = Writer(target)
     try:
         for line in sweep(inputs, cli.extract_options(args, model), args):
             writer.write(line)
             if line["type"] == "input":
                 written += 1
                 failed += line["status"] == "failed"
-                if line["error"] and not args.quiet:
+                if line["error"]:
                     print(f"error: {line['input']}: {line['error']}", file=sys.stderr)
     except Exception as exc:  # noqa: BLE001 - Ray gave up (retries spent): say what was written
         print(f"error: the sweep stopped: {type(exc).__name__}: {extract.first_line(exc)}", file=sys.stderr)
     finally:
         writer.close()
-    if not args.quiet or written != len(inputs):
-        print(f"{written} of {len(inputs)} inputs written to {args.output}, {failed} failed", file=sys.stderr)
+    print(f"{written} of {len(inputs)} inputs written to {args.output}, {failed} failed"
+          + ("" if written == len(inputs) else f"; {len(inputs) - written} not written (the sweep stopped)"),
+          file=sys.stderr)
     return 1 if failed or written != len(inputs) else 0
 
 

@@ -5,7 +5,9 @@ per folder image) and the head is trained on the cache; last-N also adapts the b
 activations; all trains every layer (a GPU job). The epoch with the best validation kind-macro accuracy is saved
 as a self-describing checkpoint, with its ONNX twin beside it, under runs/<date>-<arch>/ unless --output says.
 """
-from __future__ import annotations  # annotations name torch types without importing torch
+from __future__ import (
+    annotations,  # annotations name torch types without importing torch
+)
 
 import argparse
 import datetime
@@ -16,6 +18,7 @@ import shlex
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -23,6 +26,12 @@ from tqdm import tqdm
 
 import dataset
 import engine
+from atomic import replace_file
+
+if TYPE_CHECKING:  # torch is imported where it is used, so --help and the torch-missing error need none
+    import torch
+    from torch import nn
+    from torchvision.transforms import v2 as T
 
 # torch, torchvision and model.py (which imports torch) are imported inside the functions that use
 # them, so `--help` and argument errors answer at once.
@@ -299,13 +308,7 @@ class TrainingState:
 
         if not self.path:
             return
-        temporary = f"{self.path}.{os.getpid()}.tmp"
-        try:
-            torch.save({"key": self.key, **state}, temporary)
-            os.replace(temporary, self.path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+        replace_file(self.path, lambda f: torch.save({"key": self.key, **state}, f))
 
 
 def fit(trainable: nn.Module, epoch_batches, val_probabilities, val_y, val_kinds, epochs=10, lr=1e-3,
@@ -700,7 +703,7 @@ def frozen_outputs(args, net, splits, trained_blocks: int) -> tuple[dict, int, f
         for path in unreadable:
             print(f"warning: skipped unreadable image {path}", file=sys.stderr)
         if cache_file:
-            torch.save({"x": x, "y": torch.as_tensor(y), "kinds": kinds}, cache_file)
+            replace_file(cache_file, lambda f: torch.save({"x": x, "y": torch.as_tensor(y), "kinds": kinds}, f))
         cached[split] = (x, y, kinds)
     return cached, ran_images, ran_s
 

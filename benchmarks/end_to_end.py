@@ -13,13 +13,13 @@ import tempfile
 
 import pymupdf
 import requests
-from PIL import Image
-
 from common import DEFAULT_MODEL, corpus_sample, serve, timed, upscaled_jpeg, write_pdf
+from PIL import Image
 
 import engine
 import extract
 import final_classification_script as cli
+import pipeline
 
 
 def reference_page(url: str, net) -> list[float]:
@@ -47,7 +47,7 @@ def reference_pdf(path: str, net) -> list[float]:
 
 def ours(text: str, net, args) -> list[float]:
     """The CLI's own run for one input: extraction overlapping the model thread, batched."""
-    run = cli.Run(net, cli.extract_options(args, net), jobs=1, batch_size=args.batch_size)
+    run = pipeline.Run(net, cli.extract_options(args, net), jobs=1, batch_size=args.batch_size)
     events = list(run.results([text]))
     run.close()
     assert events[-1][1].error is None, events[-1][1].error

@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from common import DEFAULT_MODEL, ROOT, corpus_sample, upscaled_jpeg, write_pdf
+from PIL import Image
 
 import engine
 

@@ -13,9 +13,8 @@ import sys
 import tempfile
 import time
 
-from PIL import Image
-
 from common import ROOT, corpus_sample, upscaled_jpeg, write_pdf
+from PIL import Image
 
 
 def main():

@@ -13,9 +13,8 @@ import tempfile
 import time
 
 import torch
-from PIL import Image
-
 from common import corpus_sample
+from PIL import Image
 
 import engine
 import model

@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import ROOT
 
 sys.path.insert(0, str(ROOT / "tests"))
+from fake_data import write_cifar10, write_medmnist  # noqa: E402
+
 import dataset  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
-from fake_data import write_cifar10, write_medmnist  # noqa: E402
 
 
 def bare_forward(device: torch.device, batch: int = 256, seconds: float = 10.0, fast: bool = False) -> float:

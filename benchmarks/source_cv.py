@@ -16,8 +16,9 @@ import subprocess
 import sys
 
 import numpy as np
-
 from common import ROOT
+
+from atomic import replace_file  # noqa: E402 (common puts the repository on the path)
 
 FIGURES = ("val_balanced_accuracy", "val_accuracy", "val_auroc", "val_kind_macro_accuracy", "val_recall_medical",
            "val_recall_non_medical")
@@ -66,8 +67,7 @@ def main():
         print(f"fold {fold}: " + ", ".join(f"{k} {folds[-1][k]:.4f}" for k in FIGURES if k in folds[-1]), flush=True)
     summary = summarize(folds)
     summary["recipe"] = recipe
-    with open(os.path.join(args.out, "cv.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    replace_file(os.path.join(args.out, "cv.json"), lambda f: f.write(json.dumps(summary, indent=2).encode()))
     for key in FIGURES:
         if f"{key}_mean" in summary:
             print(f"{key}: mean {summary[key + '_mean']:.4f}, std {summary[key + '_std']:.4f}, "

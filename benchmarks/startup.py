@@ -10,9 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image
-
 from common import ROOT, corpus_sample
+from PIL import Image
 
 
 def run_once(engine: str, image: str) -> float:

@@ -9,7 +9,6 @@ import argparse
 
 import numpy as np
 import torch
-
 from common import corpus_sample, timed
 
 import dataset

@@ -9,10 +9,10 @@ import sys
 
 import pymupdf
 import pytest
+from conftest import ROOT, SHARED, Server, corpus_images, image_bytes, make_pdf
 from PIL import Image
 
 import final_classification_script as cli
-from conftest import ROOT, SHARED, Server, corpus_images, image_bytes, make_pdf
 
 MEDICAL = corpus_images("medical", "ct", 2) + corpus_images("medical", "dermoscopy", 1)
 NON_MEDICAL = corpus_images("non_medical", "photo", 2) + corpus_images("non_medical", "chart", 1)
@@ -44,7 +44,8 @@ def test_json_contract(inputs, tmp_path, capsys, shipped_model_path):
                                "threshold": pytest.approx(report["model"]["threshold"]), "engine": "onnx"}
     assert [i["kind"] for i in report["inputs"]] == ["pdf", "image", "folder"]
     for entry in report["inputs"]:
-        assert set(entry) == {"input", "kind", "error", "images", "skipped"} and entry["error"] is None
+        assert set(entry) == {"input", "kind", "error", "images", "skipped", "downloads_failed"}
+        assert entry["error"] is None and entry["downloads_failed"] == 0
         for image in entry["images"]:
             assert set(image) == {"source", "page", "width", "height", "label", "p_medical", "saved_path", "format"}
             assert image["label"] in ("medical", "non-medical") and 0 <= image["p_medical"] <= 1

@@ -10,9 +10,9 @@ import sys
 import threading
 
 import pytest
+from conftest import ROOT, Server, corpus_images, make_pdf
 
 import final_classification_script as cli
-from conftest import ROOT, Server, corpus_images, make_pdf
 
 MEDICAL = corpus_images("medical", "ct", 2)
 NON_MEDICAL = corpus_images("non_medical", "photo", 2)
@@ -161,7 +161,8 @@ def test_argument_errors_say_what_to_do(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.parse_args(argv)
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {message} (see python final_classification_script.py --help)"]  # one line, no usage before it
 
 
 def test_version_and_a_quick_help_without_torch(tmp_path):
@@ -240,3 +241,16 @@ def test_custom_headers_go_only_to_the_input_urls_host(server, capsys):
     finally:
         other.httpd.shutdown()
     assert seen == {"own": "Bearer secret", "theirs": None}
+
+
+def test_progress_bars_end_at_100_percent_when_fewer_items_come_than_announced(tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("a file the walk announces, then passes over\n")
+    (folder / "readme.md").write_text("another one\n")
+    for i, path in enumerate(MEDICAL + NON_MEDICAL):
+        (folder / f"{i}{path.suffix}").write_bytes(path.read_bytes())
+    done = run([str(folder), "--json"])
+    assert done.returncode == 0, done.stderr
+    last = done.stderr.replace("\r", "\n").strip().splitlines()[-2]  # the images bar's last state, then the summary
+    assert "100%" in last and "4/4" in last, done.stderr

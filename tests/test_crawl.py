@@ -5,12 +5,12 @@ from urllib.parse import urlsplit
 
 import pymupdf
 import pytest
+from conftest import corpus_images, image_bytes
 
 import crawl
 import extract
 import final_classification_script as cli
 import pages
-from conftest import corpus_images, image_bytes
 from images import Found, InputError, Options, Skipped
 
 MEDICAL = corpus_images("medical", "ct", 3)
@@ -306,4 +306,5 @@ def test_crawl_options_are_checked(capsys):
         with pytest.raises(SystemExit) as info:
             cli.main(["https://example.org/"] + bad)
         assert info.value.code == 2
-        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: {message} (see python final_classification_script.py --help)"]

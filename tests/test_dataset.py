@@ -5,13 +5,12 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from conftest import CORPUS, corpus_images
+from fake_data import write_cifar10, write_medmnist
 
 import dataset
 import model
 import train
-from conftest import CORPUS, corpus_images
-from fake_data import write_cifar10, write_medmnist
-
 
 # ---------------------------------------------------------------- balancing and splitting
 

@@ -1,15 +1,18 @@
 """PDF extraction on PDFs built here with PyMuPDF, and hostile PDFs."""
 import io
+import json
+import struct
+import time
 import zlib
 
 import numpy as np
 import pymupdf
 import pytest
+from conftest import corpus_images, image_bytes
 from PIL import Image
 
 import extract
 import pdfs as extract_pdfs
-from conftest import corpus_images, image_bytes
 
 PHOTO = corpus_images("non_medical", "photo", 1)[0]
 MRI = corpus_images("medical", "mri", 1)[0]
@@ -61,7 +64,10 @@ def test_png_alpha_is_applied_as_transparency():
 
 
 def test_cmyk_jpeg_is_not_inverted():
-    rgb = Image.new("RGB", (64, 48), (200, 40, 30))
+    red = np.zeros((48, 64, 3), np.uint8)
+    red[..., 0] = np.linspace(160, 240, 64, dtype=np.uint8)  # a gradient: one flat colour is skipped as blank
+    red[..., 1:] = (40, 30)
+    rgb = Image.fromarray(red)
     buffer = io.BytesIO()
     rgb.convert("CMYK").save(buffer, "JPEG")
     found, _ = run(pdf_with(buffer.getvalue()).tobytes())
@@ -289,3 +295,52 @@ def test_images_are_numbered_in_the_order_the_page_draws_them():
     found = [item for item in extract.pdf_images(doc.tobytes(), "x.pdf", extract.Options())
              if isinstance(item, extract.Found)]
     assert [(f.source, f.width) for f in found] == [("x.pdf#page=1&image=1", 90), ("x.pdf#page=1&image=2", 120)]
+
+
+def _segment(number: int, kind: int, data: bytes) -> bytes:
+    """One segment of an embedded JBIG2 stream: number, type, no referred segments, page 1, data length."""
+    return struct.pack(">IBBBI", number, kind, 0, 1, len(data)) + data
+
+
+def jbig2_pdf(width: int, height: int) -> bytes:
+    """A page drawing one 200x200 JBIG2 image whose stream declares a `width`x`height` page and generic region."""
+    page_info = struct.pack(">IIIIBH", width, height, 0, 0, 0, 0)
+    region = struct.pack(">IIIIB", width, height, 0, 0, 0) + bytes([0, 3, 0xFF, 0xFD, 0xFF, 2, 0xFE, 0xFE, 0xFE])
+    stream = _segment(0, 48, page_info) + _segment(1, 38, region + b"\0" * 64)
+    doc = pymupdf.open()
+    page = doc.new_page()
+    xref = doc.get_new_xref()
+    doc.update_object(xref, "<< /Type /XObject /Subtype /Image /Width 200 /Height 200 /ColorSpace /DeviceGray "
+                            "/BitsPerComponent 1 >>")
+    doc.update_stream(xref, stream, compress=0)
+    doc.xref_set_key(xref, "Filter", "/JBIG2Decode")
+    doc.xref_set_key(page.xref, "Resources", f"<< /XObject << /Im1 {xref} 0 R >> >>")
+    contents = doc.get_new_xref()
+    doc.update_object(contents, "<< >>")
+    doc.update_stream(contents, b"q 200 0 0 200 50 50 cm /Im1 Do Q")
+    doc.xref_set_key(page.xref, "Contents", f"{contents} 0 R")
+    return doc.tobytes()
+
+
+def test_a_jbig2_bomb_is_refused_from_its_headers_before_any_decoding(tmp_path, capsys):
+    """MuPDF takes about a minute on this stream before it gives up; its declared size says so at once."""
+    import final_classification_script as cli
+
+    bomb = tmp_path / "bomb.pdf"
+    bomb.write_bytes(jbig2_pdf(100_000, 100_000))
+    start = time.monotonic()
+    code = cli.main(["--json", str(bomb), "--quiet"])
+    assert time.monotonic() - start < 30
+    assert code == 0
+    [entry] = json.loads(capsys.readouterr().out)["inputs"]
+    assert entry["images"] == [] and [s["reason"] for s in entry["skipped"]] == [
+        "JBIG2 image declares a 100000x100000 bitmap, over the pixel cap (not decoded)"]
+    small = pymupdf.open(stream=jbig2_pdf(300, 200))
+    assert extract_pdfs.jbig2_declared_size(small.xref_stream_raw(small[0].get_images()[0][0])) == (300, 200)
+
+
+def test_a_page_out_of_time_skips_its_other_images_and_says_so():
+    doc = pdf_with(image_bytes(PHOTO, "PNG"), image_bytes(MRI, "PNG"), image_bytes(PHOTO, "JPEG", size=(90, 90)))
+    found, skipped = run(doc.tobytes(), pdf_page_time_limit=0)
+    assert found == [] and len(skipped) == 3
+    assert all(s.reason == "page 1 ran past 0 s: its other images are not read" for s in skipped)

@@ -3,12 +3,12 @@ import base64
 import time
 
 import pytest
+from conftest import corpus_images, endless, image_bytes, slow, trickle
 from PIL import Image
 
 import extract
 import images
 import pages
-from conftest import corpus_images, endless, image_bytes, slow, trickle
 
 PHOTOS = corpus_images("non_medical", "photo", 6)
 SCANS = corpus_images("medical", "ct", 4)
@@ -209,8 +209,19 @@ def test_oversized_response_refused_from_its_content_length(server):
 def test_fifty_megabyte_html_page_is_refused_clearly(server):
     body = b"<html><body>" + b"<p>filler text</p>" * (50 * 1024 * 1024 // 18) + b"</body></html>"
     server.add("/big.html", body)
-    with pytest.raises(extract.InputError, match="over the 16,777,216 byte cap"):
+    with pytest.raises(extract.InputError, match="over the 16,777,216 byte cap of a page .*--max-page-bytes"):
         collect(server.url + "/big.html")
+
+
+def test_max_page_bytes_raises_the_cap_of_a_large_page(server):
+    picture = image_bytes(PHOTOS[3], "PNG", size=(40, 40))
+    server.add("/i.png", picture, "image/png")
+    body = b'<html><body><img src="/i.png">' + b"<p>filler text</p>" * (20 * 1024 * 1024 // 18) + b"</body></html>"
+    server.add("/big.html", body)
+    with pytest.raises(extract.InputError, match="byte cap of a page"):
+        collect(server.url + "/big.html")
+    kind, found, skipped = collect(server.url + "/big.html", max_page_bytes=32 * 1024 * 1024)
+    assert len(found) == 1 and not skipped
 
 
 def test_ten_thousand_image_tags_are_capped_by_max_images(server):

@@ -6,12 +6,13 @@ import io
 import os
 
 import pymupdf
-from hypothesis import HealthCheck, given, settings, strategies as st
+from conftest import corpus_images, image_bytes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import extract
 import pages
-from conftest import corpus_images, image_bytes
 
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 

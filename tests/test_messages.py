@@ -2,10 +2,10 @@
 import pymupdf
 import pytest
 import torch
-
-import final_classification_script as cli
 from conftest import ROOT, corpus_images, image_bytes
 from test_engine import run_blocked
+
+import final_classification_script as cli
 
 HINT = "give a .pth file written by train.py"
 

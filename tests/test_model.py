@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import corpus_images
 from PIL import Image
 
 import engine
 import model
-from conftest import corpus_images
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import subprocess
 import time
 
 import pytest
+from conftest import Server, corpus_images, image_bytes
 
 import extract
 import final_classification_script as cli
 import version
-from conftest import Server, corpus_images, image_bytes
 
 SCAN = image_bytes(corpus_images("medical", "ct", 1)[0], "PNG")
 
@@ -90,7 +90,8 @@ def test_bad_network_options_exit_2_with_one_line(args, message, capsys):
         cli.main(["x.png"] + args)
     err = capsys.readouterr().err.strip().splitlines()
     assert caught.value.code == 2
-    assert ": error: " in err[-1] and message in err[-1]
+    assert len(err) == 1 and err[0].startswith(f"error: {message}")  # one line, no usage before it
+    assert err[0].endswith("(see python final_classification_script.py --help)")
 
 
 def test_a_ca_bundle_without_a_certificate_is_refused(tmp_path, capsys):
@@ -98,7 +99,8 @@ def test_a_ca_bundle_without_a_certificate_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as caught:
         cli.main(["x.png", "--ca-bundle", str(tmp_path / "notes.pem")])
     assert caught.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("notes.pem: no PEM certificate in it")
+    assert capsys.readouterr().err.strip().endswith("notes.pem: no PEM certificate in it (see python "
+                                                    "final_classification_script.py --help)")
 
 
 # ---------------------------------------------------------------- retries

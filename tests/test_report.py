@@ -10,11 +10,11 @@ from urllib.parse import unquote, urlsplit
 
 import pymupdf
 import pytest
+from conftest import corpus_images, image_bytes
 from PIL import Image
 
 import final_classification_script as cli
 import report
-from conftest import corpus_images, image_bytes
 
 MEDICAL = corpus_images("medical", "ct", 2)
 NON_MEDICAL = corpus_images("non_medical", "photo", 2)
@@ -300,3 +300,28 @@ def test_a_real_browser_renders_filters_and_sorts(tmp_path, capsys):
     assert [float(card["attrs"]["data-p"]) for card in shown] == expected and len(expected) >= 2
     assert len(dom.cards) == len(images)
     assert ("div", {"id": "controls"}) in dom.tags, "the controls show once the script runs"
+
+
+def test_long_sources_are_cut_in_the_middle_keeping_the_file_name():
+    url = "https://images.example.org/" + "deep/" * 30 + "figure-3-chest-xray.png"
+    short = report.shorten(url, 60)
+    assert len(short) == 60 and short.startswith("https://images") and short.endswith("figure-3-chest-xray.png")
+    assert "…" in short and report.shorten("short.png", 60) == "short.png"
+
+
+def test_reasons_are_never_cut_mid_word():
+    import images
+
+    reason = "DICOM pixel data could not be decoded: " + "the transfer syntax needs a decoder plugin " * 8
+    cut = images.clip(reason)
+    assert len(cut) <= 160 and cut.endswith("…")
+    assert cut[:-1].split()[-1] in reason.split(), "the last word is whole"
+    assert images.first_line(ValueError(reason + "\nsecond line")) == cut
+
+
+def test_one_failed_input_is_singular_in_the_report():
+    document = {"model": {"path": "m.pth", "arch": "a", "threshold": 0.5, "engine": "onnx"},
+                "inputs": [report.input_record("x.png", None, "no such file, folder or URL", [], [])],
+                "summary": {"images": 1, "medical": 1, "non-medical": 0, "skipped": 0, "failed_inputs": 1}}
+    page = report.to_html(document, [[]])
+    assert "<b>1</b> failed input<" in page and "<b>1</b> image<" in page and "failed inputs<" not in page

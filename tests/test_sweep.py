@@ -9,10 +9,11 @@ import threading
 import time
 
 import pytest
+from conftest import ROOT, Server, corpus_images
 
 import extract
 import final_classification_script as cli
-from conftest import ROOT, Server, corpus_images
+import pipeline
 
 IMAGES = corpus_images("medical", "xray", 3) + corpus_images("non_medical", "photo", 3)
 
@@ -61,9 +62,9 @@ def test_jsonl_lines_follow_the_schema_and_stream_before_the_run_ends(tmp_path):
     assert set(image) == {"type", "input", "source", "page", "width", "height", "label", "p_medical", "saved_path",
                           "format"}
     assert done == {"type": "input", "input": str(IMAGES[0]), "kind": "image", "status": "done", "error": None,
-                    "images": 1, "skipped": 0}
+                    "images": 1, "skipped": 0, "downloads_failed": 0}
     assert failed == {"type": "input", "input": str(tmp_path / "gone.png"), "kind": "unknown", "status": "failed",
-                      "error": "no such file, folder or URL", "images": 0, "skipped": 0}
+                      "error": "no such file, folder or URL", "images": 0, "skipped": 0, "downloads_failed": 0}
     page, summary = lines_of(rest)
     assert page["input"] == server.url + "/slow.html" and page["status"] == "done"
     assert summary == {"type": "summary", "images": 1, "medical": summary["medical"],
@@ -149,7 +150,7 @@ class CountingEngine:
 
 def _events(model, texts, jobs=4, batch_size=4):
     options = extract.Options(working_size=256)
-    run = cli.Run(model, options, jobs=jobs, batch_size=batch_size)
+    run = pipeline.Run(model, options, jobs=jobs, batch_size=batch_size)
     events = list(run.results(texts))
     run.close()
     return run, events

@@ -6,9 +6,10 @@ import pytest
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
 
+from conftest import Server, corpus_images, image_bytes, make_pdf  # noqa: E402
+
 import final_classification_script as cli  # noqa: E402
 import sweep_ray  # noqa: E402
-from conftest import Server, corpus_images, image_bytes, make_pdf  # noqa: E402
 
 MEDICAL = corpus_images("medical", n=4)
 NON_MEDICAL = corpus_images("non_medical", n=4)
@@ -128,3 +129,23 @@ def test_bad_arguments_and_unreadable_input_lists_exit_2(tmp_path, capsys):
     assert sweep_ray.main([str(tmp_path / "list.txt"), "-o", str(tmp_path / "no" / "out.jsonl")]) == 2
     assert capsys.readouterr().err.strip() == (f"error: --output {tmp_path / 'no' / 'out.jsonl'}: folder "
                                                f"{tmp_path / 'no'} does not exist; create it first")
+
+
+def test_quiet_shows_the_tools_errors_and_summary_and_none_of_rays_logs(tmp_path):
+    """A fresh process, so Ray starts as a user's sweep does (its INFO lines, its C++ core's warnings)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{MEDICAL[0]}\ndefinitely not an input\n")
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run([sys.executable, str(ROOT / "sweep_ray.py"), str(listing), "-o", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["error: definitely not an input: no such file, folder or URL",
+                                        f"2 of 2 inputs written to {out}, 1 failed"]
+    assert sweep_ray.RAY_LOG_LINE.match(b"2026-12-03 14:07:31,158\tINFO streaming_executor.py:215 -- Starting")
+    assert sweep_ray.RAY_LOG_LINE.match(b"[2026-12-03 14:07:31,183 E 26232 26232] core_worker.cc:2465: Actor")
+    assert not sweep_ray.RAY_LOG_LINE.match(b"error: definitely not an input: no such file, folder or URL")

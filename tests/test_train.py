@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, corpus_images
+from fake_data import write_cifar10, write_medmnist
 
 import dataset
 import model
 import train
-from conftest import ROOT, corpus_images
-from fake_data import write_cifar10, write_medmnist
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +82,18 @@ def test_train_on_an_image_folder_end_to_end(small_folder, tmp_path, capsys, mon
 def test_finetune_last_blocks_on_cached_activations(small_folder, tmp_path):
     """--finetune last-1: the last block, the final conv and the head are trained; the checkpoint carries
     only those layers, rebuilds from its fields, and its ONNX twin agrees with torch."""
-    import engine
     from PIL import Image
 
+    import engine
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "model.pth").write_bytes(b"an older model")
     out = tmp_path / "last1.pth"
+    out.symlink_to(tmp_path / "real" / "model.pth")  # followed: its target replaced, the link kept
     code = train.main(["--data", f"folder:{small_folder}", "--arch", "efficientnet_lite0", "--finetune", "last-1",
-                       "--epochs", "2", "--views", "1", "--workers", "0", "--output", str(out)])
+                       "--epochs", "2", "--views", "1", "--workers", "0", "--output", str(out), "--overwrite"])
     assert code == 0
+    assert out.is_symlink() and os.listdir(tmp_path / "real") == ["model.pth"]
     raw = torch.load(out, weights_only=True)
     stages = {int(k.split(".")[1]) for k in raw["state_dict"]}
     assert stages == {16, 17}  # block 15 and the final conv + pooling: nothing frozen is stored
