@@ -147,6 +147,9 @@ def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pages", type=_page_ranges, metavar="RANGES",
                    help="PDF pages to read, 1-based: 3-10, 1,4,7- (default: all)")
     p.add_argument("--password", help="tried on an encrypted PDF the empty password does not open (never printed)")
+    p.add_argument("--whole-images", action="store_true",
+                   help="classify every image whole; by default a compound figure (panels parted by gutters) is also "
+                        "read panel by panel, and is medical when a panel is")
     p.add_argument("--all-frames", action="store_true",
                    help="classify every frame of a multi-frame DICOM (default: its middle frame)")
     p.add_argument("--crawl", type=at_least(0), default=0, metavar="DEPTH",
@@ -255,16 +258,21 @@ def count_inputs(args) -> int | None:
     return None if args.input_file == "-" else sum(1 for _ in iter_inputs(args))
 
 
+PANEL_DETAIL = 2  # images are kept this many times the model's input, so a compound figure's panels keep detail
+
+
 def extract_options(args, model: engine.Engine) -> extract.Options:
-    """Decoded images are kept only as large as the model needs (its resize), never at full resolution."""
+    """Decoded images are kept only as large as the model needs (its resize; twice that where a compound figure
+    may be read panel by panel), never at full resolution."""
     return extract.Options(min_size=args.min_size, max_images=args.max_images, timeout=args.timeout,
                            workers=args.workers, keep_encoded=bool(args.save_dir), pages=args.pages,
                            password=args.password, all_frames=args.all_frames, retries=args.retries,
                            user_agent=args.user_agent, headers=dict(args.header),
                            verify=False if args.insecure else args.ca_bundle or True,
                            crawl_depth=args.crawl, max_pages=args.max_pages, delay=args.delay,
-                           max_page_bytes=args.max_page_bytes,
-                           working_size=max(model.preprocess["resize"], model.preprocess["crop"]))
+                           max_page_bytes=args.max_page_bytes, whole_images=args.whole_images,
+                           working_size=max(model.preprocess["resize"], model.preprocess["crop"])
+                           * (1 if args.whole_images else PANEL_DETAIL))
 
 
 def _raise_interrupt(signum, frame):

@@ -53,6 +53,7 @@ class Options:
     crawl_depth: int = 0  # an http(s) page: follow its links on the same site this many steps (0: the page alone)
     max_pages: int = 100  # a crawl fetches at most this many pages and linked documents
     delay: float = 0.5  # seconds between a crawl's requests to one host (robots.txt's Crawl-delay when longer)
+    whole_images: bool = False  # --whole-images: a compound figure is not split into its panels (panels.py)
     max_page_bytes: int = 16 * 1024 * 1024  # an HTML page larger than this is not read (--max-page-bytes)
     done: dict | None = field(default=None, repr=False)  # --resume: what an earlier run finished of this input,
     # {"files": {source: its "file" line}, "sources": the images it classified}; those files are not read again
@@ -79,6 +80,7 @@ class Found:
     thumbnail: str | None = None  # a page image reached through a link: the small image the page shows
     inline: bool = False  # a PDF inline image (BI ... ID ... EI)
     found_on: str | None = None  # in a crawl: the page that shows the image, or links to the file it came from
+    panels: list | None = None  # a compound figure's panel boxes (x0, y0, x1, y1) in `image`'s pixels
 
 
 @dataclass

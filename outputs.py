@@ -367,7 +367,7 @@ class Sink:
         except OSError:
             pass  # the buffer that could not be written is dropped with it
 
-    def image(self, state: InputState, found: extract.Found, p: float) -> None:
+    def image(self, state: InputState, found: extract.Found, p: float, panel_ps: list = ()) -> None:
         label = self.model.label(p)
         if label == "medical":
             state.medical += 1
@@ -376,7 +376,7 @@ class Sink:
         if self.args.only and label != self.args.only:
             return
         saved = self._save(found, label) if self.args.save_dir else None
-        record = report.image_record(found, p, label, saved)
+        record = report.image_record(found, p, label, saved, panel_ps)
         state.shown += 1
         if self.args.jsonl:
             self.line(report.image_line(state.text, record))

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 import engine
 import extract
+import panels
 import report
 
 SEEN_IMAGES = 65536  # results remembered per run by image content, so a logo on every page is classified once
@@ -65,7 +66,7 @@ class Run:
         self.model_thread.start()
 
     def results(self, texts):
-        """Yield ("start", state), ("expect", state, n), ("skipped", state, Skipped), ("image", state, Found, p),
+        """Yield ("start", state), ("expect", state, n), ("skipped", state, Skipped), ("image", state, Found, p, panels),
         ("file", state, Finished) and ("end", state) as they come; an input's items come in the order they were
         found (all through the model's queue), and "end" after all of them."""
         active, texts = 0, iter(texts)
@@ -104,6 +105,8 @@ class Run:
             for item in items:
                 if self.stop.is_set():
                     return
+                if isinstance(item, extract.Found) and not options.whole_images:  # here, on the input's own thread
+                    item.panels = panels.find_panels(item.image, self.options.min_size, item.width)
                 self.to_model.put((state, item, image_key(item.image) if isinstance(item, extract.Found) else None))
         except Exception as exc:  # never lose the other inputs' results to one bad file
             state.error = extract.input_problem(exc)
@@ -132,12 +135,15 @@ class Run:
             todo = {}
             for state, item, key in batch:
                 if key is not None and key not in self.known and key not in todo:
-                    todo[key] = item.image
+                    todo[key] = item
             failure = None
             try:
                 if todo:
-                    for key, p in zip(todo, self.model.predict(list(todo.values()), self.batch_size)):
-                        self.known[key] = p
+                    found = list(todo.values())
+                    results = panels.predict_figures(self.model, [f.image for f in found],
+                                                     [f.panels or [] for f in found], batch_size=self.batch_size)
+                    for key, result in zip(todo, results):
+                        self.known[key] = result[:2]  # (p_medical, [(box, p) per panel])
             except Exception as exc:
                 failure = f"the model failed on a batch: {type(exc).__name__}: {extract.first_line(exc)}"
             for state, item, key in batch:
@@ -147,7 +153,8 @@ class Run:
                     self.events.put(("skipped" if isinstance(item, extract.Skipped) else "file", state, item))
                 elif key in self.known:
                     self.known.move_to_end(key)
-                    self.events.put(("image", state, item, self.known[key]))
+                    p, panel_ps = self.known[key]
+                    self.events.put(("image", state, item, p, panel_ps))
                 else:
                     state.error = state.error or failure
             self.classified += len(todo)
@@ -180,7 +187,7 @@ def drain(run: Run, sink, args, texts, total: int | None, done: set) -> None:
             elif kind == "file":
                 sink.file(state, event[2])
             elif kind in ("skipped", "image"):
-                sink.skipped(state, event[2]) if kind == "skipped" else sink.image(state, event[2], event[3])
+                sink.skipped(state, event[2]) if kind == "skipped" else sink.image(state, event[2], event[3], event[4])
                 state.seen += 1
                 if state.seen > state.expected:  # more than announced, or nothing announced
                     images_bar.total += 1

@@ -18,12 +18,19 @@ THUMBNAIL = 160
 UNCERTAIN = 0.1  # p_medical within this of the threshold is marked uncertain in the report
 
 
-def image_record(found, p: float, label: str, saved_path: str | None = None) -> dict:
-    """One classified image, as README's schema names its fields (p_medical to 4 places)."""
+def image_record(found, p: float, label: str, saved_path: str | None = None, panel_ps=()) -> dict:
+    """One classified image, as README's schema names its fields (p_medical to 4 places); a compound figure's
+    `panels` give each panel's box in the original's pixels and its own p_medical."""
     return {"source": found.source, "page": found.page, "width": found.width, "height": found.height,
             "label": label, "p_medical": round(float(p), 4), "saved_path": saved_path, "format": found.format,
             **({"thumbnail": found.thumbnail} if found.thumbnail else {}),
-            **({"found_on": found.found_on} if found.found_on else {})}
+            **({"found_on": found.found_on} if found.found_on else {}),
+            **({"panels": panel_records(found, panel_ps)} if panel_ps else {})}
+
+
+def panel_records(found, panel_ps) -> list[dict]:
+    scale = found.width / found.image.width
+    return [{"box": [round(v * scale) for v in box], "p_medical": round(float(p), 4)} for box, p in panel_ps]
 
 
 def skipped_record(skipped) -> dict:
@@ -156,7 +163,9 @@ def to_table(report: dict) -> str:
         for im in entry["images"]:
             lines.append(f"   {shorten(im['source'], 60):60s} {im['page'] or '':>4} "
                          f"{str(im['width']) + 'x' + str(im['height']):>11s}  {im['label']:11s} "
-                         f"{im['p_medical']:10.3f}")
+                         f"{im['p_medical']:10.3f}" + (f"  {len(im['panels'])} panels, the most medical "
+                                                       f"{max(q['p_medical'] for q in im['panels']):.3f}"
+                                                       if im.get("panels") else ""))
         reasons: dict = {}
         for sk in entry["skipped"]:
             reason = re.sub(r" \(\d+x\d+\)$", "", sk["reason"])

@@ -24,6 +24,7 @@ import engine
 import extract
 import final_classification_script as cli
 import outputs
+import panels
 import report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -99,7 +100,8 @@ def _pixels(image) -> tuple[bytes, str]:
 
 def _found_fields(found: extract.Found) -> dict:
     return {"source": found.source, "page": found.page, "width": found.width, "height": found.height,
-            "format": found.format, "thumbnail": found.thumbnail, "index": found.index, "frame": found.frame}
+            "format": found.format, "thumbnail": found.thumbnail, "index": found.index, "frame": found.frame,
+            "panels": found.panels}
 
 
 def extraction_rows(row: dict, options: extract.Options) -> Iterator[dict]:
@@ -122,6 +124,8 @@ def extraction_rows(row: dict, options: extract.Options) -> Iterator[dict]:
                     report.skipped_line(text, report.skipped_record(item))), "pixels": b"", "size": ""}
             else:
                 images += 1
+                if not options.whole_images:
+                    item.panels = panels.find_panels(item.image, options.min_size, item.width)
                 pixels, size = _pixels(item.image)
                 yield {**common, "type": "image", "line": json.dumps(_found_fields(item)), "pixels": pixels,
                        "size": size}
@@ -152,8 +156,10 @@ class Classifier:
         at = [i for i, kind in enumerate(batch["type"]) if kind == "image"]
         found = [extract.Found(image=Image.frombytes("RGB", tuple(map(int, str(batch["size"][i]).split("x"))),
                                                       bytes(batch["pixels"][i])), **json.loads(lines[i])) for i in at]
-        for i, item, p in zip(at, found, self.model.predict([f.image for f in found], self.batch_size)):
-            record = report.image_record(item, p, self.model.label(p), None)
+        results = panels.predict_figures(self.model, [f.image for f in found], [f.panels or [] for f in found],
+                                         batch_size=self.batch_size)
+        for i, item, (p, panel_ps, _) in zip(at, found, results):
+            record = report.image_record(item, p, self.model.label(p), None, panel_ps)
             lines[i] = json.dumps(report.image_line(str(batch["input"][i]), record))
         return {"n": batch["n"], "type": batch["type"], "line": lines}
 

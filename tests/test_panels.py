@@ -1,0 +1,86 @@
+"""Compound figures: gutters found from the image itself, each panel classified, one false-alarm bar for all."""
+import json
+
+import pytest
+from conftest import corpus_images
+from PIL import Image, ImageDraw
+from test_cli_safety import run
+
+import panels
+
+PHOTOS = corpus_images("non_medical", "photo", 6)
+SCANS = corpus_images("medical", "ct", 3)
+
+
+def grid(paths, rows: int, cols: int, cell: int = 200, gutter: int = 8, background=(255, 255, 255)) -> Image.Image:
+    canvas = Image.new("RGB", (cols * cell + (cols + 1) * gutter, rows * cell + (rows + 1) * gutter), background)
+    for n, path in enumerate(paths):
+        with Image.open(path) as image:
+            panel = image.convert("RGB").resize((cell, cell))
+        r, c = divmod(n, cols)
+        canvas.paste(panel, (gutter + c * (cell + gutter), gutter + r * (cell + gutter)))
+    return canvas
+
+
+def test_a_grid_is_split_into_its_panels_where_they_are():
+    figure = grid(PHOTOS, 2, 3)
+    boxes = panels.find_panels(figure)
+    expected = [(8 + c * 208, 8 + r * 208, 208 + c * 208, 208 + r * 208) for r in range(2) for c in range(3)]
+    assert len(boxes) == 6
+    for box, want in zip(sorted(boxes, key=lambda b: (b[1], b[0])), expected):
+        assert max(abs(a - b) for a, b in zip(box, want)) <= 4
+
+
+@pytest.mark.parametrize("kind, label, source", [("photo", "non_medical", ""), ("chart", "non_medical", "scienceplots"),
+                                                 ("ct", "medical", ""), ("xray", "medical", ""),
+                                                 ("histology", "medical", "")])
+def test_a_single_picture_is_not_split(kind, label, source):
+    for path in corpus_images(label, kind, 3, stem_contains=source):  # (many opencv-doc charts are compound)
+        with Image.open(path) as image:
+            assert panels.find_panels(image.convert("RGB")) == [], path
+
+
+def test_a_chart_with_a_title_and_stars_on_a_black_sky_stay_whole():
+    chart = Image.new("RGB", (600, 400), "white")
+    draw = ImageDraw.Draw(chart)
+    draw.text((220, 10), "Monthly admissions, 2019-2024", fill="black")  # a band far under a panel's share
+    draw.rectangle((60, 40, 580, 360), outline="black")
+    draw.line([(60 + 20 * i, 360 - (i * 37) % 300) for i in range(27)], fill="blue", width=2)
+    assert panels.find_panels(chart) == []
+    sky = Image.new("L", (600, 400), 3)
+    for x, y in ((50, 60), (300, 200), (520, 330), (150, 350)):
+        ImageDraw.Draw(sky).ellipse((x - 4, y - 4, x + 4, y + 4), fill=255)
+    assert panels.find_panels(sky.convert("RGB")) == [], "dark gutters part panels only when panels are not sky"
+
+
+def test_no_panel_under_min_size_is_split_off():
+    small = grid(PHOTOS[:4], 2, 2, cell=30, gutter=4)
+    assert panels.find_panels(small, min_size=32) == []
+    assert len(panels.find_panels(small, min_size=16)) == 4
+
+
+def test_nine_panels_are_not_nine_chances_of_a_false_alarm():
+    assert panels.combine(0.2, [0.6] * 9) == pytest.approx(0.2)  # nine 0.6 panels: not nine chances at 0.6
+    assert panels.combine(0.2, [0.1] * 8 + [0.995]) == pytest.approx(1 - 3 * 0.005)
+    assert panels.combine(0.2, [0.1, 0.95, 0.1, 0.1]) == pytest.approx(1 - 2 * 0.05)
+    assert panels.combine(0.7, []) == 0.7
+
+
+def test_the_cli_gives_the_figures_label_and_its_panels(tmp_path):
+    figure = grid([PHOTOS[0], PHOTOS[1], SCANS[0], PHOTOS[2]], 2, 2)
+    path = tmp_path / "figure.png"
+    figure.save(path)
+    done = run(["--json", str(path), "--quiet"])
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    [image] = report["inputs"][0]["images"]
+    assert len(image["panels"]) == 4
+    assert all(len(p["box"]) == 4 and 0 <= p["p_medical"] <= 1 for p in image["panels"])
+    scan_panel = max(image["panels"], key=lambda p: p["p_medical"])
+    x0, y0, x1, y1 = scan_panel["box"]  # the scan's cell, less its black margins: the scan decides
+    assert 4 <= x0 < x1 <= 212 and 212 <= y0 < y1 <= 420 and (x1 - x0) * (y1 - y0) >= 200 * 200 / 2
+    assert image["label"] == "medical"
+    assert image["p_medical"] >= max(1 - 2 * (1 - q["p_medical"]) for q in image["panels"]) - 1e-3
+    assert image["label"] == ("medical" if image["p_medical"] >= report["model"]["threshold"] else "non-medical")
+    whole = json.loads(run(["--json", str(path), "--quiet", "--whole-images"]).stdout)["inputs"][0]["images"][0]
+    assert "panels" not in whole
