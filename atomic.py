@@ -4,6 +4,7 @@ A reader never sees half a file, a failure leaves the old one as it was, a symli
 replaced, the link stays) and the file keeps its permissions (a new one gets what the umask gives, never mkstemp's
 0600). Used for the CLI's results, the checkpoint and its ONNX twin, and train.py's state.
 """
+
 import os
 import tempfile
 from typing import IO, Callable

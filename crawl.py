@@ -6,6 +6,7 @@ honoured for every page the crawl finds (the start page, named by the user, is r
 requests for pages are spaced by the delay, or robots.txt's Crawl-delay when longer; a 429 or 5xx is tried again
 after a pause (Retry-After when it says, capped), then recorded. Nothing here knows about the model.
 """
+
 import dataclasses
 import math
 import re
@@ -18,27 +19,69 @@ from urllib.parse import urlsplit
 from urllib.robotparser import RobotFileParser
 
 from images import Finished, Found, ImageBudget, InputError, Options, Skipped
-from pages import (
-    FetchError,
-    Response,
-    download_pictures,
-    fetch,
-    find_images,
-    find_links,
-    is_html_response,
-    parse_html,
-)
+from pages import FetchError, Response, download_pictures, fetch, find_images, find_links, is_html_response, parse_html
 
 MAX_TRIES = 3  # a page answered 429 or 5xx is asked this many times in all
 MIN_BACKOFF = 0.5  # seconds before the first retry when the server does not say (doubling each time)
 MAX_WAIT = 30.0  # the longest pause before a retry; a Retry-After beyond it gives the page up
 LOGIN_PATH = re.compile(r"/(?:\w+[-_])?(?:log[-_]?in|sign[-_]?in|log[-_]?on)(?:\.\w+)?/?$", re.I)
 # Links to these are not pages (nor PDFs or images): never fetched.
-NOT_PAGES = (".css", ".js", ".mjs", ".json", ".rss", ".atom", ".txt", ".csv", ".ics", ".vcf", ".zip", ".gz",
-             ".tgz", ".bz2", ".xz", ".7z", ".rar", ".tar", ".mp3", ".wav", ".ogg", ".flac", ".m4a", ".mp4", ".m4v",
-             ".webm", ".avi", ".mov", ".mkv", ".wmv", ".flv", ".swf", ".woff", ".woff2", ".ttf", ".otf", ".eot",
-             ".exe", ".dmg", ".msi", ".apk", ".iso", ".bin", ".doc", ".docx", ".xls", ".xlsx", ".ppt", ".pptx",
-             ".odt", ".ods", ".odp", ".rtf", ".epub")
+NOT_PAGES = (
+    ".css",
+    ".js",
+    ".mjs",
+    ".json",
+    ".rss",
+    ".atom",
+    ".txt",
+    ".csv",
+    ".ics",
+    ".vcf",
+    ".zip",
+    ".gz",
+    ".tgz",
+    ".bz2",
+    ".xz",
+    ".7z",
+    ".rar",
+    ".tar",
+    ".mp3",
+    ".wav",
+    ".ogg",
+    ".flac",
+    ".m4a",
+    ".mp4",
+    ".m4v",
+    ".webm",
+    ".avi",
+    ".mov",
+    ".mkv",
+    ".wmv",
+    ".flv",
+    ".swf",
+    ".woff",
+    ".woff2",
+    ".ttf",
+    ".otf",
+    ".eot",
+    ".exe",
+    ".dmg",
+    ".msi",
+    ".apk",
+    ".iso",
+    ".bin",
+    ".doc",
+    ".docx",
+    ".xls",
+    ".xlsx",
+    ".ppt",
+    ".pptx",
+    ".odt",
+    ".ods",
+    ".odp",
+    ".rtf",
+    ".epub",
+)
 
 # A linked file that is not a page (PDF, image, DICOM, ...): (its URL, its bytes, the crawl's image budget) -> items.
 ReadDocument = Callable[[str, bytes, ImageBudget], Iterator[Found | Skipped]]
@@ -128,13 +171,16 @@ class Crawler:
                 raise error
             asked = error.wait
             if asked is not None and asked > MAX_WAIT:
-                raise FetchError(f"{error}, asked to retry after {asked:.0f} s (over the {MAX_WAIT:.0f} s a crawl "
-                                 "waits)", status=error.status) from None
+                raise FetchError(
+                    f"{error}, asked to retry after {asked:.0f} s (over the {MAX_WAIT:.0f} s a crawl waits)",
+                    status=error.status,
+                ) from None
             if attempt < MAX_TRIES - 1:
-                time.sleep(asked if asked is not None else max(self.options.delay, MIN_BACKOFF) * 2 ** attempt)
+                time.sleep(asked if asked is not None else max(self.options.delay, MIN_BACKOFF) * 2**attempt)
         if error.status == 429:  # the host asked for fewer requests: the rest of the crawl asks half as often
-            self.clock.slow_down(host, min(MAX_WAIT, 2 * max(self.clock.delays.get(host, self.options.delay),
-                                                             MIN_BACKOFF)))
+            self.clock.slow_down(
+                host, min(MAX_WAIT, 2 * max(self.clock.delays.get(host, self.options.delay), MIN_BACKOFF))
+            )
         raise FetchError(f"{error} after {MAX_TRIES} tries", status=error.status) from None
 
     def rules(self, url: str) -> tuple[RobotFileParser, str]:
@@ -169,6 +215,7 @@ class Crawler:
                 return f"redirected off-site to {url[:200]}"
             why = self.refusal(url)
             return f"redirected to {url[:200]}: {why}" if why else None
+
         return refuse
 
 
@@ -187,10 +234,14 @@ def crawl(start: str, options: Options, read_document: ReadDocument) -> Iterator
     pictures_read: set = set()  # (picture, link) of the pictures read, not read again on later pages
     while queue:
         if fetched >= options.max_pages or budget.full:
-            limit = (f"--max-pages ({options.max_pages})" if fetched >= options.max_pages else
-                     f"--max-images ({options.max_images})")
-            yield Skipped(queue[0].url, f"crawl stopped at {limit}: this page and {len(queue) - 1} more found "
-                                        "were not fetched")
+            limit = (
+                f"--max-pages ({options.max_pages})"
+                if fetched >= options.max_pages
+                else f"--max-images ({options.max_images})"
+            )
+            yield Skipped(
+                queue[0].url, f"crawl stopped at {limit}: this page and {len(queue) - 1} more found were not fetched"
+            )
             return
         link = queue.popleft()
         if page_key(link.url) in classified:
@@ -201,8 +252,9 @@ def crawl(start: str, options: Options, read_document: ReadDocument) -> Iterator
             links = done[link.url].get("links") or []
         else:
             links = []
-            site, page_url = yield from _read_page(link, site, crawler, options, budget, read_document, queued,
-                                                   classified, pictures_read, links)
+            site, page_url = yield from _read_page(
+                link, site, crawler, options, budget, read_document, queued, classified, pictures_read, links
+            )
             fetched += link.url not in crawler.refused
             yield Finished(link.url, links=tuple(links))
         if link.depth < options.crawl_depth:
@@ -213,8 +265,18 @@ def crawl(start: str, options: Options, read_document: ReadDocument) -> Iterator
                     queue.append(Link(url, link.depth + 1, page_url))
 
 
-def _read_page(link: Link, site: str | None, crawler: "Crawler", options: Options, budget: ImageBudget,
-               read_document: ReadDocument, queued: set, classified: set, pictures_read: set, links: list):
+def _read_page(
+    link: Link,
+    site: str | None,
+    crawler: "Crawler",
+    options: Options,
+    budget: ImageBudget,
+    read_document: ReadDocument,
+    queued: set,
+    classified: set,
+    pictures_read: set,
+    links: list,
+):
     """One page of a crawl: its items yielded, its same-site links appended to `links`; returns the site and the
     page's URL after redirects."""
     if site is not None and (why := crawler.refusal(link.url)):
@@ -240,8 +302,11 @@ def _read_page(link: Link, site: str | None, crawler: "Crawler", options: Option
             raise InputError("login page (it asks for a password): nothing to crawl")
         yield Skipped(link.url, "page skipped: login page")
         return site, response.url
-    pictures = [p for p in find_images(tree, response.url) if page_key(p.url) not in classified and
-                (page_key(p.url), p.link and page_key(p.link)) not in pictures_read]
+    pictures = [
+        p
+        for p in find_images(tree, response.url)
+        if page_key(p.url) not in classified and (page_key(p.url), p.link and page_key(p.link)) not in pictures_read
+    ]
     pictures_read.update((page_key(p.url), p.link and page_key(p.link)) for p in pictures)
     for item in download_pictures(pictures, response.url, options, budget=budget):
         if isinstance(item, Found):
@@ -253,8 +318,9 @@ def _read_page(link: Link, site: str | None, crawler: "Crawler", options: Option
     return site, response.url
 
 
-def _document_items(response: Response, found_on: str, budget: ImageBudget, read_document: ReadDocument
-                    ) -> Iterator[Found | Skipped]:
+def _document_items(
+    response: Response, found_on: str, budget: ImageBudget, read_document: ReadDocument
+) -> Iterator[Found | Skipped]:
     """A linked PDF, image or other file: its images, each found on the page that links to it."""
     try:
         for item in read_document(response.url, response.data, budget):

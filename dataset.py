@@ -4,6 +4,7 @@ Every source becomes a `Part`: labels, kinds, groups, a split per image and the
 images themselves (file paths, or a uint8 array kept small in memory and resized
 later on the device). Balancing and splitting work on the labels alone.
 """
+
 import csv
 import os
 import pickle
@@ -17,8 +18,20 @@ MEDICAL, NON_MEDICAL = 0, 1  # the order of model.CLASSES
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
-MEDMNIST_2D = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
-               "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist")
+MEDMNIST_2D = (
+    "pathmnist",
+    "chestmnist",
+    "dermamnist",
+    "octmnist",
+    "pneumoniamnist",
+    "retinamnist",
+    "breastmnist",
+    "bloodmnist",
+    "tissuemnist",
+    "organamnist",
+    "organcmnist",
+    "organsmnist",
+)
 MEDMNIST_SIZES = (28, 64, 128, 224)
 # Approximate download size of all twelve 2D files at each size (28 px: the published file sizes added up).
 MEDMNIST_DOWNLOAD = {28: "about 0.6 GB", 64: "about 2.5 GB", 128: "about 9 GB", 224: "about 25 GB"}
@@ -33,6 +46,7 @@ class DataError(Exception):
 @dataclass
 class Part:
     """One source's images with their labels, kinds, groups and splits."""
+
     name: str
     images: object  # list of file paths, or a uint8 array (N, H, W) / (N, H, W, 3)
     labels: np.ndarray
@@ -48,11 +62,20 @@ class Part:
     def subset(self, index: np.ndarray) -> "Part":
         take = lambda seq: [seq[i] for i in index]
         images = self.images[index] if isinstance(self.images, np.ndarray) else take(self.images)
-        return Part(self.name, images, self.labels[index], take(self.kinds), take(self.groups),
-                    self.splits[index], take(self.stratum), take(self.sources) if self.sources else [])
+        return Part(
+            self.name,
+            images,
+            self.labels[index],
+            take(self.kinds),
+            take(self.groups),
+            self.splits[index],
+            take(self.stratum),
+            take(self.sources) if self.sources else [],
+        )
 
 
 # ---------------------------------------------------------------- balancing and splitting
+
 
 def even_quota(sizes: Sequence[int], total: int) -> list[int]:
     """Spread `total` evenly over strata; a stratum smaller than its share gives all it has."""
@@ -87,8 +110,9 @@ def balance(labels: np.ndarray, strata: Sequence[str], seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, int)
 
 
-def group_split(labels: np.ndarray, kinds: Sequence[str], groups: Sequence[str],
-                fractions=(0.7, 0.15, 0.15), seed: int = 0) -> np.ndarray:
+def group_split(
+    labels: np.ndarray, kinds: Sequence[str], groups: Sequence[str], fractions=(0.7, 0.15, 0.15), seed: int = 0
+) -> np.ndarray:
     """Assign whole groups to train/val/test so no group is on two sides.
 
     Within each (label, kind), groups go largest first to the split furthest below
@@ -139,12 +163,13 @@ def source_key(source_package: str) -> str:
     return f"{scheme}:{re.split(r'==|=|@', rest)[0]}"
 
 
-def _assign_sources(labels: np.ndarray, kinds: Sequence[str], sources: Sequence[str], fractions, seed: int,
-                    names: Sequence[str]) -> np.ndarray:
+def _assign_sources(
+    labels: np.ndarray, kinds: Sequence[str], sources: Sequence[str], fractions, seed: int, names: Sequence[str]
+) -> np.ndarray:
     """Whole sources to the named shares: largest first, each to the share furthest below its target on the
     (label, kind) strata the source holds, rare strata counting as much as common ones."""
     rng = np.random.default_rng(seed)
-    strata = [(int(l), k) for l, k in zip(labels, kinds)]
+    strata = [(int(label), kind) for label, kind in zip(labels, kinds)]
     totals: dict = {}
     for s in strata:
         totals[s] = totals.get(s, 0) + 1
@@ -163,8 +188,11 @@ def _assign_sources(labels: np.ndarray, kinds: Sequence[str], sources: Sequence[
             counts[strata[i]] = counts.get(strata[i], 0) + 1
         n_source = len(members[source])
         # the deficit on the source's own strata, and on the share's size, each as a fraction of its target
-        score = [sum(n * (fractions[j] * totals[s] - filled[j][s]) / totals[s] for s, n in counts.items()) / n_source
-                 + (fractions[j] * len(labels) - size[j]) / len(labels) for j in range(len(names))]
+        score = [
+            sum(n * (fractions[j] * totals[s] - filled[j][s]) / totals[s] for s, n in counts.items()) / n_source
+            + (fractions[j] * len(labels) - size[j]) / len(labels)
+            for j in range(len(names))
+        ]
         j = int(np.argmax(score))
         for s, n in counts.items():
             filled[j][s] += n
@@ -173,8 +201,15 @@ def _assign_sources(labels: np.ndarray, kinds: Sequence[str], sources: Sequence[
     return out
 
 
-def source_split(labels: np.ndarray, kinds: Sequence[str], sources: Sequence[str], fractions=(0.7, 0.15, 0.15),
-                 seed: int = 0, folds: int = 0, fold: int = 0) -> np.ndarray:
+def source_split(
+    labels: np.ndarray,
+    kinds: Sequence[str],
+    sources: Sequence[str],
+    fractions=(0.7, 0.15, 0.15),
+    seed: int = 0,
+    folds: int = 0,
+    fold: int = 0,
+) -> np.ndarray:
     """train/val/test with every source on one side only, so validation and test measure sources never seen.
 
     With `folds` K > 1, the test sources stay as they are and the other sources are dealt into K folds by the
@@ -182,8 +217,14 @@ def source_split(labels: np.ndarray, kinds: Sequence[str], sources: Sequence[str
     out = _assign_sources(labels, kinds, sources, fractions, seed, SPLITS)
     if folds > 1:
         rest = np.flatnonzero(out != "test")
-        fold_of = _assign_sources(labels[rest], [kinds[i] for i in rest], [sources[i] for i in rest],
-                                  [1 / folds] * folds, seed + 1, list(range(folds)))
+        fold_of = _assign_sources(
+            labels[rest],
+            [kinds[i] for i in rest],
+            [sources[i] for i in rest],
+            [1 / folds] * folds,
+            seed + 1,
+            list(range(folds)),
+        )
         out[rest] = np.where(fold_of == fold, "val", "train")
     return out
 
@@ -213,8 +254,10 @@ def kind_weights(labels: np.ndarray, kinds: Sequence[str], power: float = 0.5) -
 
 # ---------------------------------------------------------------- sources
 
-def folder_source(root: str, seed: int = 0, fractions=(0.7, 0.15, 0.15), split_by: str = "group",
-                  folds: int = 0, fold: int = 0) -> Part:
+
+def folder_source(
+    root: str, seed: int = 0, fractions=(0.7, 0.15, 0.15), split_by: str = "group", folds: int = 0, fold: int = 0
+) -> Part:
     """ROOT/medical/** and ROOT/non_medical/**; manifest.csv (path, group, kind, source_package) if present.
 
     split_by "group" keeps each group on one side; "source" each source (source_key of source_package, else
@@ -265,8 +308,10 @@ def _download(url: str, root: str, filename: str, md5: str | None, what: str):
     try:
         download_url(url, root=root, filename=filename, md5=md5)
     except Exception as exc:
-        raise DataError(f"could not download {what} from {url} ({type(exc).__name__}); "
-                        f"place {os.path.join(root, filename)} by hand and rerun with --no-download") from None
+        raise DataError(
+            f"could not download {what} from {url} ({type(exc).__name__}); "
+            f"place {os.path.join(root, filename)} by hand and rerun with --no-download"
+        ) from None
 
 
 def ensure_medmnist(data_dir: str, size: int, download: bool) -> list[str]:
@@ -277,8 +322,10 @@ def ensure_medmnist(data_dir: str, size: int, download: bool) -> list[str]:
     os.makedirs(data_dir, exist_ok=True)
     missing = [f for f in medmnist_files(size) if not os.path.isfile(os.path.join(data_dir, f))]
     if missing and not download:
-        raise DataError(f"MedMNIST files missing from {data_dir}: {', '.join(missing)} "
-                        f"(place them there, or drop --no-download to fetch them, {MEDMNIST_DOWNLOAD[size]})")
+        raise DataError(
+            f"MedMNIST files missing from {data_dir}: {', '.join(missing)} "
+            f"(place them there, or drop --no-download to fetch them, {MEDMNIST_DOWNLOAD[size]})"
+        )
     for name in missing:
         flag = name[: -len(f"{suffix}.npz")]
         _download(INFO[flag][f"url{suffix}"], data_dir, name, INFO[flag][f"MD5{suffix}"], f"MedMNIST {flag}")
@@ -291,8 +338,9 @@ def _as_uint8_images(array: np.ndarray, name: str) -> np.ndarray:
     return array
 
 
-def medmnist_source(data_dir: str, size: int = 28, download: bool = True, per_split_cap: dict | None = None,
-                    seed: int = 0) -> list[Part]:
+def medmnist_source(
+    data_dir: str, size: int = 28, download: bool = True, per_split_cap: dict | None = None, seed: int = 0
+) -> list[Part]:
     """The twelve MedMNIST 2D datasets with their official splits, all labelled medical.
 
     `per_split_cap` (split -> how many images per dataset at most) samples each
@@ -314,9 +362,17 @@ def medmnist_source(data_dir: str, size: int = 28, download: bool = True, per_sp
                 if per_split_cap and per_split_cap.get(split) is not None and len(images) > per_split_cap[split]:
                     images = images[np.sort(rng.choice(len(images), per_split_cap[split], replace=False))]
                 n = len(images)
-                parts.append(Part(f"medmnist:{flag}:{split}", np.ascontiguousarray(images),
-                                  np.full(n, MEDICAL), [flag] * n, [f"{flag}:{split}:{i}" for i in range(n)],
-                                  np.array([split] * n, dtype=object), [flag] * n))
+                parts.append(
+                    Part(
+                        f"medmnist:{flag}:{split}",
+                        np.ascontiguousarray(images),
+                        np.full(n, MEDICAL),
+                        [flag] * n,
+                        [f"{flag}:{split}:{i}" for i in range(n)],
+                        np.array([split] * n, dtype=object),
+                        [flag] * n,
+                    )
+                )
     return parts
 
 
@@ -324,16 +380,20 @@ def ensure_cifar10(data_dir: str, download: bool) -> str:
     folder = os.path.join(data_dir, CIFAR_DIR)
     missing = [f for f in CIFAR_FILES if not os.path.isfile(os.path.join(folder, f))]
     if missing and not download:
-        raise DataError(f"CIFAR-10 files missing from {folder}/: {', '.join(missing)} (place the extracted "
-                        f"cifar-10-batches-py/ folder in {data_dir}, or drop --no-download to fetch it, 163 MB)")
+        raise DataError(
+            f"CIFAR-10 files missing from {folder}/: {', '.join(missing)} (place the extracted "
+            f"cifar-10-batches-py/ folder in {data_dir}, or drop --no-download to fetch it, 163 MB)"
+        )
     if missing:
         from torchvision.datasets import CIFAR10
 
         try:
             CIFAR10(data_dir, train=True, download=True)
         except Exception as exc:
-            raise DataError(f"could not download CIFAR-10 ({type(exc).__name__}: {exc}); place the extracted "
-                            f"{CIFAR_DIR}/ folder in {data_dir} and rerun with --no-download") from None
+            raise DataError(
+                f"could not download CIFAR-10 ({type(exc).__name__}: {exc}); place the extracted "
+                f"{CIFAR_DIR}/ folder in {data_dir} and rerun with --no-download"
+            ) from None
     return folder
 
 
@@ -353,13 +413,21 @@ def cifar10_source(data_dir: str, download: bool = True, seed: int = 0) -> list[
     train = np.concatenate([_read_cifar_batch(os.path.join(folder, f)) for f in CIFAR_FILES[:-1]])
     test = _read_cifar_batch(os.path.join(folder, CIFAR_FILES[-1]))
     order = np.random.default_rng(seed).permutation(len(test))
-    halves = {"val": test[np.sort(order[: len(test) // 2])], "test": test[np.sort(order[len(test) // 2:])]}
+    halves = {"val": test[np.sort(order[: len(test) // 2])], "test": test[np.sort(order[len(test) // 2 :])]}
     parts = []
     for split, images in (("train", train), *halves.items()):
         n = len(images)
-        parts.append(Part(f"cifar10:{split}", np.ascontiguousarray(images), np.full(n, NON_MEDICAL),
-                          ["cifar10"] * n, [f"cifar10:{split}:{i}" for i in range(n)],
-                          np.array([split] * n, dtype=object), ["cifar10"] * n))
+        parts.append(
+            Part(
+                f"cifar10:{split}",
+                np.ascontiguousarray(images),
+                np.full(n, NON_MEDICAL),
+                ["cifar10"] * n,
+                [f"cifar10:{split}:{i}" for i in range(n)],
+                np.array([split] * n, dtype=object),
+                ["cifar10"] * n,
+            )
+        )
     return parts
 
 
@@ -373,8 +441,16 @@ def missing_downloads(items: list[str], data_dir: str, medmnist_size: int) -> li
     return missing
 
 
-def load_sources(spec: str, data_dir: str, medmnist_size: int = 28, download: bool = True,
-                 seed: int = 0, split_by: str = "group", folds: int = 0, fold: int = 0) -> list[Part]:
+def load_sources(
+    spec: str,
+    data_dir: str,
+    medmnist_size: int = 28,
+    download: bool = True,
+    seed: int = 0,
+    split_by: str = "group",
+    folds: int = 0,
+    fold: int = 0,
+) -> list[Part]:
     """'medmnist+cifar10+folder:PATH' -> parts.
 
     MedMNIST is read last and each of its datasets is capped, per split, at the
@@ -387,18 +463,19 @@ def load_sources(spec: str, data_dir: str, medmnist_size: int = 28, download: bo
             raise DataError(f"unknown data source {item!r} (use medmnist, cifar10, folder:PATH, joined with +)")
     missing = [] if download else missing_downloads(items, data_dir, medmnist_size)
     if missing:
-        raise DataError(f"{len(missing)} files missing from {data_dir}: {', '.join(missing)} (place them there, "
-                        f"or drop --no-download to fetch them: CIFAR-10 163 MB, MedMNIST "
-                        f"{MEDMNIST_DOWNLOAD[medmnist_size]})")
+        raise DataError(
+            f"{len(missing)} files missing from {data_dir}: {', '.join(missing)} (place them there, "
+            f"or drop --no-download to fetch them: CIFAR-10 163 MB, MedMNIST "
+            f"{MEDMNIST_DOWNLOAD[medmnist_size]})"
+        )
     parts = []
     for item in items:
         if item == "cifar10":
             parts += cifar10_source(data_dir, download, seed)
         elif item.startswith("folder:"):
-            parts.append(folder_source(item[len("folder:"):], seed, split_by=split_by, folds=folds, fold=fold))
+            parts.append(folder_source(item[len("folder:") :], seed, split_by=split_by, folds=folds, fold=fold))
     if "medmnist" in items:
-        cap = {s: int(sum(((p.labels == NON_MEDICAL) & (p.splits == s)).sum() for p in parts)) or None
-               for s in SPLITS}
+        cap = {s: int(sum(((p.labels == NON_MEDICAL) & (p.splits == s)).sum() for p in parts)) or None for s in SPLITS}
         parts += medmnist_source(data_dir, medmnist_size, download, cap, seed)
     return parts
 
@@ -413,8 +490,9 @@ def balanced_splits(parts: list[Part], seed: int = 0) -> dict[str, list[Part]]:
         strata = [s for p in pieces for s in p.stratum]
         keep = balance(labels, strata, seed)
         offsets = np.cumsum([0] + [len(p) for p in pieces])
-        out[split] = [p.subset(keep[(keep >= lo) & (keep < hi)] - lo) for p, lo, hi in
-                      zip(pieces, offsets[:-1], offsets[1:])]
+        out[split] = [
+            p.subset(keep[(keep >= lo) & (keep < hi)] - lo) for p, lo, hi in zip(pieces, offsets[:-1], offsets[1:])
+        ]
         out[split] = [p for p in out[split] if len(p)]
     return out
 
@@ -424,9 +502,13 @@ MIN_SPLIT_IMAGES = 10  # fewer images of a class in a split, and that split's fi
 
 def class_counts(parts: list[Part]) -> dict[str, dict[str, int]]:
     """split -> class name -> images, as the sources split them (before balancing)."""
-    return {split: {name: int(sum(((p.labels == label) & (p.splits == split)).sum() for p in parts))
-                    for label, name in ((MEDICAL, "medical"), (NON_MEDICAL, "non-medical"))}
-            for split in SPLITS}
+    return {
+        split: {
+            name: int(sum(((p.labels == label) & (p.splits == split)).sum() for p in parts))
+            for label, name in ((MEDICAL, "medical"), (NON_MEDICAL, "non-medical"))
+        }
+        for split in SPLITS
+    }
 
 
 def check_split_sizes(parts: list[Part], source: str) -> list[str]:
@@ -435,21 +517,26 @@ def check_split_sizes(parts: list[Part], source: str) -> list[str]:
     counts = class_counts(parts)
     for name in ("medical", "non-medical"):
         if not any(counts[split][name] for split in SPLITS):
-            raise DataError(f"{source}: no {name} images; both classes need images (in a folder: "
-                            f"{name.replace('-', '_')}/...)")
+            raise DataError(
+                f"{source}: no {name} images; both classes need images (in a folder: {name.replace('-', '_')}/...)"
+            )
     for name in ("medical", "non-medical"):
         per_split = ", ".join(f"{split} {counts[split][name]}" for split in SPLITS)
         empty = [split for split in SPLITS if not counts[split][name]]
         if empty:
-            raise DataError(f"{source}: no {name} images in the {' and '.join(empty)} split ({per_split}); each "
-                            f"class needs images in train, val and test: add images (a folder is split 70/15/15 "
-                            f"by group, so about 70 groups a class give {MIN_SPLIT_IMAGES} in each split)")
+            raise DataError(
+                f"{source}: no {name} images in the {' and '.join(empty)} split ({per_split}); each "
+                f"class needs images in train, val and test: add images (a folder is split 70/15/15 "
+                f"by group, so about 70 groups a class give {MIN_SPLIT_IMAGES} in each split)"
+            )
     warnings = []
     for split in SPLITS:
         if min(counts[split].values()) < MIN_SPLIT_IMAGES:
             have = ", ".join(f"{name} {n}" for name, n in counts[split].items())
-            warnings.append(f"the {split} split has {min(counts[split].values())} images a class after balancing "
-                            f"({have}; fewer than {MIN_SPLIT_IMAGES}): its figures will be noise; add images")
+            warnings.append(
+                f"the {split} split has {min(counts[split].values())} images a class after balancing "
+                f"({have}; fewer than {MIN_SPLIT_IMAGES}): its figures will be noise; add images"
+            )
     return warnings
 
 

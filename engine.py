@@ -9,6 +9,7 @@ bound to it by the checkpoint's SHA-256 in the graph's metadata: an export made 
 another checkpoint is never used. Nothing here imports torch; the torch engine lives in
 model.py and is imported only when it is asked for.
 """
+
 import hashlib
 import importlib.util
 import json
@@ -26,8 +27,12 @@ MEDICAL = 0  # index of "medical" in CLASSES
 EXPORT_FORMAT = 1  # bumped when the graph's inputs, outputs or metadata change meaning
 ONNX_INPUT, ONNX_PROBABILITIES, ONNX_FEATURES = "images", "probabilities", "features"
 CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "medical-image-classifier")
-RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-            "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
 
 class EngineError(Exception):
@@ -35,6 +40,7 @@ class EngineError(Exception):
 
 
 # ---------------------------------------------------------------- preprocessing
+
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB; grey is replicated and alpha is flattened on white, as pages show it."""
@@ -93,6 +99,7 @@ def prepare_pool() -> ThreadPoolExecutor:
 
 
 # ---------------------------------------------------------------- engines
+
 
 class Engine:
     """What the CLI, evaluation and tests call: predict() over PIL images, the one inference path."""
@@ -166,21 +173,28 @@ class OnnxEngine(Engine):
     name = "onnx"
 
     def __init__(self, path: str, session, metadata: dict):
-        super().__init__(metadata["arch"], json.loads(metadata["preprocess"]), float(metadata["threshold"]),
-                         json.loads(metadata["classes"]))
+        super().__init__(
+            metadata["arch"],
+            json.loads(metadata["preprocess"]),
+            float(metadata["threshold"]),
+            json.loads(metadata["classes"]),
+        )
         self.path, self.session = path, session
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([ONNX_PROBABILITIES], {ONNX_INPUT: batch})[0]
 
 
-def onnx_runner(path: str, output: str = ONNX_FEATURES, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+def onnx_runner(
+    path: str, output: str = ONNX_FEATURES, threads: int | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
     """A function uint8 batch -> one named output of an ONNX file (train.py's feature pass)."""
     session = _ort_session(path, threads)
     return lambda batch: session.run([output], {ONNX_INPUT: batch})[0]
 
 
 # ---------------------------------------------------------------- the export twin
+
 
 def file_digest(path: str) -> str:
     digest = hashlib.sha256()
@@ -201,12 +215,19 @@ def cached_export_path(digest: str) -> str:
     return os.path.join(CACHE_DIR, f"{digest[:32]}.onnx")
 
 
-def export_metadata(arch: str, preprocess: dict, threshold: float, classes: Sequence[str], digest: str,
-                    info: dict | None = None) -> dict:
+def export_metadata(
+    arch: str, preprocess: dict, threshold: float, classes: Sequence[str], digest: str, info: dict | None = None
+) -> dict:
     """The strings stored in the graph, enough to run it without the checkpoint."""
-    return {"export_format": str(EXPORT_FORMAT), "arch": arch, "preprocess": json.dumps(preprocess),
-            "threshold": repr(float(threshold)), "classes": json.dumps(list(classes)), "checkpoint_sha256": digest,
-            "info": json.dumps(info or {})}
+    return {
+        "export_format": str(EXPORT_FORMAT),
+        "arch": arch,
+        "preprocess": json.dumps(preprocess),
+        "threshold": repr(float(threshold)),
+        "classes": json.dumps(list(classes)),
+        "checkpoint_sha256": digest,
+        "info": json.dumps(info or {}),
+    }
 
 
 def open_export(path: str, digest: str, threads: int | None = None) -> tuple[OnnxEngine | None, str]:
@@ -226,8 +247,16 @@ def open_export(path: str, digest: str, threads: int | None = None) -> tuple[Onn
 
 
 CHECKPOINT_HINT = "give a .pth file written by train.py"
-CONTENT_WORDS = {"pdf": "a PDF", "dicom": "a DICOM file", "svg": "an SVG image", "html": "an HTML page",
-                 "image": "an image", "text": "a text file", "empty": "an empty file", "unknown": "an unknown binary file"}
+CONTENT_WORDS = {
+    "pdf": "a PDF",
+    "dicom": "a DICOM file",
+    "svg": "an SVG image",
+    "html": "an HTML page",
+    "image": "an image",
+    "text": "a text file",
+    "empty": "an empty file",
+    "unknown": "an unknown binary file",
+}
 
 
 def not_a_checkpoint(path: str, what: str) -> str:
@@ -276,8 +305,13 @@ def gpu_likely() -> bool:
     return sys.platform == "darwin" and os.uname().machine == "arm64"
 
 
-def open_engine(model_path: str, engine: str = "auto", device: str = "auto", backbone_weights: str | None = None,
-                note: Callable[[str], None] = lambda message: None) -> Engine:
+def open_engine(
+    model_path: str,
+    engine: str = "auto",
+    device: str = "auto",
+    backbone_weights: str | None = None,
+    note: Callable[[str], None] = lambda message: None,
+) -> Engine:
     """The engine to classify with: a valid ONNX export on the CPU, else torch; `note` hears every fallback.
 
     auto: torch where a CUDA/MPS device is asked for or found, ONNX Runtime otherwise. A checkpoint
@@ -308,8 +342,10 @@ def open_engine(model_path: str, engine: str = "auto", device: str = "auto", bac
             return found
         reasons.append(why)
     if not torch_available():
-        raise EngineError(f"{model_path} has {reasons[0]} at {export_path(model_path)}, and torch, which makes one, "
-                          f"is not installed: pip install -r requirements.txt and run once more")
+        raise EngineError(
+            f"{model_path} has {reasons[0]} at {export_path(model_path)}, and torch, which makes one, "
+            f"is not installed: pip install -r requirements.txt and run once more"
+        )
     import model as model_lib
 
     classifier = model_lib.load_model(model_path, "cpu", backbone_weights)
@@ -331,8 +367,9 @@ def open_engine(model_path: str, engine: str = "auto", device: str = "auto", bac
 
 def _torch_engine(model_path: str, device: str, backbone_weights: str | None) -> Engine:
     if not torch_available():
-        raise EngineError("torch is not installed (needed for --engine torch and GPUs): "
-                          "pip install -r requirements.txt")
+        raise EngineError(
+            "torch is not installed (needed for --engine torch and GPUs): pip install -r requirements.txt"
+        )
     import model as model_lib  # its ModelError is an EngineError
 
     return model_lib.TorchEngine(model_lib.load_model(model_path, model_lib.select_device(device), backbone_weights))

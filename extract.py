@@ -4,6 +4,7 @@
 not classified, with the reason); a problem with the input as a whole raises
 `InputError` with a one-line message. Nothing here knows about the model.
 """
+
 import dataclasses
 import os
 from pathlib import Path
@@ -42,6 +43,7 @@ HEAD_BYTES = 8192  # enough of a file to tell what it is
 
 # ---------------------------------------------------------------- inputs
 
+
 def _is_page(name: str, kind: str) -> bool:
     """HTML content is a saved page unless the name claims an image or PDF (then it is an error page)."""
     return kind == "html" and not name.lower().endswith(IMAGE_EXTENSIONS)
@@ -52,16 +54,23 @@ def _not_read(kind: str) -> str:
     return f"{CONTENT_NAMES.get(kind, kind)}: not an image, PDF, DICOM or web page"
 
 
-def _image_items(data: bytes, source: str, options: Options, budget: ImageBudget, standalone: bool
-                 ) -> Iterator[Found | Skipped]:
+def _image_items(
+    data: bytes, source: str, options: Options, budget: ImageBudget, standalone: bool
+) -> Iterator[Found | Skipped]:
     for item in decode_images(data, source, options):
         if standalone and isinstance(item, Skipped) and item.undecodable:
             raise InputError(f"damaged or truncated image: {item.reason}")
         yield budget.admit(item)
 
 
-def _content_items(name: str, data: bytes, options: Options, budget: ImageBudget | None = None,
-                   standalone: bool = True, local: LocalFolder | None = None) -> tuple[str, Iterator[Found | Skipped]]:
+def _content_items(
+    name: str,
+    data: bytes,
+    options: Options,
+    budget: ImageBudget | None = None,
+    standalone: bool = True,
+    local: LocalFolder | None = None,
+) -> tuple[str, Iterator[Found | Skipped]]:
     """Bytes of one file or URL response -> (kind, items), by content. Content the tool does not read raises
     InputError when `standalone`; in a folder it is one Skipped. HTML here is a saved page (`local` set) or an
     error page."""
@@ -78,9 +87,15 @@ def _content_items(name: str, data: bytes, options: Options, budget: ImageBudget
     return "image", iter([Skipped(name, _not_read(kind))])
 
 
-def _file_items(path: str, data: bytes, options: Options, budget: ImageBudget | None = None,
-                standalone: bool = True, seen: set | None = None, boundary: str | None = None
-                ) -> tuple[str, Iterator[Found | Skipped]]:
+def _file_items(
+    path: str,
+    data: bytes,
+    options: Options,
+    budget: ImageBudget | None = None,
+    standalone: bool = True,
+    seen: set | None = None,
+    boundary: str | None = None,
+) -> tuple[str, Iterator[Found | Skipped]]:
     local = LocalFolder(path, set() if seen is None else seen, boundary)
     return _content_items(path, data, options, budget, standalone, local)
 
@@ -136,8 +151,9 @@ def open_input(text: str, options: Options) -> tuple[str, Iterator[Found | Skipp
         # --header's are for the site the user named, never for the image hosts and redirects it points to
         options = dataclasses.replace(options, header_hosts=frozenset({urlsplit(text).netloc.lower()}))
     if scheme in ("http", "https") and options.crawl_depth > 0:
-        return "crawl", crawl(text, options, lambda name, data, budget: _content_items(name, data, options, budget,
-                                                                                       standalone=False)[1])
+        return "crawl", crawl(
+            text, options, lambda name, data, budget: _content_items(name, data, options, budget, standalone=False)[1]
+        )
     if scheme in ("http", "https"):
         try:
             response = fetch(text, options)

@@ -7,6 +7,7 @@ Results go to stdout (a table, --json, --csv or --jsonl) or -o FILE; progress, e
 Exit status: 0 when every input was processed, 1 when any input failed, 2 for bad arguments or an unusable model
 or output path, 130 when stopped by Ctrl-C or SIGTERM (the inputs finished by then are written).
 """
+
 import argparse
 import os
 import re
@@ -18,14 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import engine
 import extract
 import report
-from outputs import (
-    OutputClosed,
-    OutputError,
-    Sink,
-    WriteFailed,
-    check_outputs,
-    read_resume,
-)
+from outputs import OutputClosed, OutputError, Sink, WriteFailed, check_outputs, read_resume
 from pipeline import Run, drain
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "best_model.pth")
@@ -62,6 +56,7 @@ def at_least(minimum: int):
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be {minimum} or more, not {value}")
         return value
+
     return parse
 
 
@@ -71,6 +66,7 @@ def seconds(allow_zero: bool):
         if not (value >= 0 if allow_zero else value > 0):
             raise argparse.ArgumentTypeError(f"must be {'0 or more' if allow_zero else 'more than 0'}, not {text}")
         return value
+
     return parse
 
 
@@ -124,84 +120,180 @@ class OneLineParser(argparse.ArgumentParser):
 
 def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
     """How inputs are read and fetched; sweep_ray.py takes the same options."""
-    p.add_argument("--min-size", type=at_least(0), default=32,
-                   help="skip images with a side under this many px (default: %(default)s)")
-    p.add_argument("--max-images", type=at_least(1), default=500,
-                   help="at most this many images per input (default: %(default)s)")
-    p.add_argument("--timeout", type=seconds(allow_zero=False), default=20.0,
-                   help="seconds allowed for each download (default: %(default)s)")
-    p.add_argument("--workers", type=at_least(1), default=8,
-                   help="concurrent image downloads per page (default: %(default)s)")
-    p.add_argument("--retries", type=at_least(0), default=2,
-                   help="further tries of a download after a connect error, a timeout, 429 or 5xx, with backoff, "
-                        "within --timeout (default: %(default)s)")
-    p.add_argument("--user-agent", type=_user_agent, default=extract.Options.user_agent, metavar="TEXT",
-                   help="the User-Agent header sent (default: %(default)s)")
-    p.add_argument("--header", type=_header, action="append", default=[], metavar="'NAME: VALUE'",
-                   help="an HTTP header sent to the input URL's own host (never to other image hosts or "
-                        "redirects off it); repeatable")
+    p.add_argument(
+        "--min-size",
+        type=at_least(0),
+        default=32,
+        help="skip images with a side under this many px (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-images", type=at_least(1), default=500, help="at most this many images per input (default: %(default)s)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=seconds(allow_zero=False),
+        default=20.0,
+        help="seconds allowed for each download (default: %(default)s)",
+    )
+    p.add_argument(
+        "--workers", type=at_least(1), default=8, help="concurrent image downloads per page (default: %(default)s)"
+    )
+    p.add_argument(
+        "--retries",
+        type=at_least(0),
+        default=2,
+        help="further tries of a download after a connect error, a timeout, 429 or 5xx, with backoff, "
+        "within --timeout (default: %(default)s)",
+    )
+    p.add_argument(
+        "--user-agent",
+        type=_user_agent,
+        default=extract.Options.user_agent,
+        metavar="TEXT",
+        help="the User-Agent header sent (default: %(default)s)",
+    )
+    p.add_argument(
+        "--header",
+        type=_header,
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="an HTTP header sent to the input URL's own host (never to other image hosts or "
+        "redirects off it); repeatable",
+    )
     tls = p.add_mutually_exclusive_group()
-    tls.add_argument("--ca-bundle", type=_ca_bundle, metavar="FILE",
-                     help="trust the certificates in this PEM file (e.g. a private CA) instead of the system's")
+    tls.add_argument(
+        "--ca-bundle",
+        type=_ca_bundle,
+        metavar="FILE",
+        help="trust the certificates in this PEM file (e.g. a private CA) instead of the system's",
+    )
     tls.add_argument("--insecure", action="store_true", help="do not check HTTPS certificates")
-    p.add_argument("--pages", type=_page_ranges, metavar="RANGES",
-                   help="PDF pages to read, 1-based: 3-10, 1,4,7- (default: all)")
+    p.add_argument(
+        "--pages", type=_page_ranges, metavar="RANGES", help="PDF pages to read, 1-based: 3-10, 1,4,7- (default: all)"
+    )
     p.add_argument("--password", help="tried on an encrypted PDF the empty password does not open (never printed)")
-    p.add_argument("--whole-images", action="store_true",
-                   help="classify every image whole; by default a compound figure (panels parted by gutters) is also "
-                        "read panel by panel, and is medical when a panel is")
-    p.add_argument("--all-frames", action="store_true",
-                   help="classify every frame of a multi-frame DICOM (default: its middle frame)")
-    p.add_argument("--crawl", type=at_least(0), default=0, metavar="DEPTH",
-                   help="from a page URL, also read the pages its links lead to on the same site, up to DEPTH "
-                        "links away (default: 0, the page alone)")
-    p.add_argument("--max-page-bytes", type=at_least(1024), default=extract.Options.max_page_bytes, metavar="N",
-                   help="an HTML page larger than N bytes is not read (default: %(default)s, 16 MiB)")
-    p.add_argument("--max-pages", type=at_least(1), default=100, metavar="N",
-                   help="a crawl fetches at most N pages (default: %(default)s)")
-    p.add_argument("--delay", type=seconds(allow_zero=True), default=0.5, metavar="S",
-                   help="seconds between a crawl's requests to the site (default: %(default)s; robots.txt's "
-                        "Crawl-delay when longer)")
+    p.add_argument(
+        "--whole-images",
+        action="store_true",
+        help="classify every image whole; by default a compound figure (panels parted by gutters) is also "
+        "read panel by panel, and is medical when a panel is",
+    )
+    p.add_argument(
+        "--all-frames",
+        action="store_true",
+        help="classify every frame of a multi-frame DICOM (default: its middle frame)",
+    )
+    p.add_argument(
+        "--crawl",
+        type=at_least(0),
+        default=0,
+        metavar="DEPTH",
+        help="from a page URL, also read the pages its links lead to on the same site, up to DEPTH "
+        "links away (default: 0, the page alone)",
+    )
+    p.add_argument(
+        "--max-page-bytes",
+        type=at_least(1024),
+        default=extract.Options.max_page_bytes,
+        metavar="N",
+        help="an HTML page larger than N bytes is not read (default: %(default)s, 16 MiB)",
+    )
+    p.add_argument(
+        "--max-pages",
+        type=at_least(1),
+        default=100,
+        metavar="N",
+        help="a crawl fetches at most N pages (default: %(default)s)",
+    )
+    p.add_argument(
+        "--delay",
+        type=seconds(allow_zero=True),
+        default=0.5,
+        metavar="S",
+        help="seconds between a crawl's requests to the site (default: %(default)s; robots.txt's "
+        "Crawl-delay when longer)",
+    )
 
 
-def parse_args(argv=None):
-    p = OneLineParser(prog="final_classification_script.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="http(s) URL of a page, PDF or image; a PDF or image path; a saved page; or a folder")
-    p.add_argument("--input-file", metavar="FILE",
-                   help="read more inputs from FILE, one a line (# starts a comment; - reads stdin)")
+def build_parser() -> argparse.ArgumentParser:
+    """Every option, with its default in --help (docs/cli.md lists the same options)."""
+    p = OneLineParser(
+        prog="final_classification_script.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="http(s) URL of a page, PDF or image; a PDF or image path; a saved page; or a folder",
+    )
+    p.add_argument(
+        "--input-file",
+        metavar="FILE",
+        help="read more inputs from FILE, one a line (# starts a comment; - reads stdin)",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint to use (default: %(default)s)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON object")
     out.add_argument("--csv", action="store_true", help="print CSV, one row per image or skipped image")
-    out.add_argument("--jsonl", action="store_true",
-                     help="stream JSON lines: one per image, skipped image and finished input, as soon as known")
+    out.add_argument(
+        "--jsonl",
+        action="store_true",
+        help="stream JSON lines: one per image, skipped image and finished input, as soon as known",
+    )
     p.add_argument("-o", "--output", metavar="FILE", help="write the results to FILE (- for stdout; default: stdout)")
-    p.add_argument("--resume", action="store_true",
-                   help="with --jsonl -o FILE: skip the inputs FILE already has finished, do the rest")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --jsonl -o FILE: skip the inputs FILE already has finished, do the rest",
+    )
     p.add_argument("--save-dir", metavar="DIR", help="write every extracted image into DIR")
     p.add_argument("--by-label", action="store_true", help="with --save-dir: sort into DIR/medical and DIR/non-medical")
-    p.add_argument("--only", choices=LABEL_CHOICES,
-                   help="print and save only the images given this label (the summary still counts all)")
+    p.add_argument(
+        "--only",
+        choices=LABEL_CHOICES,
+        help="print and save only the images given this label (the summary still counts all)",
+    )
     p.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML page of thumbnails")
-    p.add_argument("--threshold", type=probability,
-                   help="p_medical at or above which an image is medical (default: the model's, chosen on validation "
-                        "data)")
-    p.add_argument("--strict", action="store_true",
-                   help="an input whose every image download failed is a failed input (exit 1); by default it is "
-                        "a note and its downloads are listed as skipped")
-    p.add_argument("--jobs", type=at_least(1), default=4,
-                   help="inputs extracted at the same time; their images share the model's batches "
-                        "(default: %(default)s)")
+    p.add_argument(
+        "--threshold",
+        type=probability,
+        help="p_medical at or above which an image is medical (default: the model's, chosen on validation data)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="an input whose every image download failed is a failed input (exit 1); by default it is "
+        "a note and its downloads are listed as skipped",
+    )
+    p.add_argument(
+        "--jobs",
+        type=at_least(1),
+        default=4,
+        help="inputs extracted at the same time; their images share the model's batches (default: %(default)s)",
+    )
     add_extraction_arguments(p)
-    p.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
-                   help="auto: ONNX Runtime on the CPU, torch on CUDA/MPS (default: %(default)s)")
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "onnx", "torch"],
+        help="auto: ONNX Runtime on the CPU, torch on CUDA/MPS (default: %(default)s)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: %(default)s")
-    p.add_argument("--batch-size", type=at_least(1), default=None,
-                   help="images per model batch (default: 16 on the CPU, 128 on CUDA)")
+    p.add_argument(
+        "--batch-size",
+        type=at_least(1),
+        default=None,
+        help="images per model batch (default: 16 on the CPU, 128 on CUDA)",
+    )
     p.add_argument("--backbone-weights", help="local file of the backbone's ImageNet weights, for offline machines")
     p.add_argument("--quiet", action="store_true", help="no progress bars (errors and the summary still go to stderr)")
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.inputs and not args.input_file:
         p.error("no input: give at least one INPUT or --input-file FILE")
@@ -213,6 +305,7 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------- inputs
+
 
 def read_input_lines(lines) -> list[str]:
     """An input file's lines: blank lines and comments (a line starting with #, or # after a space) left out,
@@ -264,15 +357,27 @@ PANEL_DETAIL = 2  # images are kept this many times the model's input, so a comp
 def extract_options(args, model: engine.Engine) -> extract.Options:
     """Decoded images are kept only as large as the model needs (its resize; twice that where a compound figure
     may be read panel by panel), never at full resolution."""
-    return extract.Options(min_size=args.min_size, max_images=args.max_images, timeout=args.timeout,
-                           workers=args.workers, keep_encoded=bool(args.save_dir), pages=args.pages,
-                           password=args.password, all_frames=args.all_frames, retries=args.retries,
-                           user_agent=args.user_agent, headers=dict(args.header),
-                           verify=False if args.insecure else args.ca_bundle or True,
-                           crawl_depth=args.crawl, max_pages=args.max_pages, delay=args.delay,
-                           max_page_bytes=args.max_page_bytes, whole_images=args.whole_images,
-                           working_size=max(model.preprocess["resize"], model.preprocess["crop"])
-                           * (1 if args.whole_images else PANEL_DETAIL))
+    return extract.Options(
+        min_size=args.min_size,
+        max_images=args.max_images,
+        timeout=args.timeout,
+        workers=args.workers,
+        keep_encoded=bool(args.save_dir),
+        pages=args.pages,
+        password=args.password,
+        all_frames=args.all_frames,
+        retries=args.retries,
+        user_agent=args.user_agent,
+        headers=dict(args.header),
+        verify=False if args.insecure else args.ca_bundle or True,
+        crawl_depth=args.crawl,
+        max_pages=args.max_pages,
+        delay=args.delay,
+        max_page_bytes=args.max_page_bytes,
+        whole_images=args.whole_images,
+        working_size=max(model.preprocess["resize"], model.preprocess["crop"])
+        * (1 if args.whole_images else PANEL_DETAIL),
+    )
 
 
 def _raise_interrupt(signum, frame):
@@ -311,8 +416,10 @@ def classify(args) -> int:
         note(f"resuming {args.output}: skipping the {report.plural(len(done), 'input')} it has finished")
     if resumed and resumed.partial:
         files = sum(len(partial["files"]) for partial in resumed.partial.values())
-        note(f"resuming {args.output}: skipping {report.plural(files, 'file')} (or crawled pages) already done of "
-             f"{report.plural(len(resumed.partial), 'input')} cut off mid-way")
+        note(
+            f"resuming {args.output}: skipping {report.plural(files, 'file')} (or crawled pages) already done of "
+            f"{report.plural(len(resumed.partial), 'input')} cut off mid-way"
+        )
     sink = Sink(args, model, os.path.abspath(args.model), resumed, targets)
     run = Run(model, extract_options(args, model), args.jobs, args.batch_size, resumed.partial if resumed else None)
     interrupted = False
@@ -324,8 +431,15 @@ def classify(args) -> int:
         interrupted = True
     except WriteFailed as exc:  # a full disk or an I/O error mid-run: the lines written so far stay whole
         run.close(wait=False)
-        print(f"error: {exc}" + ("; the lines written are whole, --resume carries on" if args.resume or args.jsonl
-                                 and "-o" in targets and not targets["-o"].through else ""), file=sys.stderr)
+        print(
+            f"error: {exc}"
+            + (
+                "; the lines written are whole, --resume carries on"
+                if args.resume or args.jsonl and "-o" in targets and not targets["-o"].through
+                else ""
+            ),
+            file=sys.stderr,
+        )
         return 2
     finally:
         if previous is not None:
@@ -343,10 +457,13 @@ def classify(args) -> int:
     if not table_on_stdout:
         print(report.summary_line(summary, sink.summary["inputs"]), file=sys.stderr)
     if interrupted:
-        print("interrupted: the inputs finished so far are written"
-              + ("; --resume carries on" if args.jsonl and args.output not in (None, "-") else "")
-              if sink.entries or sink.stream else "interrupted before any input finished: nothing written",
-              file=sys.stderr)
+        print(
+            "interrupted: the inputs finished so far are written"
+            + ("; --resume carries on" if args.jsonl and args.output not in (None, "-") else "")
+            if sink.entries or sink.stream
+            else "interrupted before any input finished: nothing written",
+            file=sys.stderr,
+        )
         return INTERRUPTED
     return 1 if summary["failed_inputs"] else 0
 

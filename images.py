@@ -4,6 +4,7 @@
 the reason), `InputError` a problem with an input as a whole (one line). Nothing
 here knows about the model or imports torch.
 """
+
 import io
 import os
 from collections.abc import Callable, Sequence
@@ -17,8 +18,27 @@ from version import __version__
 
 # Names that claim an image (or a document of ours): in a folder, such a file whose content is not
 # readable is listed as skipped; any other name whose content is not readable is passed over silently.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2",
-                    ".ico", ".jfif", ".avif", ".heic", ".dcm", ".dicom", ".pdf", ".svg")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".gif",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".jp2",
+    ".ico",
+    ".jfif",
+    ".avif",
+    ".heic",
+    ".dcm",
+    ".dicom",
+    ".pdf",
+    ".svg",
+)
 
 Image.MAX_IMAGE_PIXELS = None  # decode_image checks Options.max_pixels from the header, before decoding
 
@@ -95,6 +115,7 @@ class Finished:
     """Every item of one file of a folder (one page of a crawl) has been given: --resume need not read it again.
     `covers`: the other files a saved page read; `links`: a crawled page's same-site links, so a resumed crawl
     goes on from it without fetching it again."""
+
     source: str
     covers: tuple = ()
     links: tuple | None = None
@@ -127,7 +148,7 @@ def clip(text: str, width: int = 160) -> str:
     """At most `width` characters, cut at a word's end (never mid-word) with an ellipsis."""
     if len(text) <= width:
         return text
-    cut = text[:width - 1]
+    cut = text[: width - 1]
     space = cut.rfind(" ")
     return (cut[:space] if space > width // 2 else cut).rstrip(" ,;:(") + "…"
 
@@ -150,10 +171,39 @@ def read_file(path: str, options: Options) -> bytes:
 
 # Unmistakable signatures of image formats Pillow reads. Formats with a weak one (BMP's "BM", Netpbm's "P6", TGA)
 # count when Pillow parses their header, so a text file that starts "BMI" is still a text file.
-IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*",
-                    b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xffO\xffQ", b"8BPS", b"qoif", b"DDS ", b"icns")
-HTML_STARTS = (b"<!doctype", b"<html", b"<head", b"<body", b"<!--", b"<meta", b"<div", b"<p", b"<title", b"<?xml",
-               b"<script", b"<link", b"<style", b"<img", b"<table", b"<h1", b"<a ")
+IMAGE_SIGNATURES = (
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"II*\x00",
+    b"MM\x00*",
+    b"\x00\x00\x00\x0cjP  \r\n\x87\n",
+    b"\xffO\xffQ",
+    b"8BPS",
+    b"qoif",
+    b"DDS ",
+    b"icns",
+)
+HTML_STARTS = (
+    b"<!doctype",
+    b"<html",
+    b"<head",
+    b"<body",
+    b"<!--",
+    b"<meta",
+    b"<div",
+    b"<p",
+    b"<title",
+    b"<?xml",
+    b"<script",
+    b"<link",
+    b"<style",
+    b"<img",
+    b"<table",
+    b"<h1",
+    b"<a ",
+)
 # What a file whose content the tool does not read is, in the words of its one-line error.
 CONTENT_NAMES = {"empty": "empty file", "text": "text file", "html": "HTML error page", "unknown": "unknown binary"}
 
@@ -173,8 +223,11 @@ def sniff(data: bytes) -> str:
         return "svg"
     if lower.startswith(HTML_STARTS):
         return "html"
-    if data.startswith(IMAGE_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP") or \
-            (data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1")):
+    if (
+        data.startswith(IMAGE_SIGNATURES)
+        or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+        or (data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1"))
+    ):
         return "image"
     try:
         with Image.open(io.BytesIO(data)):
@@ -254,6 +307,7 @@ def to_8bit(image: Image.Image, bits: int = 8) -> Image.Image:
 
 # ---------------------------------------------------------------- decoding
 
+
 def size_problem(width: int, height: int, options: Options) -> str | None:
     """Why an image of this size is not classified (from its header, before decoding), or None."""
     if width * height > options.max_pixels:
@@ -289,8 +343,9 @@ def _shown(found: Found) -> Found | Skipped:
 FILE_EXTENSIONS = {"jpeg": "jpg", "mpo": "jpg", "tiff": "tif", "jpeg2000": "jp2"}
 
 
-def _frame(image: Image.Image, data: bytes, source: str, options: Options, page: int | None,
-           frame: int | None) -> Found | Skipped:
+def _frame(
+    image: Image.Image, data: bytes, source: str, options: Options, page: int | None, frame: int | None
+) -> Found | Skipped:
     """The current frame of an open image -> Found (8 bits, reduced to the working size) or Skipped."""
     width, height = image.size
     if problem := size_problem(width, height, options):
@@ -301,8 +356,18 @@ def _frame(image: Image.Image, data: bytes, source: str, options: Options, page:
     image.load()
     pixels = to_8bit(image, _bits_per_sample(data, image))
     if pixels is image and frame is None:  # the file as it is
-        return _shown(Found(source, page, reduce(pixels, options.working_size), width, height,
-                            data if options.keep_encoded else None, FILE_EXTENSIONS.get(fmt, fmt), format=fmt))
+        return _shown(
+            Found(
+                source,
+                page,
+                reduce(pixels, options.working_size),
+                width,
+                height,
+                data if options.keep_encoded else None,
+                FILE_EXTENSIONS.get(fmt, fmt),
+                format=fmt,
+            )
+        )
     return full_size_found(pixels.copy(), source, page, options, format=fmt, frame=frame)
 
 
@@ -312,8 +377,7 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def full_size_found(image: Image.Image, source: str, page: int | None, options: Options,
-                    **fields) -> Found | Skipped:
+def full_size_found(image: Image.Image, source: str, page: int | None, options: Options, **fields) -> Found | Skipped:
     """Found for decoded pixels with no file of their own: kept as PNG for --save-dir, at full size (Skipped when
     the pixels show nothing)."""
     reduced = reduce(image, options.working_size)
@@ -331,8 +395,7 @@ def _not_read(kind: str, source: str) -> Skipped:
     return Skipped(source, f"not an image ({CONTENT_NAMES[kind]})")
 
 
-def decode_images(data: bytes, source: str, options: Options, page: int | None = None
-                  ) -> Iterator[Found | Skipped]:
+def decode_images(data: bytes, source: str, options: Options, page: int | None = None) -> Iterator[Found | Skipped]:
     """Bytes -> each image in them: one for most files; every page of a multi-page TIFF (`#frame=N`); the
     first frame of an animation, with a record of the frames left out; DICOM by its own rules (`dicom_images`).
 
@@ -380,6 +443,7 @@ def decode_image(data: bytes, source: str, options: Options, page: int | None = 
 
 
 # ---------------------------------------------------------------- DICOM
+
 
 def _quiet_pydicom():
     """pydicom, with its warnings and log lines about odd files kept off stderr (each skip says what is wrong)."""
@@ -436,14 +500,18 @@ def dicom_images(data: bytes, source: str, options: Options) -> Iterator[Found |
         try:
             image = dicom_frame_to_image(ds, index)
         except Exception as exc:
-            yield Skipped(frame_source, f"DICOM whose pixel data cannot be decoded (transfer syntax "
-                                        f"{syntax_name}: {first_line(exc)})")
+            yield Skipped(
+                frame_source,
+                f"DICOM whose pixel data cannot be decoded (transfer syntax {syntax_name}: {first_line(exc)})",
+            )
             continue
-        yield full_size_found(image, frame_source, None, options, format="dicom",
-                              frame=index + 1 if frames > 1 else None)
+        yield full_size_found(
+            image, frame_source, None, options, format="dicom", frame=index + 1 if frames > 1 else None
+        )
     if frames > 1 and not options.all_frames:
-        yield Skipped(source, f"{frames - 1} other frames of a multi-frame DICOM not classified "
-                              "(--all-frames classifies each)")
+        yield Skipped(
+            source, f"{frames - 1} other frames of a multi-frame DICOM not classified (--all-frames classifies each)"
+        )
 
 
 def dicom_frame_to_image(ds, index: int) -> Image.Image:
@@ -458,7 +526,7 @@ def dicom_frame_to_image(ds, index: int) -> Image.Image:
         rgb = array[..., :3]
         if rgb.dtype != np.uint8:  # a 16-bit palette spans 0..65535; stored colour spans its Bits Stored
             bits = 16 if photometric == "PALETTE COLOR" else int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
-            rgb = window_to_uint8(rgb, (0, 2 ** bits - 1))
+            rgb = window_to_uint8(rgb, (0, 2**bits - 1))
         return Image.fromarray(np.ascontiguousarray(rgb), "RGB")
     if array.ndim != 2:
         raise ValueError(f"unexpected pixel array shape {array.shape}")

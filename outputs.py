@@ -3,6 +3,7 @@ through, the sink that turns a run's events into JSON lines or one document, res
 
 Nothing here reads inputs or runs the model; the CLI (final_classification_script.py) wires it to the pipeline.
 """
+
 import errno
 import json
 import os
@@ -57,7 +58,8 @@ class Target:
         if mode is not None and stat.S_ISDIR(mode):
             raise OutputError(f"{option} {path}: is a folder; give a file name")
         self.through = bool(DESCRIPTOR_NAME.match(os.path.abspath(path))) or (
-            mode is not None and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)))
+            mode is not None and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode))
+        )
         self.append = self.through and mode is not None and stat.S_ISREG(mode)
 
     def check(self) -> None:
@@ -74,8 +76,9 @@ class Target:
                 raise OSError(errno.EACCES, os.strerror(errno.EACCES))
             tempfile.TemporaryFile(dir=folder, prefix=".probe-").close()
         except OSError as exc:
-            raise OutputError(f"{self.option} {self.path}: cannot be written here ({exc.strerror or exc}); choose "
-                              "another path") from None
+            raise OutputError(
+                f"{self.option} {self.path}: cannot be written here ({exc.strerror or exc}); choose another path"
+            ) from None
 
     def write(self, text) -> None:
         """The whole output at once (`text`: a string or an iterable of strings). Raises WriteFailed."""
@@ -145,8 +148,9 @@ def check_not_an_input(path: str, option: str, args) -> None:
     target = os.path.realpath(path)
     for text in args.inputs + ([args.input_file] if args.input_file not in (None, "-") else []):
         source = os.path.realpath(text) if os.path.exists(text) else None
-        if source == target or (source and os.path.isdir(source) and os.path.exists(target)
-                                and target.startswith(source + os.sep)):
+        if source == target or (
+            source and os.path.isdir(source) and os.path.exists(target) and target.startswith(source + os.sep)
+        ):
             raise OutputError(f"{option} {path}: would overwrite an input ({text}); choose another path")
 
 
@@ -161,8 +165,10 @@ def check_resumable(path: str) -> None:
     except ValueError:
         record = None
     if not isinstance(record, dict) or record.get("type") not in ("image", "skipped", "input", "summary"):
-        raise OutputError(f"--resume {path}: not a --jsonl file of this tool (its first line is not one of its "
-                          "lines); give the file an earlier --jsonl -o run wrote")
+        raise OutputError(
+            f"--resume {path}: not a --jsonl file of this tool (its first line is not one of its "
+            "lines); give the file an earlier --jsonl -o run wrote"
+        )
 
 
 def check_outputs(args) -> dict[str, Target]:
@@ -188,9 +194,11 @@ def check_outputs(args) -> dict[str, Target]:
 def write_atomically(path: str, text) -> None:
     """The whole file replaced at once (atomic.replace_file): `text`, a string or an iterable of strings written
     as they come."""
+
     def write(f):
         for chunk in [text] if isinstance(text, str) else text:
             f.write(chunk.encode("utf-8"))
+
     replace_file(path, write)
 
 
@@ -198,6 +206,7 @@ def write_atomically(path: str, text) -> None:
 class Resumed:
     """What an earlier run wrote to a JSON lines file: the inputs it finished, the counts of their lines (for
     the summary of the whole file) and, per input it had not finished, what it finished of it (Options.done)."""
+
     done: set = field(default_factory=set)
     summary: dict = field(default_factory=report.new_summary)
     partial: dict = field(default_factory=dict)
@@ -216,7 +225,8 @@ def _count_line(counts: dict, record: dict) -> None:
     elif record["type"] == "skipped":
         counts["skipped"] += 1
         counts["downloads_failed"] = counts.get("downloads_failed", 0) + report.is_download_failure(
-            record.get("reason", ""))
+            record.get("reason", "")
+        )
 
 
 def read_resume(path: str) -> Resumed:
@@ -246,8 +256,9 @@ def read_resume(path: str) -> Resumed:
                     resumed.summary["failed_inputs"] += record.get("status") == "failed"
                 yield line
             elif number <= last_file.get(text, -1):
-                partial = resumed.partial.setdefault(text, {"files": {}, "sources": [], "downloads_failed": 0,
-                                                                    **report.new_summary()})
+                partial = resumed.partial.setdefault(
+                    text, {"files": {}, "sources": [], "downloads_failed": 0, **report.new_summary()}
+                )
                 _count_line(partial, record)
                 if record["type"] == "file":
                     partial["files"][record["file"]] = record
@@ -272,6 +283,7 @@ def _parse_line(line: str) -> dict | None:
 
 # ---------------------------------------------------------------- saving images
 
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.split("?")[0].rstrip("/").split("/")[-1])[:60] or "input"
 
@@ -281,8 +293,11 @@ def save_name(found: extract.Found) -> str:
     stem = os.path.splitext(_slug(found.source.split("#")[0]))[0] or "image"
     if "#data-uri-" in found.source:
         stem += "_data" + found.source.rsplit("-", 1)[1]
-    parts = [stem] + [f"{tag}{value:0{width}d}" for tag, value, width in
-                      (("p", found.page, 3), ("i", found.index, 2), ("f", found.frame, 3)) if value is not None]
+    parts = [stem] + [
+        f"{tag}{value:0{width}d}"
+        for tag, value, width in (("p", found.page, 3), ("i", found.index, 2), ("f", found.frame, 3))
+        if value is not None
+    ]
     return "_".join(parts)
 
 
@@ -319,8 +334,9 @@ class Sink:
     """Where results go: JSON lines as they come, and/or every input's record kept for one document at the end
     (a table, JSON, CSV or the HTML report); a JSON lines run without a report keeps nothing per input."""
 
-    def __init__(self, args, model: engine.Engine, model_path: str, resumed: Resumed | None = None,
-                 targets: dict | None = None):
+    def __init__(
+        self, args, model: engine.Engine, model_path: str, resumed: Resumed | None = None, targets: dict | None = None
+    ):
         self.args, self.model = args, model
         self.targets = targets or {}  # option -> Target, from check_outputs
         self.good_size = None  # the JSON lines file's size after its last whole line
@@ -394,11 +410,15 @@ class Sink:
         except OSError as exc:
             if exc.errno in DISK_FULL:  # said once; classification goes on
                 self.saving = False
-                tqdm.write(f"note: --save-dir {self.args.save_dir}: {exc.strerror}; no more images are saved "
-                           "(the results say saved_path null), classification goes on", file=sys.stderr)
+                tqdm.write(
+                    f"note: --save-dir {self.args.save_dir}: {exc.strerror}; no more images are saved "
+                    "(the results say saved_path null), classification goes on",
+                    file=sys.stderr,
+                )
                 return None
-            tqdm.write(f"note: {found.source}: classified but not saved to {folder} "
-                       f"({exc.strerror or exc})", file=sys.stderr)
+            tqdm.write(
+                f"note: {found.source}: classified but not saved to {folder} ({exc.strerror or exc})", file=sys.stderr
+            )
             return None
 
     def start(self, state: InputState) -> None:
@@ -427,8 +447,9 @@ class Sink:
         self.open.pop(state.number, None)
         if self.args.strict and not state.error:  # a script can tell that nothing could be fetched
             state.error = report.all_downloads_failed(state.medical + state.non_medical, state.downloads_failed)
-        entry = report.input_record(state.text, state.kind, state.error, state.images, state.skipped,
-                                    state.downloads_failed)
+        entry = report.input_record(
+            state.text, state.kind, state.error, state.images, state.skipped, state.downloads_failed
+        )
         report.add_to_summary(self.summary, state.medical, state.non_medical, state.n_skipped, state.error)
         if self.args.jsonl:
             self.line(report.input_line(entry, state.shown, state.n_skipped))
@@ -442,9 +463,12 @@ class Sink:
                 continue
             report.add_to_summary(self.summary, state.medical, state.non_medical, state.n_skipped, None)
             if self.keep:
-                self.entries[number] = {**report.input_record(state.text, state.kind, None, state.images,
-                                                              state.skipped, state.downloads_failed),
-                                        "interrupted": True}
+                self.entries[number] = {
+                    **report.input_record(
+                        state.text, state.kind, None, state.images, state.skipped, state.downloads_failed
+                    ),
+                    "interrupted": True,
+                }
         self.open.clear()
 
     def finish(self, interrupted: bool) -> dict:
@@ -482,5 +506,3 @@ class Sink:
         except BrokenPipeError:
             raise OutputClosed from None
         return summary
-
-

@@ -2,6 +2,7 @@
 
 The finder is pure (HTML in, URLs out); network access is in `fetch` and `page_images`.
 """
+
 import email.utils
 import os
 import re
@@ -30,9 +31,23 @@ from images import (  # noqa: F401
 )
 
 # The attributes lazy-loading scripts read their real URL from, most specific first.
-LAZY_SRC_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy", "data-url", "data-hi-res-src",
-                  "data-full-src", "data-image", "data-img-src", "data-img", "data-echo", "data-pagespeed-lazy-src",
-                  "data-fallback-src", "data-large-file", "data-orig-file")
+LAZY_SRC_ATTRS = (
+    "data-src",
+    "data-lazy-src",
+    "data-original",
+    "data-lazy",
+    "data-url",
+    "data-hi-res-src",
+    "data-full-src",
+    "data-image",
+    "data-img-src",
+    "data-img",
+    "data-echo",
+    "data-pagespeed-lazy-src",
+    "data-fallback-src",
+    "data-large-file",
+    "data-orig-file",
+)
 LAZY_SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset", "data-original-set", "data-original-srcset")
 BACKGROUND_ATTRS = ("data-bg", "data-background", "data-background-image", "data-bg-src", "data-bgset")
 META_IMAGE_KEYS = ("og:image", "og:image:url", "og:image:secure_url", "twitter:image", "twitter:image:src")
@@ -49,8 +64,15 @@ class FetchError(Exception):
     429, 5xx); `host_down`: the host cannot be reached at all (other URLs of it fail alike); `wait`: the seconds
     the server's Retry-After asks for; `status`: the HTTP status of a refused response."""
 
-    def __init__(self, message: str, *, transient: bool = False, host_down: bool = False,
-                 wait: float | None = None, status: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool = False,
+        host_down: bool = False,
+        wait: float | None = None,
+        status: int | None = None,
+    ):
         super().__init__(message)
         self.transient, self.host_down, self.wait, self.status = transient, host_down, wait, status
 
@@ -101,8 +123,14 @@ def is_http_url(url: str) -> bool:
     return url_scheme(url) in ("http", "https")
 
 
-def fetch(url: str, options: Options, html_cap: bool = True, dead_hosts: dict | None = None,
-          images_only: bool = False, refuse_redirect: Callable[[str], str | None] | None = None) -> Response:
+def fetch(
+    url: str,
+    options: Options,
+    html_cap: bool = True,
+    dead_hosts: dict | None = None,
+    images_only: bool = False,
+    refuse_redirect: Callable[[str], str | None] | None = None,
+) -> Response:
     """GET with timeouts, a byte cap (streamed, counted), retries, and redirects followed by hand: http(s) only.
     `images_only`: a response served as something other than an image is refused before its body is read (a link
     that may lead to an image, or to an article). `refuse_redirect(url)`: why a redirect target is not requested
@@ -156,13 +184,17 @@ def _given_up(problem: FetchError, tries: int, options: Options) -> FetchError:
     """The last try's problem, saying why no further try was made when that is not plain."""
     message = str(problem)
     if problem.transient and problem.wait is not None and tries <= options.retries:
-        limit = (f"the {MAX_RETRY_AFTER_S:g} s the tool waits at most" if problem.wait > MAX_RETRY_AFTER_S
-                 else f"--timeout {options.timeout:g} s")
+        limit = (
+            f"the {MAX_RETRY_AFTER_S:g} s the tool waits at most"
+            if problem.wait > MAX_RETRY_AFTER_S
+            else f"--timeout {options.timeout:g} s"
+        )
         message += f" (the server asks to retry in {problem.wait:g} s, which would run past {limit})"
     elif problem.transient and tries > 1 and message.startswith("HTTP "):
         message += f" ({tries} tries)"
-    return FetchError(message, transient=problem.transient, host_down=problem.host_down, wait=problem.wait,
-                      status=problem.status)
+    return FetchError(
+        message, transient=problem.transient, host_down=problem.host_down, wait=problem.wait, status=problem.status
+    )
 
 
 def _get_once(url: str, options: Options, deadline: float, html_cap: bool, images_only: bool) -> "Response | str":
@@ -176,8 +208,14 @@ def _get_once(url: str, options: Options, deadline: float, html_cap: bool, image
     if options.verify is False:  # asked for with --insecure: a warning on every request would only be noise
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     try:
-        response = _session().get(url, stream=True, allow_redirects=False, headers=request_headers(options, url),
-                                  verify=options.verify, timeout=(min(10.0, left), left))
+        response = _session().get(
+            url,
+            stream=True,
+            allow_redirects=False,
+            headers=request_headers(options, url),
+            verify=options.verify,
+            timeout=(min(10.0, left), left),
+        )
     except requests.exceptions.RequestException as exc:
         raise request_problem(exc, left, options.verify) from None
     with response:
@@ -185,8 +223,12 @@ def _get_once(url: str, options: Options, deadline: float, html_cap: bool, image
             return safe_urljoin(url, response.headers.get("location", ""))
         status = response.status_code
         if status >= 400:
-            raise FetchError(f"HTTP {status}", transient=status == 429 or status >= 500 and status not in (501, 505),
-                             wait=retry_after_seconds(response.headers.get("retry-after")), status=status)
+            raise FetchError(
+                f"HTTP {status}",
+                transient=status == 429 or status >= 500 and status not in (501, 505),
+                wait=retry_after_seconds(response.headers.get("retry-after")),
+                status=status,
+            )
         served = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if images_only and served and not served.startswith(IMAGE_TYPES):
             raise FetchError(f"served as {served[:60]}, not an image")
@@ -234,8 +276,9 @@ def request_problem(exc: Exception, waited: float, verify: bool | str = True) ->
     if isinstance(exc, requests.exceptions.SSLError):
         return FetchError(_tls_problem(exc, verify), host_down=True)
     if isinstance(exc, requests.exceptions.ProxyError):
-        return FetchError(f"proxy failed ({reason}); check HTTP_PROXY / HTTPS_PROXY / NO_PROXY", transient=True,
-                          host_down=True)
+        return FetchError(
+            f"proxy failed ({reason}); check HTTP_PROXY / HTTPS_PROXY / NO_PROXY", transient=True, host_down=True
+        )
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return FetchError("unreachable (connect timed out)", transient=True, host_down=True)
     if isinstance(exc, requests.exceptions.Timeout):
@@ -256,8 +299,10 @@ def _tls_problem(exc: Exception, verify: bool | str) -> str:
             if re.search(r"mismatch|expired|not yet valid", detail):
                 return f"certificate not trusted ({detail}); use --insecure to download anyway"
             if isinstance(verify, str):
-                return (f"certificate not trusted by --ca-bundle {verify} ({detail}); give the CA that signed it, "
-                        "or --insecure")
+                return (
+                    f"certificate not trusted by --ca-bundle {verify} ({detail}); give the CA that signed it, "
+                    "or --insecure"
+                )
             return f"certificate not trusted ({detail}); use --ca-bundle FILE or --insecure"
     for cause in _causes(exc):
         if isinstance(cause, ssl.SSLError) and cause.reason:
@@ -274,17 +319,28 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(current))
         yield current
-        todo += [e for e in (getattr(current, "reason", None), current.__cause__, current.__context__, *current.args)
-                 if isinstance(e, BaseException)]
+        todo += [
+            e
+            for e in (getattr(current, "reason", None), current.__cause__, current.__context__, *current.args)
+            if isinstance(e, BaseException)
+        ]
 
 
-REASONS = ((r"Temporary failure in name resolution", "name lookup failed"),
-           (r"Name or service not known|nodename nor servname|No address associated|getaddrinfo failed|"
-            r"NameResolutionError", "host name not found"),
-           (r"Connection refused", "connection refused"), (r"Connection reset", "connection reset"),
-           (r"Remote end closed connection", "closed without a response"),
-           (r"IncompleteRead", "connection closed early"), (r"Network is unreachable", "network is unreachable"),
-           (r"No route to host", "no route to host"), (r"timed out", "timed out"))
+REASONS = (
+    (r"Temporary failure in name resolution", "name lookup failed"),
+    (
+        r"Name or service not known|nodename nor servname|No address associated|getaddrinfo failed|"
+        r"NameResolutionError",
+        "host name not found",
+    ),
+    (r"Connection refused", "connection refused"),
+    (r"Connection reset", "connection reset"),
+    (r"Remote end closed connection", "closed without a response"),
+    (r"IncompleteRead", "connection closed early"),
+    (r"Network is unreachable", "network is unreachable"),
+    (r"No route to host", "no route to host"),
+    (r"timed out", "timed out"),
+)
 
 
 def _short_reason(exc: Exception) -> str:
@@ -327,8 +383,11 @@ def largest_candidate(srcset: str) -> str | None:
 
 
 CSS_URL = re.compile(r"""url\(\s*(?:"([^"]*)"|'([^']*)'|([^)'"]*))\s*\)""", re.I)
-CSS_IMAGE_DECL = re.compile(r"(?:background(?:-image)?|list-style(?:-image)?|border-image(?:-source)?|content)\s*:"
-                            r"([^;}]*)", re.I)
+CSS_IMAGE_DECL = re.compile(
+    r"(?:background(?:-image)?|list-style(?:-image)?|border-image(?:-source)?|content)\s*:"
+    r"([^;}]*)",
+    re.I,
+)
 
 
 def css_urls(text: str) -> list[str]:
@@ -346,6 +405,7 @@ class PageImage:
     """One picture a page shows: the URL read for it (its largest candidate), the element's other candidates in
     the order they are tried when that one gives no image, and the larger image an enclosing link leads to, if
     any (`link_is_image`: the link's name says image; otherwise only its response can)."""
+
     url: str
     link: str | None = None
     link_is_image: bool = False
@@ -359,8 +419,11 @@ def _urlish(value: str) -> bool:
 
 
 # File names lazy-loading scripts put in `src` until the real image loads.
-PLACEHOLDER_NAME = re.compile(r"(^|[/_.-])(blank|spacer|placeholder|transparent|pixel|lazy|lazyload|loading|loader|"
-                              r"1x1|dummy|empty|grey|gray|clear)([_.-][^/]*)?\.(gif|png|svg|jpe?g|webp)$", re.I)
+PLACEHOLDER_NAME = re.compile(
+    r"(^|[/_.-])(blank|spacer|placeholder|transparent|pixel|lazy|lazyload|loading|loader|"
+    r"1x1|dummy|empty|grey|gray|clear)([_.-][^/]*)?\.(gif|png|svg|jpe?g|webp)$",
+    re.I,
+)
 
 
 def is_placeholder(url: str) -> bool:
@@ -504,6 +567,7 @@ def _absolute(url: str | None, base_url: str) -> str | None:
 @dataclass
 class PageLinks:
     """What a crawler needs of a page: where its links lead, and whether it asks for a password."""
+
     links: list[str]
     password_field: bool
 
@@ -557,6 +621,7 @@ class LocalFolder:
     `boundary` only (the folder given as the input, else the page's own folder), each file once (`seen` holds the
     real paths read, shared with a folder walk that holds the page), and named by their path as the page's path
     was given."""
+
     page: str
     seen: set = field(default_factory=set)
     boundary: str | None = None
@@ -582,8 +647,11 @@ class LocalFolder:
         """The file's bytes, or None when it was read already. Raises FetchError."""
         path = self._path(url)
         if os.path.commonpath([path, self.root]) != self.root:
-            raise FetchError("outside the saved page's folder (not read)" if self.boundary is None else
-                             f"outside the input folder {self.boundary} (not read)")
+            raise FetchError(
+                "outside the saved page's folder (not read)"
+                if self.boundary is None
+                else f"outside the input folder {self.boundary} (not read)"
+            )
         if path in self.seen:
             return None
         try:
@@ -597,15 +665,17 @@ class LocalFolder:
             raise FetchError(f"unreadable ({exc.strerror})") from None
 
 
-def _read_image_url(url: str, options: Options, dead_hosts: dict, local: LocalFolder | None,
-                    images_only: bool = False) -> bytes | None:
+def _read_image_url(
+    url: str, options: Options, dead_hosts: dict, local: LocalFolder | None, images_only: bool = False
+) -> bytes | None:
     """The bytes of an image URL: http(s), or a file: URL of a saved page (None: read already). Raises FetchError."""
     if local is not None and url_scheme(url) == "file":
         return local.read(url, options)
     if not is_http_url(url):
         scheme = url_scheme(url)
-        raise FetchError("invalid URL" if scheme is None else
-                         f"unsupported URL scheme {scheme or '(none)'}: (only http and https)")
+        raise FetchError(
+            "invalid URL" if scheme is None else f"unsupported URL scheme {scheme or '(none)'}: (only http and https)"
+        )
     return fetch(url, options, html_cap=False, dead_hosts=dead_hosts, images_only=images_only).data
 
 
@@ -616,8 +686,15 @@ def _source(url: str, local: "LocalFolder | None") -> str:
     return url[:200] if not is_http_url(url) else url
 
 
-def _read_candidate(url: str, page_url: str, index: int, options: Options, dead_hosts: dict,
-                    local: LocalFolder | None, images_only: bool = False) -> list[Found | Skipped]:
+def _read_candidate(
+    url: str,
+    page_url: str,
+    index: int,
+    options: Options,
+    dead_hosts: dict,
+    local: LocalFolder | None,
+    images_only: bool = False,
+) -> list[Found | Skipped]:
     """One URL (or data: URI) of a picture -> its items; [] when a saved page's file was read already."""
     if url.lower().startswith("data:"):
         source = f"{local.page if local else page_url}#data-uri-{index}"
@@ -637,15 +714,22 @@ def _read_candidate(url: str, page_url: str, index: int, options: Options, dead_
     return [] if data is None else list(decode_images(data, _source(url, local), options))
 
 
-def _download_image(image: "PageImage | str", page_url: str, index: int, options: Options, dead_hosts: dict,
-                    local: LocalFolder | None = None) -> list[Found | Skipped]:
+def _download_image(
+    image: "PageImage | str",
+    page_url: str,
+    index: int,
+    options: Options,
+    dead_hosts: dict,
+    local: LocalFolder | None = None,
+) -> list[Found | Skipped]:
     """One picture of a page -> its items: through its link when that leads to an image, else its best
     candidate, else the next candidate that gives an image (the best one's problem is reported when none does)."""
     image = image if isinstance(image, PageImage) else PageImage(image)
     linked = None
     if image.link:
-        items = _read_candidate(image.link, page_url, index, options, dead_hosts, local,
-                                images_only=not image.link_is_image)
+        items = _read_candidate(
+            image.link, page_url, index, options, dead_hosts, local, images_only=not image.link_is_image
+        )
         if any(isinstance(item, Found) for item in items):
             for item in items:
                 if isinstance(item, Found):
@@ -668,23 +752,32 @@ def _download_image(image: "PageImage | str", page_url: str, index: int, options
     return notes + (shown or first or [])
 
 
-def page_images(html: bytes, page_url: str, options: Options, local: LocalFolder | None = None,
-                budget: ImageBudget | None = None) -> Iterator[Found | Skipped]:
+def page_images(
+    html: bytes, page_url: str, options: Options, local: LocalFolder | None = None, budget: ImageBudget | None = None
+) -> Iterator[Found | Skipped]:
     """Every picture of a page, downloaded on a bounded thread pool. For a saved page (`page_url` a file: URL),
     `local` is its folder: its file: images are read from disk inside that folder only. `budget`: --max-images
     shared with the folder the page is in."""
     yield from download_pictures(find_images(html, page_url), page_url, options, local, budget)
 
 
-def download_pictures(pictures: list[PageImage], page_url: str, options: Options, local: LocalFolder | None = None,
-                      budget: ImageBudget | None = None) -> Iterator[Found | Skipped]:
+def download_pictures(
+    pictures: list[PageImage],
+    page_url: str,
+    options: Options,
+    local: LocalFolder | None = None,
+    budget: ImageBudget | None = None,
+) -> Iterator[Found | Skipped]:
     """The pictures `find_images` found on a page (or those a crawl has not read yet) -> their items."""
     budget, dead_hosts = budget or ImageBudget(options.max_images), {}
     room = max(budget.limit - budget.used, 0)
     options.announce(len(pictures))
     # The cap applies to candidate pictures here, so those past it are never downloaded.
-    for items in bounded_map(lambda pair: _download_image(pair[1], page_url, pair[0], options, dead_hosts, local),
-                             enumerate(pictures[:room]), options.workers):
+    for items in bounded_map(
+        lambda pair: _download_image(pair[1], page_url, pair[0], options, dead_hosts, local),
+        enumerate(pictures[:room]),
+        options.workers,
+    ):
         for item in items:
             yield budget.admit(item)
     for picture in pictures[room:]:

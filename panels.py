@@ -9,6 +9,7 @@ The image is medical when its whole view is, or when a panel is by a stricter ba
 panels (1 - p of a panel is multiplied by the square root of their number), so a nine-panel mosaic of non-medical
 photos is not nine chances of a false alarm.
 """
+
 from typing import NamedTuple
 
 import numpy as np
@@ -51,9 +52,9 @@ def _segments(uniform: np.ndarray, min_gutter: int, min_panel: int) -> list[tupl
         if sizes[small] >= min_panel:
             break
         if sizes[small + 1] < sizes[small - 1]:
-            segments[small:small + 2] = [(segments[small][0], segments[small + 1][1])]
+            segments[small : small + 2] = [(segments[small][0], segments[small + 1][1])]
         else:
-            segments[small - 1:small + 1] = [(segments[small - 1][0], segments[small][1])]
+            segments[small - 1 : small + 1] = [(segments[small - 1][0], segments[small][1])]
     return segments
 
 
@@ -78,8 +79,11 @@ def _cut(grey: np.ndarray, box: tuple[int, int, int, int], min_side: int, depth:
     for axis in (0, 1):  # 0: split into rows of panels (horizontal gutters), 1: into columns
         spread = region.max(axis=1 - axis) - region.min(axis=1 - axis)
         side = region.shape[axis]
-        segments = _segments(spread <= UNIFORM_LEVELS, max(2, round(MIN_GUTTER * side)),
-                             max(min_side, round(MIN_PANEL * min(region.shape))))
+        segments = _segments(
+            spread <= UNIFORM_LEVELS,
+            max(2, round(MIN_GUTTER * side)),
+            max(min_side, round(MIN_PANEL * min(region.shape))),
+        )
         if len(segments) >= 2 and _parted(region, segments, axis):
             pieces = [(x0, y0 + a, x1, y0 + b) if axis == 0 else (x0 + a, y0, x0 + b, y1) for a, b in segments]
             if depth + 1 >= MAX_DEPTH:
@@ -94,8 +98,9 @@ def find_panels(image: Image.Image, min_size: int = 32, width: int | None = None
     scale = min(1.0, ANALYSIS_SIDE / max(image.size))
     small = image.convert("L")
     if scale < 1:
-        small = small.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.Resampling.BOX)
+        small = small.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BOX
+        )
     grey = np.asarray(small, dtype=np.int16)
     to_original = (width or image.width) / small.width
     min_side = max(2, int(np.ceil(min_size / to_original)))
@@ -124,15 +129,16 @@ class Figure(NamedTuple):
     whole: float  # p_medical of the whole view
 
 
-def predict_figures(model, images: list, boxes: list[list] | None = None, min_size: int = 32,
-                    batch_size: int | None = None) -> list[Figure]:
+def predict_figures(
+    model, images: list, boxes: list[list] | None = None, min_size: int = 32, batch_size: int | None = None
+) -> list[Figure]:
     """Each image's Figure, the whole views and all panels in one predict call."""
     boxes = boxes if boxes is not None else [find_panels(image, min_size) for image in images]
     crops = [image.crop(box) for image, image_boxes in zip(images, boxes) for box in image_boxes]
     ps = model.predict(list(images) + crops, batch_size) if images else []
     out, at = [], len(images)
     for n, image_boxes in enumerate(boxes):
-        panel_ps = [float(p) for p in ps[at:at + len(image_boxes)]]
+        panel_ps = [float(p) for p in ps[at : at + len(image_boxes)]]
         at += len(image_boxes)
         out.append(Figure(combine(float(ps[n]), panel_ps), list(zip(image_boxes, panel_ps)), float(ps[n])))
     return out

@@ -1,4 +1,5 @@
 """PDFs: the embedded raster images (not renders of pages), each once, with the page it is first drawn on."""
+
 import itertools
 import re
 import struct
@@ -40,8 +41,11 @@ def open_pdf(data: bytes, password: str | None = None):
         unlocked = bool(password) and doc.authenticate(password)
         if not unlocked:
             doc.close()
-            raise InputError("encrypted PDF: the --password given does not open it" if password else
-                             "encrypted PDF that needs a password")
+            raise InputError(
+                "encrypted PDF: the --password given does not open it"
+                if password
+                else "encrypted PDF that needs a password"
+            )
     try:
         pages = doc.page_count
     except Exception as exc:
@@ -70,8 +74,7 @@ def _plain_jpeg(doc, xref: int, smask: int, filters: str) -> bytes | None:
     return raw["image"] if raw and raw.get("ext") == "jpeg" and raw.get("colorspace") in (1, 3) else None
 
 
-def _xref_image(doc, xref: int, smask: int, filters: str, source: str, page: int,
-                options: Options) -> Found | Skipped:
+def _xref_image(doc, xref: int, smask: int, filters: str, source: str, page: int, options: Options) -> Found | Skipped:
     """One image XObject, decoded by PIL straight from its JPEG when that is safe, else by MuPDF."""
     jpeg = _plain_jpeg(doc, xref, smask, filters)
     if jpeg is not None:
@@ -81,17 +84,30 @@ def _xref_image(doc, xref: int, smask: int, filters: str, source: str, page: int
     pymupdf = _pymupdf()
     pix = pymupdf.Pixmap(doc, xref)
     if smask:
+        if pix.alpha:  # MuPDF may give the image an opaque alpha of its own, which would refuse the mask
+            pix = pymupdf.Pixmap(pix, 0)
         try:
             pix = pymupdf.Pixmap(pix, pymupdf.Pixmap(doc, smask))
         except Exception:
             pass  # a mask that does not fit is ignored, the image still shows
-    return full_size_found(_pixmap_to_pil(pix), source, page, options,
-                           format=PDF_FILTER_FORMATS.get(filters, filters.lower().removesuffix("decode") or "raw"))
+    return full_size_found(
+        _pixmap_to_pil(pix),
+        source,
+        page,
+        options,
+        format=PDF_FILTER_FORMATS.get(filters, filters.lower().removesuffix("decode") or "raw"),
+    )
 
 
 # What a PDF image stream is stored as, by its filter, for the `format` of a result.
-PDF_FILTER_FORMATS = {"DCTDecode": "jpeg", "JPXDecode": "jpeg2000", "JBIG2Decode": "jbig2",
-                      "CCITTFaxDecode": "ccitt", "FlateDecode": "flate", "RunLengthDecode": "rle"}
+PDF_FILTER_FORMATS = {
+    "DCTDecode": "jpeg",
+    "JPXDecode": "jpeg2000",
+    "JBIG2Decode": "jbig2",
+    "CCITTFaxDecode": "ccitt",
+    "FlateDecode": "flate",
+    "RunLengthDecode": "rle",
+}
 
 
 JBIG2_PAGE_INFO = 48
@@ -148,8 +164,7 @@ def parse_pages(text: str) -> tuple[tuple[int, int | None], ...]:
     ranges = []
     for part in text.replace(" ", "").split(","):
         first, dash, last = part.partition("-")
-        if not first.isdigit() or (last and not last.isdigit()) or int(first) < 1 or \
-                (last and int(last) < int(first)):
+        if not first.isdigit() or (last and not last.isdigit()) or int(first) < 1 or (last and int(last) < int(first)):
             raise ValueError(f"not a page range: {part!r} (use e.g. 3-10, 1,4,7- or 5)")
         ranges.append((int(first), int(last) if last else (None if dash else int(first))))
     return tuple(ranges)
@@ -162,16 +177,20 @@ def selected_pages(ranges: tuple | None, count: int) -> list[int]:
     return [n for n in range(count) if any(first <= n + 1 <= (last or count) for first, last in ranges)]
 
 
-def _inline_images(page, seen_digests: set, xobject_sizes: set, options: Options,
-                   source: str) -> Iterator[Found | Skipped]:
+def _inline_images(
+    page, seen_digests: set, xobject_sizes: set, options: Options, source: str
+) -> Iterator[Found | Skipped]:
     """Inline images (BI ... ID ... EI): listed by get_image_info with xref 0, bytes from the page's image blocks.
 
     get_image_info also gives xref 0 to XObject images nested in forms; those have
     the size of an XObject of the page and are left to the XObject path.
     """
     pymupdf = _pymupdf()
-    infos = [i for i in page.get_image_info(hashes=True, xrefs=True)
-             if i.get("xref") == 0 and (i["width"], i["height"]) not in xobject_sizes]
+    infos = [
+        i
+        for i in page.get_image_info(hashes=True, xrefs=True)
+        if i.get("xref") == 0 and (i["width"], i["height"]) not in xobject_sizes
+    ]
     results: dict = {}  # number -> item, yielded in drawing order
     for info in infos:
         digest = info.get("digest")
@@ -278,8 +297,13 @@ def _page_images(doc, page) -> tuple[list[tuple[int, int, int, int, str]], set]:
             for ref in map(int, PDF_REF.findall(value)):
                 subtype = doc.xref_get_key(ref, "Subtype")[1]
                 if subtype == "/Image" and ref not in images:
-                    images[ref] = (ref, _key_int(doc, ref, "SMask"), _key_int(doc, ref, "Width"),
-                                   _key_int(doc, ref, "Height"), doc.xref_get_key(ref, "Filter")[1].lstrip("/"))
+                    images[ref] = (
+                        ref,
+                        _key_int(doc, ref, "SMask"),
+                        _key_int(doc, ref, "Width"),
+                        _key_int(doc, ref, "Height"),
+                        doc.xref_get_key(ref, "Filter")[1].lstrip("/"),
+                    )
                 elif subtype == "/Form" or category == "Pattern":
                     stack.append(ref)
                 elif category == "ExtGState" and (group := _key_int(doc, ref, "SMask/G")):
@@ -305,8 +329,9 @@ def _listed_count(doc, numbers) -> int:
         return 0
 
 
-def pdf_images(data: bytes, name: str, options: Options, budget: ImageBudget | None = None
-               ) -> Iterator[Found | Skipped]:
+def pdf_images(
+    data: bytes, name: str, options: Options, budget: ImageBudget | None = None
+) -> Iterator[Found | Skipped]:
     """Embedded raster images of a PDF, annotation appearances included, each once (first page it is drawn on),
     in page order; `name#page=3&image=2` is the second image first drawn on page 3."""
     doc = open_pdf(data, options.password)
@@ -325,16 +350,18 @@ def pdf_images(data: bytes, name: str, options: Options, budget: ImageBudget | N
             page_source = f"{name}#page={number + 1}"
             counter = itertools.count(1)
 
-            def numbered(item: Found | Skipped, inline: bool = False) -> Found | Skipped:
-                index = next(counter)
-                item.source = f"{page_source}&image={index}"
+            def numbered(item: Found | Skipped, inline: bool = False) -> Found | Skipped:  # this page's only
+                index = next(counter)  # noqa: B023
+                item.source = f"{page_source}&image={index}"  # noqa: B023
                 if isinstance(item, Found):
                     item.index, item.inline = index, inline
                 return budget.admit(item)
 
             if time.monotonic() > deadline:
-                raise InputError(f"stopped at page {number + 1} of {doc.page_count} after "
-                                 f"{options.pdf_time_limit:g} s; the images before it are reported")
+                raise InputError(
+                    f"stopped at page {number + 1} of {doc.page_count} after "
+                    f"{options.pdf_time_limit:g} s; the images before it are reported"
+                )
             page_deadline = time.monotonic() + options.pdf_page_time_limit
             try:
                 listed, forms = _page_images(doc, page)
@@ -353,8 +380,13 @@ def pdf_images(data: bytes, name: str, options: Options, budget: ImageBudget | N
                     yield numbered(Skipped(page_source, problem))
                     continue
                 if time.monotonic() > page_deadline:
-                    yield numbered(Skipped(page_source, f"page {number + 1} ran past {options.pdf_page_time_limit:g} s:"
-                                                        " its other images are not read"))
+                    yield numbered(
+                        Skipped(
+                            page_source,
+                            f"page {number + 1} ran past {options.pdf_page_time_limit:g} s:"
+                            " its other images are not read",
+                        )
+                    )
                     continue
                 if budget.full:  # checked before decoding, so a 10,000-image PDF is not decoded in vain
                     yield numbered(Skipped(page_source, budget.reason))

@@ -1,6 +1,7 @@
 """The concurrent pipeline: inputs extracted on threads, their images meeting in one queue before one model thread,
 and the events that come back drained, with progress bars, into a sink (outputs.Sink).
 """
+
 import dataclasses
 import hashlib
 import queue
@@ -22,6 +23,7 @@ SEEN_IMAGES = 65536  # results remembered per run by image content, so a logo on
 @dataclass
 class InputState:
     """One input in flight. `images` and `skipped` hold its records until it ends, unless they are streamed."""
+
     number: int
     text: str
     kind: str | None = None
@@ -52,8 +54,14 @@ class Run:
     """Inputs extracted `jobs` at a time on threads; their images meet in one queue, so the model thread always
     takes full batches across inputs; results come back to the calling thread in order, per input."""
 
-    def __init__(self, model: engine.Engine, options: extract.Options, jobs: int = 4, batch_size: int | None = None,
-                 resumed: dict | None = None):
+    def __init__(
+        self,
+        model: engine.Engine,
+        options: extract.Options,
+        jobs: int = 4,
+        batch_size: int | None = None,
+        resumed: dict | None = None,
+    ):
         self.model, self.options, self.jobs = model, options, jobs
         self.resumed = resumed or {}  # input -> what an earlier run finished of it (outputs.read_resume)
         self.batch_size = batch_size or model.default_batch_size
@@ -98,8 +106,9 @@ class Run:
             self.model_thread.join(timeout=30)
 
     def _extract(self, state: InputState) -> None:
-        options = dataclasses.replace(self.options, expect=lambda n: self.events.put(("expect", state, n)),
-                                      done=self.resumed.get(state.text))
+        options = dataclasses.replace(
+            self.options, expect=lambda n: self.events.put(("expect", state, n)), done=self.resumed.get(state.text)
+        )
         try:
             state.kind, items = extract.open_input(state.text, options)
             for item in items:
@@ -133,15 +142,19 @@ class Run:
     def _model_loop(self) -> None:
         while (batch := self._take_batch()) is not None:
             todo = {}
-            for state, item, key in batch:
+            for _state, item, key in batch:
                 if key is not None and key not in self.known and key not in todo:
                     todo[key] = item
             failure = None
             try:
                 if todo:
                     found = list(todo.values())
-                    results = panels.predict_figures(self.model, [f.image for f in found],
-                                                     [f.panels or [] for f in found], batch_size=self.batch_size)
+                    results = panels.predict_figures(
+                        self.model,
+                        [f.image for f in found],
+                        [f.panels or [] for f in found],
+                        batch_size=self.batch_size,
+                    )
                     for key, result in zip(todo, results):
                         self.known[key] = result[:2]  # (p_medical, [(box, p) per panel])
             except Exception as exc:
@@ -167,10 +180,24 @@ def drain(run: Run, sink, args, texts, total: int | None, done: set) -> None:
     """Every event of the run to the sink, with progress bars (inputs, when several; images, with the totals the
     extractors announce), the one-line error of each failed input and notes the user should see."""
     several = total is None or total > 1
-    inputs_bar = tqdm(desc="inputs", unit="input", total=None if total is None else total - len(done),
-                      file=sys.stderr, disable=args.quiet or not several, position=0, dynamic_ncols=True)
-    images_bar = tqdm(desc="images", unit="img", total=0, file=sys.stderr, disable=args.quiet,
-                      position=1 if several and not args.quiet else 0, dynamic_ncols=True)
+    inputs_bar = tqdm(
+        desc="inputs",
+        unit="input",
+        total=None if total is None else total - len(done),
+        file=sys.stderr,
+        disable=args.quiet or not several,
+        position=0,
+        dynamic_ncols=True,
+    )
+    images_bar = tqdm(
+        desc="images",
+        unit="img",
+        total=0,
+        file=sys.stderr,
+        disable=args.quiet,
+        position=1 if several and not args.quiet else 0,
+        dynamic_ncols=True,
+    )
     try:
         for event in run.results(texts):
             kind, state = event[0], event[1]
@@ -178,8 +205,9 @@ def drain(run: Run, sink, args, texts, total: int | None, done: set) -> None:
                 sink.start(state)
                 images_bar.set_postfix_str(report.shorten(state.text, 40), refresh=False)
                 if args.crawl and extract.url_scheme(state.text) not in ("http", "https"):
-                    tqdm.write(f"note: {state.text}: --crawl follows the links of http(s) pages; read alone",
-                               file=sys.stderr)
+                    tqdm.write(
+                        f"note: {state.text}: --crawl follows the links of http(s) pages; read alone", file=sys.stderr
+                    )
             elif kind == "expect":
                 state.expected += event[2]
                 images_bar.total += event[2]
@@ -202,9 +230,12 @@ def drain(run: Run, sink, args, texts, total: int | None, done: set) -> None:
                 elif problem := report.all_downloads_failed(state.medical + state.non_medical, state.downloads_failed):
                     tqdm.write(f"note: {state.text}: {problem}; --strict makes that a failed input", file=sys.stderr)
                 if state.over_budget:
-                    tqdm.write(f"note: {state.text}: {report.plural(state.over_budget, 'image')} over --max-images "
-                               f"{args.max_images} not classified (listed as skipped); raise --max-images to read "
-                               "them", file=sys.stderr)
+                    tqdm.write(
+                        f"note: {state.text}: {report.plural(state.over_budget, 'image')} over --max-images "
+                        f"{args.max_images} not classified (listed as skipped); raise --max-images to read "
+                        "them",
+                        file=sys.stderr,
+                    )
                 inputs_bar.update(1)
         for bar in (inputs_bar, images_bar):  # a run that ended ends its bars at what came: 100%, never short
             if not bar.disable:
@@ -213,5 +244,3 @@ def drain(run: Run, sink, args, texts, total: int | None, done: set) -> None:
     finally:
         inputs_bar.close()
         images_bar.close()
-
-

@@ -3,6 +3,7 @@
 Everything here takes plain records (the dicts of README's schema) and returns text, so the CLI and the Ray
 sweep write the same fields the same way.
 """
+
 import base64
 import csv
 import html
@@ -21,11 +22,19 @@ UNCERTAIN = 0.1  # p_medical within this of the threshold is marked uncertain in
 def image_record(found, p: float, label: str, saved_path: str | None = None, panel_ps=()) -> dict:
     """One classified image, as README's schema names its fields (p_medical to 4 places); a compound figure's
     `panels` give each panel's box in the original's pixels and its own p_medical."""
-    return {"source": found.source, "page": found.page, "width": found.width, "height": found.height,
-            "label": label, "p_medical": round(float(p), 4), "saved_path": saved_path, "format": found.format,
-            **({"thumbnail": found.thumbnail} if found.thumbnail else {}),
-            **({"found_on": found.found_on} if found.found_on else {}),
-            **({"panels": panel_records(found, panel_ps)} if panel_ps else {})}
+    return {
+        "source": found.source,
+        "page": found.page,
+        "width": found.width,
+        "height": found.height,
+        "label": label,
+        "p_medical": round(float(p), 4),
+        "saved_path": saved_path,
+        "format": found.format,
+        **({"thumbnail": found.thumbnail} if found.thumbnail else {}),
+        **({"found_on": found.found_on} if found.found_on else {}),
+        **({"panels": panel_records(found, panel_ps)} if panel_ps else {}),
+    }
 
 
 def panel_records(found, panel_ps) -> list[dict]:
@@ -50,12 +59,19 @@ def model_record(model, model_path: str) -> dict:
     return {"path": model_path, "arch": model.arch, "threshold": round(model.threshold, 4), "engine": model.name}
 
 
-def input_record(text: str, kind: str | None, error: str | None, images: list, skipped: list,
-                 downloads_failed: int = 0) -> dict:
+def input_record(
+    text: str, kind: str | None, error: str | None, images: list, skipped: list, downloads_failed: int = 0
+) -> dict:
     """One input of the JSON schema; `kind` is what the tool took the input for, or `unknown`; `downloads_failed`
     counts its images whose download failed (listed under skipped)."""
-    return {"input": text, "kind": kind or "unknown", "error": error, "images": images, "skipped": skipped,
-            "downloads_failed": downloads_failed}
+    return {
+        "input": text,
+        "kind": kind or "unknown",
+        "error": error,
+        "images": images,
+        "skipped": skipped,
+        "downloads_failed": downloads_failed,
+    }
 
 
 def is_download_failure(reason: str) -> bool:
@@ -86,6 +102,7 @@ def add_to_summary(summary: dict, medical: int, non_medical: int, skipped: int, 
 
 # ---------------------------------------------------------------- JSON lines
 
+
 def image_line(text: str, record: dict) -> dict:
     return {"type": "image", "input": text, **record}
 
@@ -97,21 +114,47 @@ def skipped_line(text: str, record: dict) -> dict:
 def file_line(text: str, finished) -> dict:
     """The line that says one file of a folder (one page of a crawl) is done: a resumed run does not read it
     again. `covers`: other files a saved page read; `links`: a crawled page's same-site links."""
-    return {"type": "file", "input": text, "file": finished.source, "covers": list(finished.covers),
-            **({"links": list(finished.links)} if finished.links is not None else {})}
+    return {
+        "type": "file",
+        "input": text,
+        "file": finished.source,
+        "covers": list(finished.covers),
+        **({"links": list(finished.links)} if finished.links is not None else {}),
+    }
 
 
 def input_line(entry: dict, images: int, skipped: int) -> dict:
     """The line that says an input ended; a resumed run skips the inputs that have one."""
-    return {"type": "input", "input": entry["input"], "kind": entry["kind"],
-            "status": "failed" if entry["error"] else "done", "error": entry["error"],
-            "images": images, "skipped": skipped, "downloads_failed": entry.get("downloads_failed", 0)}
+    return {
+        "type": "input",
+        "input": entry["input"],
+        "kind": entry["kind"],
+        "status": "failed" if entry["error"] else "done",
+        "error": entry["error"],
+        "images": images,
+        "skipped": skipped,
+        "downloads_failed": entry.get("downloads_failed", 0),
+    }
 
 
 # ---------------------------------------------------------------- CSV and table
 
-CSV_FIELDS = ["input", "kind", "status", "source", "page", "width", "height", "label", "p_medical", "saved_path",
-              "reason", "format", "thumbnail", "found_on"]
+CSV_FIELDS = [
+    "input",
+    "kind",
+    "status",
+    "source",
+    "page",
+    "width",
+    "height",
+    "label",
+    "p_medical",
+    "saved_path",
+    "reason",
+    "format",
+    "thumbnail",
+    "found_on",
+]
 
 
 def to_csv(report: dict) -> str:
@@ -134,7 +177,7 @@ def shorten(text: str, width: int) -> str:
     if len(text) <= width:
         return text
     head = (width - 1) // 3
-    return text[:head] + "…" + text[-(width - 1 - head):]
+    return text[:head] + "…" + text[-(width - 1 - head) :]
 
 
 def plural(n: int, noun: str) -> str:
@@ -142,9 +185,11 @@ def plural(n: int, noun: str) -> str:
 
 
 def summary_line(summary: dict, n_inputs: int) -> str:
-    line = (f"{plural(summary['images'], 'image')}: {summary['medical']} medical, {summary['non-medical']} "
-            f"non-medical; {summary['skipped']} skipped; {summary['failed_inputs']} of {plural(n_inputs, 'input')} "
-            "failed")
+    line = (
+        f"{plural(summary['images'], 'image')}: {summary['medical']} medical, {summary['non-medical']} "
+        f"non-medical; {summary['skipped']} skipped; {summary['failed_inputs']} of {plural(n_inputs, 'input')} "
+        "failed"
+    )
     return line + ("; interrupted" if summary.get("interrupted") else "")
 
 
@@ -161,11 +206,16 @@ def to_table(report: dict) -> str:
         if entry["images"]:
             lines.append(f"   {'source':60s} {'page':>4s} {'size':>11s}  {'label':11s} {'p(medical)':>10s}")
         for im in entry["images"]:
-            lines.append(f"   {shorten(im['source'], 60):60s} {im['page'] or '':>4} "
-                         f"{str(im['width']) + 'x' + str(im['height']):>11s}  {im['label']:11s} "
-                         f"{im['p_medical']:10.3f}" + (f"  {len(im['panels'])} panels, the most medical "
-                                                       f"{max(q['p_medical'] for q in im['panels']):.3f}"
-                                                       if im.get("panels") else ""))
+            lines.append(
+                f"   {shorten(im['source'], 60):60s} {im['page'] or '':>4} "
+                f"{str(im['width']) + 'x' + str(im['height']):>11s}  {im['label']:11s} "
+                f"{im['p_medical']:10.3f}"
+                + (
+                    f"  {len(im['panels'])} panels, the most medical {max(q['p_medical'] for q in im['panels']):.3f}"
+                    if im.get("panels")
+                    else ""
+                )
+            )
         reasons: dict = {}
         for sk in entry["skipped"]:
             reason = re.sub(r" \(\d+x\d+\)$", "", sk["reason"])
@@ -197,7 +247,7 @@ def source_link(source: str) -> str | None:
     """Where a person can open a source: its http(s) URL, or its local file (a PDF at the image's page); None for
     a data: URI or another scheme."""
     named = NAMED_PART.search(source)
-    base = source[:named.start()] if named else source
+    base = source[: named.start()] if named else source
     at_page = f"#page={named.group(1)}" if named and named.group(1) else ""
     if is_http_url(base):
         return base + at_page
@@ -279,22 +329,34 @@ def _card(image: dict, order: int, thumb: str | None, threshold: float) -> str:
     saved = image.get("saved_path")
     opened = file_link(saved) if saved else source_url
     picture = f'<img src="{esc(thumb)}" alt="">' if thumb else "no preview"
-    facts = [f"{image['width']}×{image['height']}"] + ([f"page {image['page']}"] if image.get("page") else []) + (
-        [esc(image["format"])] if image.get("format") else [])
+    facts = (
+        [f"{image['width']}×{image['height']}"]
+        + ([f"page {image['page']}"] if image.get("page") else [])
+        + ([esc(image["format"])] if image.get("format") else [])
+    )
     links = ([_link(file_link(saved), "saved file", saved)] if saved else []) + (
-        [_link(source_link(image["thumbnail"]), "thumbnail on the page", image["thumbnail"])] if image.get("thumbnail") else [])
-    return (f'<article class="{esc(classes)}" data-label="{esc(image["label"])}" data-p="{p}" data-order="{order}"'
-            f'{" data-uncertain" if uncertain else ""}>'
-            + (f'<a class="pic" href="{esc(opened)}">{picture}</a>' if opened
-               else f'<div class="pic{"" if thumb else " noimg"}">{picture}</div>')
-            + f'<div class="verdict">{esc(image["label"])}{" <span class=mark>uncertain</span>" if uncertain else ""}'
-            f'</div><div class="p">p(medical) {p:.3f}</div>'
-            f'<div class="gauge" title="p(medical) {p:.3f}, threshold {threshold:.3f}">'
-            f'<span style="width:{100 * min(max(p, 0), 1):.1f}%"></span>'
-            f'<i style="left:{100 * min(max(threshold, 0), 1):.1f}%"></i></div>'
-            f'<div class="muted">{" · ".join(facts)}</div>'
-            f'<div class="src">{_link(source_url, image["source"])}</div>'
-            + (f'<div class="links">{" · ".join(links)}</div>' if links else "") + "</article>")
+        [_link(source_link(image["thumbnail"]), "thumbnail on the page", image["thumbnail"])]
+        if image.get("thumbnail")
+        else []
+    )
+    return (
+        f'<article class="{esc(classes)}" data-label="{esc(image["label"])}" data-p="{p}" data-order="{order}"'
+        f"{' data-uncertain' if uncertain else ''}>"
+        + (
+            f'<a class="pic" href="{esc(opened)}">{picture}</a>'
+            if opened
+            else f'<div class="pic{"" if thumb else " noimg"}">{picture}</div>'
+        )
+        + f'<div class="verdict">{esc(image["label"])}{" <span class=mark>uncertain</span>" if uncertain else ""}'
+        f'</div><div class="p">p(medical) {p:.3f}</div>'
+        f'<div class="gauge" title="p(medical) {p:.3f}, threshold {threshold:.3f}">'
+        f'<span style="width:{100 * min(max(p, 0), 1):.1f}%"></span>'
+        f'<i style="left:{100 * min(max(threshold, 0), 1):.1f}%"></i></div>'
+        f'<div class="muted">{" · ".join(facts)}</div>'
+        f'<div class="src">{_link(source_url, image["source"])}</div>'
+        + (f'<div class="links">{" · ".join(links)}</div>' if links else "")
+        + "</article>"
+    )
 
 
 def to_html(report: dict, thumbnails: list[list[str]]) -> str:
@@ -303,37 +365,57 @@ def to_html(report: dict, thumbnails: list[list[str]]) -> str:
     esc, model, summary = html.escape, report["model"], report["summary"]
     threshold = model["threshold"]
     images = [im for entry in report["inputs"] for im in entry["images"]]
-    counts = {"images": summary["images"], "medical": summary["medical"], "non-medical": summary["non-medical"],
-              "uncertain": sum(is_uncertain(im["p_medical"], threshold) for im in images),
-              "skipped": summary["skipped"], "failed inputs": summary["failed_inputs"]}
-    shown = {"all": len(images), "uncertain": counts["uncertain"],
-             **{label: sum(im["label"] == label for im in images) for label in ("medical", "non-medical")}}
-    shown_note = (f" Showing {len(images)} of the {summary['images']} images (--only); the counts are of all of them,"
-                  " but uncertain only of those shown." if len(images) != summary["images"] else "")
-    parts = [f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+    counts = {
+        "images": summary["images"],
+        "medical": summary["medical"],
+        "non-medical": summary["non-medical"],
+        "uncertain": sum(is_uncertain(im["p_medical"], threshold) for im in images),
+        "skipped": summary["skipped"],
+        "failed inputs": summary["failed_inputs"],
+    }
+    shown = {
+        "all": len(images),
+        "uncertain": counts["uncertain"],
+        **{label: sum(im["label"] == label for im in images) for label in ("medical", "non-medical")},
+    }
+    shown_note = (
+        f" Showing {len(images)} of the {summary['images']} images (--only); the counts are of all of them,"
+        " but uncertain only of those shown."
+        if len(images) != summary["images"]
+        else ""
+    )
+    parts = [
+        f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1"><title>Medical image report</title>
 <style>{HTML_STYLE}</style></head><body data-threshold="{threshold}">
 <h1>Medical image report</h1>
-<p class="muted">Model {esc(str(model.get('arch')))} ({esc(str(model.get('engine', '')))}),
+<p class="muted">Model {esc(str(model.get("arch")))} ({esc(str(model.get("engine", "")))}),
 threshold {threshold:.3f}: an image is medical when p(medical) is at or above it.
-{plural(len(report['inputs']), 'input')}{"; interrupted" if summary.get("interrupted") else ""}.{shown_note}</p>
-<ul class="counts">""" + "".join(f'<li data-count="{esc(name)}"><b>{n}</b> {esc(SINGULAR.get(name, name) if n == 1 else name)}'
-                                  '</li>' for name, n in counts.items()) + f"""</ul>
+{plural(len(report["inputs"]), "input")}{"; interrupted" if summary.get("interrupted") else ""}.{shown_note}</p>
+<ul class="counts">"""
+        + "".join(
+            f'<li data-count="{esc(name)}"><b>{n}</b> {esc(SINGULAR.get(name, name) if n == 1 else name)}</li>'
+            for name, n in counts.items()
+        )
+        + f"""</ul>
 <div class="legend"><span><span class="swatch medical"></span> medical: p(medical) &ge; {threshold:.3f}</span>
 <span><span class="swatch non-medical"></span> non-medical: p(medical) &lt; {threshold:.3f}</span>
 <span><span class="swatch uncertain"></span><span class="mark">uncertain</span> p(medical) within {UNCERTAIN}
 of the threshold: look for yourself</span>
 <span><span class="gauge" style="display:inline-block;width:60px"><span style="width:70%"></span>
 <i style="left:{100 * threshold:.0f}%"></i></span> bar: p(medical), tick: threshold</span></div>
-<div id="controls" hidden>show """ + "".join(
-        f'<button type="button" data-filter="{f}">{f} ({shown[f]})</button>'
-        for f in FILTERS) + """ &nbsp; sort <select><option value="found">order found</option>
+<div id="controls" hidden>show """
+        + "".join(f'<button type="button" data-filter="{f}">{f} ({shown[f]})</button>' for f in FILTERS)
+        + """ &nbsp; sort <select><option value="found">order found</option>
 <option value="p">p(medical), highest first</option><option value="near">nearest the threshold first</option>
-</select></div>"""]
+</select></div>"""
+    ]
     order = 0
     for entry, thumbs in zip(report["inputs"], thumbnails + [[]] * (len(report["inputs"]) - len(thumbnails))):
-        parts.append(f'<section class="input"><h2>{esc(entry["input"])} <small class="muted">'
-                     f'({esc(entry["kind"])}, {plural(len(entry["images"]), "image")})</small></h2>')
+        parts.append(
+            f'<section class="input"><h2>{esc(entry["input"])} <small class="muted">'
+            f"({esc(entry['kind'])}, {plural(len(entry['images']), 'image')})</small></h2>"
+        )
         if entry["error"]:
             parts.append(f'<p class="error">error: {esc(entry["error"])}</p>')
         parts.append('<div class="grid">')
@@ -342,7 +424,7 @@ of the threshold: look for yourself</span>
             order += 1
         parts.append("</div>")
         if entry["skipped"]:
-            parts.append(f'<details><summary>{len(entry["skipped"])} skipped</summary><ul>')
+            parts.append(f"<details><summary>{len(entry['skipped'])} skipped</summary><ul>")
             parts += [f"<li>{esc(s['source'])}: {esc(s['reason'])}</li>" for s in entry["skipped"]]
             parts.append("</ul></details>")
         parts.append("</section>")

@@ -8,6 +8,7 @@ file with an `input` column. The output has the fields of the CLI's JSON lines, 
 skipped image and input; the rows of one input come together, its `input` row last. Exit status: 0
 when every input was processed, 1 when any input failed or was lost, 2 for bad arguments.
 """
+
 import argparse
 import contextlib
 import json
@@ -34,37 +35,86 @@ LOST = "lost: Ray could not finish its work (a worker died on every try, or rais
 BLOCKS_PER_CPU = 8  # inputs go to Ray tasks in blocks: a few per CPU keeps every core busy and one slow PDF
 # from holding up much, without a task's overhead (tens of ms on a small machine) for every input
 # Fields of the Parquet output: every field a JSON line of any type has, null where a type has none.
-PARQUET_FIELDS = [("type", "string"), ("input", "string"), ("source", "string"), ("page", "int64"),
-                  ("width", "int64"), ("height", "int64"), ("label", "string"), ("p_medical", "float64"),
-                  ("saved_path", "string"), ("format", "string"), ("thumbnail", "string"), ("reason", "string"),
-                  ("kind", "string"), ("status", "string"), ("error", "string"), ("images", "int64"),
-                  ("skipped", "int64"), ("downloads_failed", "int64")]
+PARQUET_FIELDS = [
+    ("type", "string"),
+    ("input", "string"),
+    ("source", "string"),
+    ("page", "int64"),
+    ("width", "int64"),
+    ("height", "int64"),
+    ("label", "string"),
+    ("p_medical", "float64"),
+    ("saved_path", "string"),
+    ("format", "string"),
+    ("thumbnail", "string"),
+    ("reason", "string"),
+    ("kind", "string"),
+    ("status", "string"),
+    ("error", "string"),
+    ("images", "int64"),
+    ("skipped", "int64"),
+    ("downloads_failed", "int64"),
+]
 
 
-def parse_args(argv=None):
-    p = cli.OneLineParser(prog="sweep_ray.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    """Every option, with its default in --help (docs/ray.md lists the same options)."""
+    p = cli.OneLineParser(
+        prog="sweep_ray.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("inputs", metavar="INPUTS", help="text file, one input a line, or Parquet with an `input` column")
-    p.add_argument("--output", "-o", required=True, metavar="OUT.parquet|OUT.jsonl",
-                   help="where the rows go; the format follows the extension")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster: ray://HOST:10001, auto (the cluster this machine belongs to), or HOST:6379 "
-                        "(default: start Ray on this machine)")
-    p.add_argument("--model", default=cli.DEFAULT_MODEL, help="checkpoint, readable on every node "
-                                                              "(default: %(default)s, shipped with the code)")
-    p.add_argument("--threshold", type=cli.probability,
-                   help="p_medical at or above which an image is medical (default: the model's)")
-    p.add_argument("--actors", type=cli.at_least(1), default=1,
-                   help="model actors, each loading the model once (default: %(default)s)")
-    p.add_argument("--num-gpus-per-actor", type=float, default=0.0,
-                   help="GPUs per actor; above 0 the actors run torch on CUDA, else ONNX Runtime on the CPU "
-                        "(default: %(default)s)")
-    p.add_argument("--batch-size", type=cli.at_least(1), default=None,
-                   help="images per model batch (default: 16 on the CPU, 128 on CUDA)")
+    p.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        metavar="OUT.parquet|OUT.jsonl",
+        help="where the rows go; the format follows the extension",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster: ray://HOST:10001, auto (the cluster this machine belongs to), or HOST:6379 "
+        "(default: start Ray on this machine)",
+    )
+    p.add_argument(
+        "--model",
+        default=cli.DEFAULT_MODEL,
+        help="checkpoint, readable on every node (default: %(default)s, shipped with the code)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=cli.probability,
+        help="p_medical at or above which an image is medical (default: the model's)",
+    )
+    p.add_argument(
+        "--actors",
+        type=cli.at_least(1),
+        default=1,
+        help="model actors, each loading the model once (default: %(default)s)",
+    )
+    p.add_argument(
+        "--num-gpus-per-actor",
+        type=float,
+        default=0.0,
+        help="GPUs per actor; above 0 the actors run torch on CUDA, else ONNX Runtime on the CPU "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=cli.at_least(1),
+        default=None,
+        help="images per model batch (default: 16 on the CPU, 128 on CUDA)",
+    )
     p.add_argument("--backbone-weights", help="local file of the backbone's ImageNet weights, for offline machines")
     cli.add_extraction_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars (errors and the summary still show)")
     p.add_argument("--verbose", action="store_true", help="also Ray's own logs, warnings and up, and the actors'")
     p.set_defaults(save_dir=None, strict=False)  # the extracted files stay where they are; no --save-dir on a cluster
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if args.num_gpus_per_actor < 0:
         p.error("--num-gpus-per-actor must be 0 or more")
@@ -74,6 +124,7 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------- inputs
+
 
 def read_inputs(path: str) -> list[str]:
     """The inputs, in order: a Parquet file's `input` column, else one a line of text."""
@@ -92,6 +143,7 @@ def read_inputs(path: str) -> list[str]:
 
 # ---------------------------------------------------------------- extraction (a Ray task per block of inputs)
 
+
 def _pixels(image) -> tuple[bytes, str]:
     """The reduced image's RGB bytes and its size: lossless, and nothing to encode or decode on either side."""
     rgb = engine.to_rgb(image)
@@ -99,9 +151,17 @@ def _pixels(image) -> tuple[bytes, str]:
 
 
 def _found_fields(found: extract.Found) -> dict:
-    return {"source": found.source, "page": found.page, "width": found.width, "height": found.height,
-            "format": found.format, "thumbnail": found.thumbnail, "index": found.index, "frame": found.frame,
-            "panels": found.panels}
+    return {
+        "source": found.source,
+        "page": found.page,
+        "width": found.width,
+        "height": found.height,
+        "format": found.format,
+        "thumbnail": found.thumbnail,
+        "index": found.index,
+        "frame": found.frame,
+        "panels": found.panels,
+    }
 
 
 def extraction_rows(row: dict, options: extract.Options) -> Iterator[dict]:
@@ -120,31 +180,49 @@ def extraction_rows(row: dict, options: extract.Options) -> Iterator[dict]:
             if isinstance(item, extract.Skipped):
                 skipped += 1
                 downloads_failed += report.is_download_failure(item.reason)
-                yield {**common, "type": "skipped", "line": json.dumps(
-                    report.skipped_line(text, report.skipped_record(item))), "pixels": b"", "size": ""}
+                yield {
+                    **common,
+                    "type": "skipped",
+                    "line": json.dumps(report.skipped_line(text, report.skipped_record(item))),
+                    "pixels": b"",
+                    "size": "",
+                }
             else:
                 images += 1
                 if not options.whole_images:
                     item.panels = panels.find_panels(item.image, options.min_size, item.width)
                 pixels, size = _pixels(item.image)
-                yield {**common, "type": "image", "line": json.dumps(_found_fields(item)), "pixels": pixels,
-                       "size": size}
+                yield {
+                    **common,
+                    "type": "image",
+                    "line": json.dumps(_found_fields(item)),
+                    "pixels": pixels,
+                    "size": size,
+                }
     except Exception as exc:  # noqa: BLE001 - never lose the other inputs' results to one bad file
         error = extract.input_problem(exc)
     entry = report.input_record(text, kind, error, [], [], downloads_failed)
-    yield {**common, "type": "input", "line": json.dumps(report.input_line(entry, images, skipped)), "pixels": b"",
-           "size": ""}
+    yield {
+        **common,
+        "type": "input",
+        "line": json.dumps(report.input_line(entry, images, skipped)),
+        "pixels": b"",
+        "size": "",
+    }
 
 
 # ---------------------------------------------------------------- classification (an actor pool)
 
+
 class Classifier:
     """A Ray actor: loads the model once, then classifies the image rows of every batch it is given."""
 
-    def __init__(self, model_path: str, gpu: bool, backbone_weights: str | None, threshold: float | None,
-                 batch_size: int | None):
-        self.model = engine.open_engine(model_path, "torch" if gpu else "onnx", "cuda" if gpu else "cpu",
-                                        backbone_weights)
+    def __init__(
+        self, model_path: str, gpu: bool, backbone_weights: str | None, threshold: float | None, batch_size: int | None
+    ):
+        self.model = engine.open_engine(
+            model_path, "torch" if gpu else "onnx", "cuda" if gpu else "cpu", backbone_weights
+        )
         if threshold is not None:
             self.model.threshold = threshold
         self.batch_size = batch_size
@@ -154,10 +232,18 @@ class Classifier:
 
         lines = list(batch["line"])
         at = [i for i, kind in enumerate(batch["type"]) if kind == "image"]
-        found = [extract.Found(image=Image.frombytes("RGB", tuple(map(int, str(batch["size"][i]).split("x"))),
-                                                      bytes(batch["pixels"][i])), **json.loads(lines[i])) for i in at]
-        results = panels.predict_figures(self.model, [f.image for f in found], [f.panels or [] for f in found],
-                                         batch_size=self.batch_size)
+        found = [
+            extract.Found(
+                image=Image.frombytes(
+                    "RGB", tuple(map(int, str(batch["size"][i]).split("x"))), bytes(batch["pixels"][i])
+                ),
+                **json.loads(lines[i]),
+            )
+            for i in at
+        ]
+        results = panels.predict_figures(
+            self.model, [f.image for f in found], [f.panels or [] for f in found], batch_size=self.batch_size
+        )
         for i, item, (p, panel_ps, _) in zip(at, found, results):
             record = report.image_record(item, p, self.model.label(p), None, panel_ps)
             lines[i] = json.dumps(report.image_line(str(batch["input"][i]), record))
@@ -165,6 +251,7 @@ class Classifier:
 
 
 # ---------------------------------------------------------------- the driver
+
 
 def runtime_env(address: str | None) -> dict:
     """Workers import this folder's modules: on a cluster it is shipped to every node (with the shipped model)."""
@@ -199,13 +286,24 @@ def sweep(inputs: list[str], options: extract.Options, args) -> Iterator[dict]:
     with warnings.catch_warnings():  # retry counts have no named parameter in Ray 2.60 (requirements-ray.txt pins it)
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
         rows = ray.data.from_items(items, override_num_blocks=blocks(len(items))).flat_map(
-            extraction_rows, fn_kwargs={"options": options}, max_retries=RETRIES)
+            extraction_rows, fn_kwargs={"options": options}, max_retries=RETRIES
+        )
         classified = rows.map_batches(
-            Classifier, fn_constructor_args=(model_on_workers(args.model, args.address), gpu, args.backbone_weights,
-                                             args.threshold, args.batch_size),
-            batch_size=args.batch_size or (128 if gpu else 16), compute=ray.data.ActorPoolStrategy(size=args.actors),
-            num_gpus=args.num_gpus_per_actor if gpu else None, batch_format="numpy",
-            max_restarts=-1, max_task_retries=RETRIES)
+            Classifier,
+            fn_constructor_args=(
+                model_on_workers(args.model, args.address),
+                gpu,
+                args.backbone_weights,
+                args.threshold,
+                args.batch_size,
+            ),
+            batch_size=args.batch_size or (128 if gpu else 16),
+            compute=ray.data.ActorPoolStrategy(size=args.actors),
+            num_gpus=args.num_gpus_per_actor if gpu else None,
+            batch_format="numpy",
+            max_restarts=-1,
+            max_task_retries=RETRIES,
+        )
     yield from group_by_input(classified.iter_rows(), inputs)
 
 
@@ -243,7 +341,12 @@ class Writer:
         """JSON lines stream into the file (or straight through a FIFO or device); Parquet goes to a temporary
         file beside a regular target, renamed over it at the end, so a symlink's target is replaced and the link
         stays."""
-        self.target, self.parquet, self.rows, self.temporary = target, target.path.lower().endswith(".parquet"), [], None
+        self.target, self.parquet, self.rows, self.temporary = (
+            target,
+            target.path.lower().endswith(".parquet"),
+            [],
+            None,
+        )
         if self.parquet:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -253,8 +356,9 @@ class Writer:
                 target.close()
                 self.file = pq.ParquetWriter(target.path, self.schema)
             else:
-                handle, self.temporary = tempfile.mkstemp(dir=os.path.dirname(target.real), suffix=".tmp",
-                                                          prefix=f".{os.path.basename(target.real)}.")
+                handle, self.temporary = tempfile.mkstemp(
+                    dir=os.path.dirname(target.real), suffix=".tmp", prefix=f".{os.path.basename(target.real)}."
+                )
                 os.close(handle)
                 self.file = pq.ParquetWriter(self.temporary, self.schema)
         else:
@@ -287,8 +391,10 @@ class Writer:
 
 # Ray's own log lines: its Python loggers' ("2026-12-03 14:07:31,158<TAB>INFO ...") and its C++ core's
 # ("[2026-12-03 14:07:31,183 E 26232 26232] core_worker.cc:...").
-RAY_LOG_LINE = re.compile(rb"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\t[A-Z]+ |"
-                          rb"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [DIWEF] \d+ \d+\] )")
+RAY_LOG_LINE = re.compile(
+    rb"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\t[A-Z]+ |"
+    rb"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [DIWEF] \d+ \d+\] )"
+)
 
 
 @contextlib.contextmanager
@@ -341,8 +447,9 @@ def main(argv=None) -> int:
         print(f"error: {args.inputs}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
     try:  # the model once here, to fail early and to size the extracted images; the actors load their own
-        model = engine.open_engine(args.model, "auto", "cpu", args.backbone_weights,
-                                   lambda message: print(f"note: {message}", file=sys.stderr))
+        model = engine.open_engine(
+            args.model, "auto", "cpu", args.backbone_weights, lambda message: print(f"note: {message}", file=sys.stderr)
+        )
     except engine.EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -358,12 +465,18 @@ def _sweep_main(args, target: outputs.Target, inputs: list[str], model: engine.E
     quiet_ray_loggers(ray_level)
     try:
         if not ray.is_initialized():
-            ray.init(address=args.address or "local", runtime_env=runtime_env(args.address),  # local: a new one
-                     log_to_driver=args.verbose, logging_level=ray_level)
+            ray.init(
+                address=args.address or "local",
+                runtime_env=runtime_env(args.address),  # local: a new one
+                log_to_driver=args.verbose,
+                logging_level=ray_level,
+            )
             quiet_ray_loggers(ray_level)  # ray.init sets its own
     except Exception as exc:  # noqa: BLE001 - unreachable cluster, refused token, bad address: one line
-        print(f"error: Ray at {args.address or 'this machine'}: {type(exc).__name__}: {extract.first_line(exc)}",
-              file=sys.stderr)
+        print(
+            f"error: Ray at {args.address or 'this machine'}: {type(exc).__name__}: {extract.first_line(exc)}",
+            file=sys.stderr,
+        )
         return 2
     ray.data.DataContext.get_current().enable_progress_bars = not args.quiet
     written = failed = 0
@@ -380,9 +493,11 @@ def _sweep_main(args, target: outputs.Target, inputs: list[str], model: engine.E
         print(f"error: the sweep stopped: {type(exc).__name__}: {extract.first_line(exc)}", file=sys.stderr)
     finally:
         writer.close()
-    print(f"{written} of {len(inputs)} inputs written to {args.output}, {failed} failed"
-          + ("" if written == len(inputs) else f"; {len(inputs) - written} not written (the sweep stopped)"),
-          file=sys.stderr)
+    print(
+        f"{written} of {len(inputs)} inputs written to {args.output}, {failed} failed"
+        + ("" if written == len(inputs) else f"; {len(inputs) - written} not written (the sweep stopped)"),
+        file=sys.stderr,
+    )
     return 1 if failed or written != len(inputs) else 0
 
 

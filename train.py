@@ -5,6 +5,7 @@ per folder image) and the head is trained on the cache; last-N also adapts the b
 activations; all trains every layer (a GPU job). The epoch with the best validation kind-macro accuracy is saved
 as a self-describing checkpoint, with its ONNX twin beside it, under runs/<date>-<arch>/ unless --output says.
 """
+
 from __future__ import (
     annotations,  # annotations name torch types without importing torch
 )
@@ -48,22 +49,30 @@ def augmentation(size: int) -> T.Compose:
     """
     from torchvision.transforms import v2 as T
 
-    return T.Compose([
-        T.RandomResizedCrop(size, scale=(0.35, 1.0), ratio=(0.6, 1.67), antialias=True),
-        T.RandomHorizontalFlip(),
-        T.RandomApply([T.RandomZoomOut(fill=255, side_range=(1.0, 1.4))], p=0.15),
-        T.RandomApply([T.RandomZoomOut(fill=0, side_range=(1.0, 1.4))], p=0.1),
-        T.RandomApply([T.RandomChoice([T.RandomRotation(20, fill=f) for f in FLAT_FILLS])], p=0.15),
-        T.RandomApply([T.ColorJitter(0.3, 0.3, 0.25, 0.03)], p=0.5),
-        T.RandomGrayscale(p=0.3),  # grey and colour on both labels: greyness is no cue for "medical"
-        T.RandomApply([T.RandomChoice([T.ColorJitter(contrast=(0.3, 0.6)), T.ColorJitter(brightness=(0.3, 0.6))])],
-                      p=0.15),  # low contrast and dark pictures on both labels
-        T.RandomInvert(p=0.05),
-        T.RandomApply([PaperLook()], p=0.35),
-        T.RandomApply([T.RandomChoice([T.Resize(s, antialias=True) for s in (48, 64, 96, 128)]),
-                       T.Resize(size, antialias=True)], p=0.25),
-        T.RandomApply([RandomJPEG((25, 90))], p=0.5),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(0.35, 1.0), ratio=(0.6, 1.67), antialias=True),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.RandomZoomOut(fill=255, side_range=(1.0, 1.4))], p=0.15),
+            T.RandomApply([T.RandomZoomOut(fill=0, side_range=(1.0, 1.4))], p=0.1),
+            T.RandomApply([T.RandomChoice([T.RandomRotation(20, fill=f) for f in FLAT_FILLS])], p=0.15),
+            T.RandomApply([T.ColorJitter(0.3, 0.3, 0.25, 0.03)], p=0.5),
+            T.RandomGrayscale(p=0.3),  # grey and colour on both labels: greyness is no cue for "medical"
+            T.RandomApply(
+                [T.RandomChoice([T.ColorJitter(contrast=(0.3, 0.6)), T.ColorJitter(brightness=(0.3, 0.6))])], p=0.15
+            ),  # low contrast and dark pictures on both labels
+            T.RandomInvert(p=0.05),
+            T.RandomApply([PaperLook()], p=0.35),
+            T.RandomApply(
+                [
+                    T.RandomChoice([T.Resize(s, antialias=True) for s in (48, 64, 96, 128)]),
+                    T.Resize(size, antialias=True),
+                ],
+                p=0.25,
+            ),
+            T.RandomApply([RandomJPEG((25, 90))], p=0.5),
+        ]
+    )
 
 
 # Flat paddings (rotations, pre-augmented sets' borders) in the same colours on both labels, so none is a cue.
@@ -103,15 +112,25 @@ class PaperLook:
                 x, y = _uniform(0.1, 0.8) * w, _uniform(0.1, 0.8) * h
                 dx, dy = _uniform(-0.15, 0.15) * w, _uniform(-0.15, 0.15) * h
                 draw.line((x, y, x + dx, y + dy), fill=colour, width=width)
-                draw.polygon([(x, y), (x + dx * 0.3 - dy * 0.15, y + dy * 0.3 + dx * 0.15),
-                              (x + dx * 0.3 + dy * 0.15, y + dy * 0.3 - dx * 0.15)], fill=colour)
+                draw.polygon(
+                    [
+                        (x, y),
+                        (x + dx * 0.3 - dy * 0.15, y + dy * 0.3 + dx * 0.15),
+                        (x + dx * 0.3 + dy * 0.15, y + dy * 0.3 - dx * 0.15),
+                    ],
+                    fill=colour,
+                )
                 draw.text((x + dx, y + dy), "ABCD*"[int(torch.randint(5, ()))], fill=colour, font=font)
         elif choice == 2:  # a scale bar with its length
             font = ImageFont.load_default(size=max(8, int(h * 0.06)))
             x1, y1 = w * 0.95, h * 0.92
             draw.rectangle((x1 - w * _uniform(0.1, 0.3), y1 - max(2, h * 0.015), x1, y1), fill=colour)
-            draw.text((x1 - w * 0.25, y1 - h * 0.1), ("50 µm", "1 cm", "100 µm", "5 mm")[int(torch.randint(4, ()))],
-                      fill=colour, font=font)
+            draw.text(
+                (x1 - w * 0.25, y1 - h * 0.1),
+                ("50 µm", "1 cm", "100 µm", "5 mm")[int(torch.randint(4, ()))],
+                fill=colour,
+                font=font,
+            )
         elif choice == 3:  # circular field of view
             mask = Image.new("L", (w, h), 0)
             radius = min(w, h) * _uniform(0.4, 0.55)
@@ -214,8 +233,9 @@ def feature_function(net, engine_name: str = "auto", trained_blocks: int = 0):
     if net.device.type == "cpu" and engine_name != "torch" and engine.onnxruntime_available():
         try:
             with tempfile.TemporaryDirectory() as folder:
-                path = model_lib.export_graph(frozen, os.path.join(folder, "frozen.onnx"), net.preprocess["crop"],
-                                              [engine.ONNX_FEATURES])
+                path = model_lib.export_graph(
+                    frozen, os.path.join(folder, "frozen.onnx"), net.preprocess["crop"], [engine.ONNX_FEATURES]
+                )
                 run = engine.onnx_runner(path, engine.ONNX_FEATURES)
             return lambda batch: half(torch.from_numpy(run(batch.numpy())))
         except ImportError as exc:  # onnx missing: torch still works
@@ -223,8 +243,9 @@ def feature_function(net, engine_name: str = "auto", trained_blocks: int = 0):
     return lambda batch: half(frozen(batch).float().cpu())
 
 
-def compute_features(model, parts, batch_size=64, workers=0, views=0, seed=0, desc="features", features=None,
-                     transform=None):
+def compute_features(
+    model, parts, batch_size=64, workers=0, views=0, seed=0, desc="features", features=None, transform=None
+):
     """Backbone features of every image of `parts` (folder images also as `views` augmented copies).
 
     `features` is a feature_function (made here when not given). Returns features (M, D) on the
@@ -244,8 +265,14 @@ def compute_features(model, parts, batch_size=64, workers=0, views=0, seed=0, de
                 data, n_views = ArrayImages(part.images, model.preprocess), 1
             else:
                 data, n_views = FileViews(part.images, views, model.preprocess, augment, seed, transform), 1 + views
-            batches = DataLoader(data, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                                 worker_init_fn=_one_thread, pin_memory=model.device.type == "cuda")
+            batches = DataLoader(
+                data,
+                batch_size=batch_size,
+                num_workers=workers,
+                collate_fn=_collate,
+                worker_init_fn=_one_thread,
+                pin_memory=model.device.type == "cuda",
+            )
             ok_all = []
             for batch, ok in batches:
                 if batch is not None:
@@ -258,8 +285,12 @@ def compute_features(model, parts, batch_size=64, workers=0, views=0, seed=0, de
             kinds += [part.kinds[i] for i in index]
             unreadable += sorted({part.images[i] for i in np.tile(np.arange(len(part)), n_views)[~ok_all]})
         bar.close()
-        return (torch.cat(feats) if feats else torch.zeros(0, model.feature_dim),
-                np.concatenate(labels) if labels else np.zeros(0, int), kinds, unreadable)
+        return (
+            torch.cat(feats) if feats else torch.zeros(0, model.feature_dim),
+            np.concatenate(labels) if labels else np.zeros(0, int),
+            kinds,
+            unreadable,
+        )
 
 
 def freeze_batchnorm(module: nn.Module) -> None:
@@ -292,15 +323,19 @@ class TrainingState:
         except FileNotFoundError:
             raise dataset.DataError(f"--resume-training {self.path}: no such file") from None
         except Exception as exc:
-            raise dataset.DataError(f"--resume-training {self.path}: not a training state of train.py "
-                                    f"({type(exc).__name__})") from None
+            raise dataset.DataError(
+                f"--resume-training {self.path}: not a training state of train.py ({type(exc).__name__})"
+            ) from None
         if not isinstance(saved, dict) or "key" not in saved:
             raise dataset.DataError(f"--resume-training {self.path}: not a training state of train.py")
-        differs = [f"{k} ({saved['key'].get(k)!r} there, {v!r} now)" for k, v in key.items()
-                   if saved["key"].get(k) != v]
+        differs = [
+            f"{k} ({saved['key'].get(k)!r} there, {v!r} now)" for k, v in key.items() if saved["key"].get(k) != v
+        ]
         if differs:
-            raise dataset.DataError(f"--resume-training {self.path}: made with other settings: {'; '.join(differs)}; "
-                                    "resume with the same options, or start a new run")
+            raise dataset.DataError(
+                f"--resume-training {self.path}: made with other settings: {'; '.join(differs)}; "
+                "resume with the same options, or start a new run"
+            )
         return saved
 
     def save(self, state: dict) -> None:
@@ -311,9 +346,23 @@ class TrainingState:
         replace_file(self.path, lambda f: torch.save({"key": self.key, **state}, f))
 
 
-def fit(trainable: nn.Module, epoch_batches, val_probabilities, val_y, val_kinds, epochs=10, lr=1e-3,
-        weight_decay=1e-4, label_smoothing=0.0, schedule="constant", steps_per_epoch=1, log=print,
-        batchnorm="frozen", state: TrainingState | None = None, quiet=False):
+def fit(
+    trainable: nn.Module,
+    epoch_batches,
+    val_probabilities,
+    val_y,
+    val_kinds,
+    epochs=10,
+    lr=1e-3,
+    weight_decay=1e-4,
+    label_smoothing=0.0,
+    schedule="constant",
+    steps_per_epoch=1,
+    log=print,
+    batchnorm="frozen",
+    state: TrainingState | None = None,
+    quiet=False,
+):
     """Adam + (weighted) cross-entropy; keeps the epoch with the best validation kind-macro accuracy.
 
     epoch_batches(epoch) yields (inputs, labels, weights) on the device; val_probabilities() gives
@@ -325,8 +374,11 @@ def fit(trainable: nn.Module, epoch_batches, val_probabilities, val_y, val_kinds
 
     params = [p for p in trainable.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    scheduler = (torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * max(1, steps_per_epoch))
-                 if schedule == "onecycle" else None)
+    scheduler = (
+        torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * max(1, steps_per_epoch))
+        if schedule == "onecycle"
+        else None
+    )
     best, history, first = None, [], 1
     saved = state.load() if state else None
     if saved:
@@ -344,12 +396,20 @@ def fit(trainable: nn.Module, epoch_batches, val_probabilities, val_y, val_kinds
             freeze_batchnorm(trainable)
         total_loss = correct = seen = 0.0
         started = time.perf_counter()
-        bar = tqdm(epoch_batches(epoch), total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="batch",
-                   file=sys.stderr, disable=quiet or steps_per_epoch < 20, leave=False)
+        bar = tqdm(
+            epoch_batches(epoch),
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{epochs}",
+            unit="batch",
+            file=sys.stderr,
+            disable=quiet or steps_per_epoch < 20,
+            leave=False,
+        )
         for x, y, w in bar:
             logits = trainable(x)
-            loss = (nn.functional.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing)
-                    * w).sum() / w.sum()
+            loss = (
+                nn.functional.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing) * w
+            ).sum() / w.sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -361,22 +421,39 @@ def fit(trainable: nn.Module, epoch_batches, val_probabilities, val_y, val_kinds
         bar.close()
         trainable.eval()
         val = evaluate(val_probabilities(), val_y, val_kinds, 0.5)
-        row = {"epoch": epoch, "train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-               "val_accuracy": val["accuracy"], "val_kind_macro_accuracy": val["kind_macro_accuracy"],
-               "val_auroc": val["auroc"], "epoch_s": time.perf_counter() - started}
+        row = {
+            "epoch": epoch,
+            "train_loss": total_loss / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "val_accuracy": val["accuracy"],
+            "val_kind_macro_accuracy": val["kind_macro_accuracy"],
+            "val_auroc": val["auroc"],
+            "epoch_s": time.perf_counter() - started,
+        }
         history.append(row)
-        log(f"epoch {epoch:3d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "
+        log(
+            f"epoch {epoch:3d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "
             f"val acc {val['accuracy']:.4f} kind-macro {val['kind_macro_accuracy']:.4f} auroc {val['auroc']:.4f}  "
-            f"{row['epoch_s']:.0f} s" + (f", about {row['epoch_s'] * (epochs - epoch) / 60:.0f} min to go"
-                                          if epoch < epochs else ""))
+            f"{row['epoch_s']:.0f} s"
+            + (f", about {row['epoch_s'] * (epochs - epoch) / 60:.0f} min to go" if epoch < epochs else "")
+        )
         key = tuple(-1.0 if v != v else v for v in (val["kind_macro_accuracy"], val["accuracy"], val["auroc"]))
         if best is None or key > best[0]:
             best = (key, epoch, {k: v.detach().clone() for k, v in trainable.state_dict().items()})
         if state:
-            state.save({"epoch": epoch, "model": trainable.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler else None, "best_key": list(best[0]),
-                        "best_epoch": best[1], "best_model": best[2], "history": history,
-                        "rng": torch.get_rng_state()})
+            state.save(
+                {
+                    "epoch": epoch,
+                    "model": trainable.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler else None,
+                    "best_key": list(best[0]),
+                    "best_epoch": best[1],
+                    "best_model": best[2],
+                    "history": history,
+                    "rng": torch.get_rng_state(),
+                }
+            )
     trainable.load_state_dict(best[2])
     trainable.eval()
     return best[1], history
@@ -391,8 +468,9 @@ def cached_batches(x: torch.Tensor, y, w, batch_size: int, device, seed: int):
     def batches(epoch):
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
         for start in range(0, len(x), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             yield x[idx].to(device).float(), y[idx].to(device), w[idx].to(device)
+
     return batches
 
 
@@ -401,8 +479,10 @@ def probabilities(trainable: nn.Module, x: torch.Tensor, device, batch_size: int
 
     trainable.eval()
     with torch.no_grad():
-        out = [trainable(x[i:i + batch_size].to(device).float()).softmax(1)[:, engine.MEDICAL].cpu()
-               for i in range(0, len(x), batch_size)]
+        out = [
+            trainable(x[i : i + batch_size].to(device).float()).softmax(1)[:, engine.MEDICAL].cpu()
+            for i in range(0, len(x), batch_size)
+        ]
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
@@ -425,18 +505,27 @@ def finetune_spec(text: str) -> str:
 
 def number(kind=int, low: float | None = None, high: float | None = None, above: bool = False):
     """An argparse type: a `kind` from `low` (over it with `above`) up to, not including, `high`."""
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{'a whole number' if kind is int else 'a number'} is needed, "
-                                             f"not {text!r}") from None
-        if value != value or (low is not None and (value < low or above and value == low)) or \
-                (high is not None and value >= high):
-            bound = (f"{'over' if above else 'at least'} {low}" if high is None
-                     else f"from {low} up to (not including) {high}")
+            raise argparse.ArgumentTypeError(
+                f"{'a whole number' if kind is int else 'a number'} is needed, not {text!r}"
+            ) from None
+        if (
+            value != value
+            or (low is not None and (value < low or above and value == low))
+            or (high is not None and value >= high)
+        ):
+            bound = (
+                f"{'over' if above else 'at least'} {low}"
+                if high is None
+                else f"from {low} up to (not including) {high}"
+            )
             raise argparse.ArgumentTypeError(f"must be {bound}, not {text}")
         return value
+
     return parse
 
 
@@ -452,7 +541,9 @@ def choose_threshold(p_medical: np.ndarray, labels: np.ndarray) -> float:
 
 def balanced_accuracy(p_medical, labels, threshold):
     pred = np.where(p_medical >= threshold, dataset.MEDICAL, dataset.NON_MEDICAL)
-    return np.mean([(pred[labels == c] == c).mean() for c in (dataset.MEDICAL, dataset.NON_MEDICAL) if (labels == c).any()])
+    return np.mean(
+        [(pred[labels == c] == c).mean() for c in (dataset.MEDICAL, dataset.NON_MEDICAL) if (labels == c).any()]
+    )
 
 
 def auroc(p_medical: np.ndarray, labels: np.ndarray) -> float:
@@ -467,7 +558,7 @@ def auroc(p_medical: np.ndarray, labels: np.ndarray) -> float:
     for v in np.unique(values[np.r_[False, values[1:] == values[:-1]]]):  # average ranks of ties
         tied = np.concatenate([pos, neg]) == v
         ranks[tied] = ranks[tied].mean()
-    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 MIN_KIND_IMAGES = 5  # kinds with fewer test images do not enter the kind-macro accuracy
@@ -486,12 +577,18 @@ def evaluate(p_medical: np.ndarray, labels: np.ndarray, kinds, threshold: float,
         per_kind[kind] = {"n": int(mask.sum()), "accuracy": float((pred[mask] == labels[mask]).mean())}
     counted = [v["accuracy"] for k, v in per_kind.items() if v["n"] >= MIN_KIND_IMAGES and k not in apart]
     recalls = [r for r in (recall(dataset.MEDICAL), recall(dataset.NON_MEDICAL)) if r == r]
-    return {"accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
-            "balanced_accuracy": float(np.mean(recalls)) if recalls else float("nan"),
-            "single_source_kinds": {k: v for k, v in per_kind.items() if k in apart},
-            "recall_medical": recall(dataset.MEDICAL), "recall_non_medical": recall(dataset.NON_MEDICAL),
-            "auroc": auroc(p_medical, labels), "confusion": confusion, "per_kind": per_kind,
-            "kind_macro_accuracy": float(np.mean(counted)) if counted else float("nan"), "n": int(len(labels))}
+    return {
+        "accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else float("nan"),
+        "single_source_kinds": {k: v for k, v in per_kind.items() if k in apart},
+        "recall_medical": recall(dataset.MEDICAL),
+        "recall_non_medical": recall(dataset.NON_MEDICAL),
+        "auroc": auroc(p_medical, labels),
+        "confusion": confusion,
+        "per_kind": per_kind,
+        "kind_macro_accuracy": float(np.mean(counted)) if counted else float("nan"),
+        "n": int(len(labels)),
+    }
 
 
 COLOUR_MEDICAL_KINDS = ("histology", "cytology", "dermoscopy", "clinical_photo", "endoscopy", "fundus")
@@ -516,9 +613,12 @@ def grey_flips(parts, p_colour: np.ndarray, threshold: float, grey_probabilities
     chosen, index, offset = [], [], 0
     for part in parts:
         if not isinstance(part.images, np.ndarray):
-            pick = [i for i in range(len(part)) if (part.labels[i] == dataset.NON_MEDICAL
-                                                     or part.kinds[i] in COLOUR_MEDICAL_KINDS)
-                    and is_colour(part.images[i])]
+            pick = [
+                i
+                for i in range(len(part))
+                if (part.labels[i] == dataset.NON_MEDICAL or part.kinds[i] in COLOUR_MEDICAL_KINDS)
+                and is_colour(part.images[i])
+            ]
             right = [i for i in pick if (p_colour[offset + i] >= threshold) == (part.labels[i] == dataset.MEDICAL)]
             if right:
                 chosen.append(part.subset(np.array(right)))
@@ -526,15 +626,20 @@ def grey_flips(parts, p_colour: np.ndarray, threshold: float, grey_probabilities
         offset += len(part)
     out = {}
     if not chosen:
-        return {"grey_flip_non_medical": float("nan"), "grey_flip_medical": float("nan"),
-                "grey_flip_n": {"non_medical": 0, "medical": 0}}
+        return {
+            "grey_flip_non_medical": float("nan"),
+            "grey_flip_medical": float("nan"),
+            "grey_flip_n": {"non_medical": 0, "medical": 0},
+        }
     p_grey, labels = grey_probabilities(chosen), np.concatenate([p.labels for p in chosen])
     flipped = (p_grey >= threshold) != (labels == dataset.MEDICAL)
     for name, label in (("non_medical", dataset.NON_MEDICAL), ("medical", dataset.MEDICAL)):
         mask = labels == label
         out[f"grey_flip_{name}"] = float(flipped[mask].mean()) if mask.any() else float("nan")
-    out["grey_flip_n"] = {"non_medical": int((labels == dataset.NON_MEDICAL).sum()),
-                          "medical": int((labels == dataset.MEDICAL).sum())}
+    out["grey_flip_n"] = {
+        "non_medical": int((labels == dataset.NON_MEDICAL).sum()),
+        "medical": int((labels == dataset.MEDICAL).sum()),
+    }
     return out
 
 
@@ -543,10 +648,12 @@ def undefined_figures(metrics: dict) -> str | None:
     nan = [k for k, v in metrics.items() if isinstance(v, float) and v != v and "grey_flip" not in k]
     if not nan:
         return None
-    why = (f"a kind-macro accuracy needs a kind with {MIN_KIND_IMAGES} or more images in its split"
-           if all("kind_macro" in k for k in nan) else "a split lacks a class or has too few images")
-    return (f"{', '.join(nan)} not a number ({why}); the model is saved, but these figures cannot judge it: "
-            f"add images")
+    why = (
+        f"a kind-macro accuracy needs a kind with {MIN_KIND_IMAGES} or more images in its split"
+        if all("kind_macro" in k for k in nan)
+        else "a split lacks a class or has too few images"
+    )
+    return f"{', '.join(nan)} not a number ({why}); the model is saved, but these figures cannot judge it: add images"
 
 
 def feature_cache_path(args, parts, views: int) -> str | None:
@@ -554,11 +661,22 @@ def feature_cache_path(args, parts, views: int) -> str | None:
     if not args.cache_dir:
         return None
     os.makedirs(args.cache_dir, exist_ok=True)
-    key = hashlib.sha1(repr((args.arch, args.backbone_weights, views, args.seed, args.medmnist_size, args.fit,
-                             parse_finetune(args.finetune), AUGMENT_VERSION,
-                             [(p.name, len(p), p.groups[:1], p.groups[-1:]) for p in parts],
-                             [str(x) for p in parts if not isinstance(p.images, np.ndarray) for x in p.images]
-                             )).encode()).hexdigest()[:16]
+    key = hashlib.sha1(
+        repr(
+            (
+                args.arch,
+                args.backbone_weights,
+                views,
+                args.seed,
+                args.medmnist_size,
+                args.fit,
+                parse_finetune(args.finetune),
+                AUGMENT_VERSION,
+                [(p.name, len(p), p.groups[:1], p.groups[-1:]) for p in parts],
+                [str(x) for p in parts if not isinstance(p.images, np.ndarray) for x in p.images],
+            )
+        ).encode()
+    ).hexdigest()[:16]
     return os.path.join(args.cache_dir, f"{args.arch}-{key}.pt")
 
 
@@ -571,65 +689,128 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default="medmnist+cifar10",
-                   help="data sources joined with +: medmnist, cifar10, folder:PATH (PATH/medical/..., PATH/non_medical/...)")
+    p.add_argument(
+        "--data",
+        default="medmnist+cifar10",
+        help="data sources joined with +: medmnist, cifar10, folder:PATH (PATH/medical/..., PATH/non_medical/...)",
+    )
     p.add_argument("--arch", default="resnet50", choices=ARCHES, help="ImageNet backbone")
-    p.add_argument("--backbone-weights", default=None,
-                   help="local file of the backbone's ImageNet state dict (for offline machines)")
-    p.add_argument("--finetune", default="head", type=finetune_spec,
-                   help="what is trained: head (frozen backbone), last-N (the last N blocks, the final conv and "
-                        "the head, on cached activations of the block before them) or all (every layer; a GPU job)")
-    p.add_argument("--head-hidden", type=number(int, 0), default=0,
-                   help="hidden units of an MLP head; 0 = a linear head")
-    p.add_argument("--fit", default="crop", choices=["crop", "letterbox"],
-                   help="preprocessing: the centre crop, or the whole image letterboxed on white")
+    p.add_argument(
+        "--backbone-weights",
+        default=None,
+        help="local file of the backbone's ImageNet state dict (for offline machines)",
+    )
+    p.add_argument(
+        "--finetune",
+        default="head",
+        type=finetune_spec,
+        help="what is trained: head (frozen backbone), last-N (the last N blocks, the final conv and "
+        "the head, on cached activations of the block before them) or all (every layer; a GPU job)",
+    )
+    p.add_argument(
+        "--head-hidden", type=number(int, 0), default=0, help="hidden units of an MLP head; 0 = a linear head"
+    )
+    p.add_argument(
+        "--fit",
+        default="crop",
+        choices=["crop", "letterbox"],
+        help="preprocessing: the centre crop, or the whole image letterboxed on white",
+    )
     p.add_argument("--data-dir", default="data", help="where MedMNIST and CIFAR-10 are downloaded or placed")
     p.add_argument("--no-download", action="store_true", help="use only files already in --data-dir")
-    p.add_argument("--medmnist-size", type=int, default=28, choices=dataset.MEDMNIST_SIZES,
-                   help="MedMNIST image size; all twelve files: "
-                        + ", ".join(f"{s} px {d}" for s, d in dataset.MEDMNIST_DOWNLOAD.items())
-                        + ". 28 matches CIFAR-10's 32 px, so sharpness is no label cue")
+    p.add_argument(
+        "--medmnist-size",
+        type=int,
+        default=28,
+        choices=dataset.MEDMNIST_SIZES,
+        help="MedMNIST image size; all twelve files: "
+        + ", ".join(f"{s} px {d}" for s, d in dataset.MEDMNIST_DOWNLOAD.items())
+        + ". 28 matches CIFAR-10's 32 px, so sharpness is no label cue",
+    )
     p.add_argument("--epochs", type=number(int, 1), default=10, help="training epochs")
-    p.add_argument("--batch-size", type=number(int, 1), default=None,
-                   help="training batch size (None: 256 for head, 64 else)")
+    p.add_argument(
+        "--batch-size", type=number(int, 1), default=None, help="training batch size (None: 256 for head, 64 else)"
+    )
     p.add_argument("--feature-batch-size", type=number(int, 1), default=256, help="batch size of the frozen pass")
-    p.add_argument("--lr", type=number(float, 0, above=True), default=1e-3,
-                   help="Adam learning rate (the peak with --schedule onecycle)")
+    p.add_argument(
+        "--lr",
+        type=number(float, 0, above=True),
+        default=1e-3,
+        help="Adam learning rate (the peak with --schedule onecycle)",
+    )
     p.add_argument("--weight-decay", type=number(float, 0), default=1e-4, help="Adam weight decay")
     p.add_argument("--schedule", default="constant", choices=["constant", "onecycle"], help="learning-rate schedule")
     p.add_argument("--label-smoothing", type=number(float, 0, 1), default=0.0, help="cross-entropy label smoothing")
-    p.add_argument("--views", type=number(int, 0), default=0,
-                   help="augmented views per folder training image, cached beside the plain one")
-    p.add_argument("--kind-weight-power", type=number(float, 0), default=0.0,
-                   help="weight each training image by (images of its kind)**-POWER within its class; 0 = plain")
+    p.add_argument(
+        "--views",
+        type=number(int, 0),
+        default=0,
+        help="augmented views per folder training image, cached beside the plain one",
+    )
+    p.add_argument(
+        "--kind-weight-power",
+        type=number(float, 0),
+        default=0.0,
+        help="weight each training image by (images of its kind)**-POWER within its class; 0 = plain",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for sampling, splits, augmentation and training")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run")
-    p.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
-                   help="the frozen pass on a CPU: auto and onnx use ONNX Runtime (about 6x torch), torch torch")
-    p.add_argument("--workers", type=number(int, 0), default=min(8, os.cpu_count() or 1),
-                   help="image loading processes")
-    p.add_argument("--split-by", default="source", choices=dataset.SPLIT_BY,
-                   help="folder data: keep each source (a package, or a GitHub owner's repositories; the manifest's "
-                        "source_package) on one side of train/val/test, so val and test measure sources never "
-                        "seen; or each group only")
-    p.add_argument("--folds", type=number(int, 0), default=0,
-                   help="source-held-out cross-validation: deal the non-test sources into K folds and validate on "
-                        "--fold (0: one validation split)")
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "onnx", "torch"],
+        help="the frozen pass on a CPU: auto and onnx use ONNX Runtime (about 6x torch), torch torch",
+    )
+    p.add_argument(
+        "--workers", type=number(int, 0), default=min(8, os.cpu_count() or 1), help="image loading processes"
+    )
+    p.add_argument(
+        "--split-by",
+        default="source",
+        choices=dataset.SPLIT_BY,
+        help="folder data: keep each source (a package, or a GitHub owner's repositories; the manifest's "
+        "source_package) on one side of train/val/test, so val and test measure sources never "
+        "seen; or each group only",
+    )
+    p.add_argument(
+        "--folds",
+        type=number(int, 0),
+        default=0,
+        help="source-held-out cross-validation: deal the non-test sources into K folds and validate on "
+        "--fold (0: one validation split)",
+    )
     p.add_argument("--fold", type=number(int, 0), default=0, help="with --folds K: the fold validated on, 0..K-1")
-    p.add_argument("--cv-summary", default=None, metavar="FILE",
-                   help="a cross-validation summary (benchmarks/source_cv.py writes it) stored in the checkpoint's "
-                        "metrics")
-    p.add_argument("--batchnorm", default="frozen", choices=["frozen", "update"],
-                   help="adapted layers keep ImageNet's BatchNorm statistics, or update them on the training data")
-    p.add_argument("--resume-training", default=None, metavar="STATE",
-                   help="carry on a stopped run from the training state it wrote after its last whole epoch "
-                        "(training_state.pt beside its checkpoint); the same options are needed")
+    p.add_argument(
+        "--cv-summary",
+        default=None,
+        metavar="FILE",
+        help="a cross-validation summary (benchmarks/source_cv.py writes it) stored in the checkpoint's metrics",
+    )
+    p.add_argument(
+        "--batchnorm",
+        default="frozen",
+        choices=["frozen", "update"],
+        help="adapted layers keep ImageNet's BatchNorm statistics, or update them on the training data",
+    )
+    p.add_argument(
+        "--resume-training",
+        default=None,
+        metavar="STATE",
+        help="carry on a stopped run from the training state it wrote after its last whole epoch "
+        "(training_state.pt beside its checkpoint); the same options are needed",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--cache-dir", default=None,
-                   help="keep the frozen pass's outputs here, so a rerun with other training settings skips it")
-    p.add_argument("--output", default=DEFAULT_OUTPUT,
-                   help="where to write the checkpoint (its ONNX twin goes beside it); by default a new folder: "
-                        "today's date and --arch, with -2, -3, ... for another run that day")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="keep the frozen pass's outputs here, so a rerun with other training settings skips it",
+    )
+    p.add_argument(
+        "--output",
+        default=DEFAULT_OUTPUT,
+        help="where to write the checkpoint (its ONNX twin goes beside it); by default a new folder: "
+        "today's date and --arch, with -2, -3, ... for another run that day",
+    )
     p.add_argument("--overwrite", action="store_true", help="let --output replace an existing file")
     return p
 
@@ -646,9 +827,28 @@ def parse_args(argv=None):
 
 STATE_FILE = "training_state.pt"
 # what a resumed run must share with the run that wrote the state; other options (--workers, --quiet) may differ
-STATE_KEY_ARGS = ("data", "arch", "backbone_weights", "finetune", "head_hidden", "fit", "medmnist_size", "epochs",
-                  "batch_size", "lr", "weight_decay", "schedule", "label_smoothing", "views", "kind_weight_power",
-                  "seed", "split_by", "folds", "fold", "batchnorm")
+STATE_KEY_ARGS = (
+    "data",
+    "arch",
+    "backbone_weights",
+    "finetune",
+    "head_hidden",
+    "fit",
+    "medmnist_size",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "schedule",
+    "label_smoothing",
+    "views",
+    "kind_weight_power",
+    "seed",
+    "split_by",
+    "folds",
+    "fold",
+    "batchnorm",
+)
 
 
 def state_key(args, splits) -> dict:
@@ -674,11 +874,15 @@ def output_path(requested: str, arch: str, overwrite: bool, today: datetime.date
                 return os.path.join(folder, os.path.basename(DEFAULT_OUTPUT))
             n += 1
     if os.path.isdir(requested):
-        raise dataset.DataError(f"--output {requested} is a folder; give the checkpoint's file name, "
-                                f"such as {os.path.join(requested, 'best_model.pth')}")
+        raise dataset.DataError(
+            f"--output {requested} is a folder; give the checkpoint's file name, "
+            f"such as {os.path.join(requested, 'best_model.pth')}"
+        )
     if os.path.exists(requested) and not overwrite:
-        raise dataset.DataError(f"--output {requested} exists; pass --overwrite to replace it, or leave --output "
-                                f"out to write to a new {os.path.dirname(DEFAULT_OUTPUT)}/ folder")
+        raise dataset.DataError(
+            f"--output {requested} exists; pass --overwrite to replace it, or leave --output "
+            f"out to write to a new {os.path.dirname(DEFAULT_OUTPUT)}/ folder"
+        )
     return requested
 
 
@@ -697,13 +901,14 @@ def frozen_outputs(args, net, splits, trained_blocks: int) -> tuple[dict, int, f
             continue
         t0 = time.perf_counter()
         run = run or feature_function(net, args.engine, trained_blocks)
-        x, y, kinds, unreadable = compute_features(net, splits[split], args.feature_batch_size, args.workers,
-                                                   views, args.seed, f"{split} frozen pass", run)
+        x, y, kinds, unreadable = compute_features(
+            net, splits[split], args.feature_batch_size, args.workers, views, args.seed, f"{split} frozen pass", run
+        )
         ran_images, ran_s = ran_images + len(x), ran_s + time.perf_counter() - t0
         for path in unreadable:
             print(f"warning: skipped unreadable image {path}", file=sys.stderr)
         if cache_file:
-            replace_file(cache_file, lambda f: torch.save({"x": x, "y": torch.as_tensor(y), "kinds": kinds}, f))
+            replace_file(cache_file, lambda f: torch.save({"x": x, "y": torch.as_tensor(y), "kinds": kinds}, f))  # noqa: B023
         cached[split] = (x, y, kinds)
     return cached, ran_images, ran_s
 
@@ -721,12 +926,14 @@ def streamed_batches(net, parts, seed: int, batch_size: int, workers: int, weigh
             order = torch.randperm(len(part), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
             data = FileViews(part.images, 1, net.preprocess, augment, seed + epoch)
             view = torch.utils.data.Subset(data, (order + len(part)).tolist())  # view 1: augmented, shuffled
-            loader = DataLoader(view, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                                worker_init_fn=_one_thread)
+            loader = DataLoader(
+                view, batch_size=batch_size, num_workers=workers, collate_fn=_collate, worker_init_fn=_one_thread
+            )
             for start, (x, ok) in zip(range(0, len(part), batch_size), loader):
-                idx = order[start:start + batch_size][ok]
+                idx = order[start : start + batch_size][ok]
                 if x is not None:
                     yield x.to(device), labels[idx].to(device), w[idx].to(device)
+
     return batches
 
 
@@ -790,14 +997,24 @@ def main(argv=None):
         try:
             import torch  # noqa: F401  (before any data is read: the CPU-only install has no torch)
         except ImportError:
-            raise dataset.DataError("training needs torch, which this install lacks (requirements-cli.txt is the "
-                                    "classification-only install): pip install -r requirements.txt") from None
+            raise dataset.DataError(
+                "training needs torch, which this install lacks (requirements-cli.txt is the "
+                "classification-only install): pip install -r requirements.txt"
+            ) from None
         cv_summary = read_cv_summary(args.cv_summary) if args.cv_summary else None
         if args.resume_training:  # the options are checked before any data is read; the images once they are
             TrainingState(args.resume_training, {}, resume=True).load({k: getattr(args, k) for k in STATE_KEY_ARGS})
         t0 = time.perf_counter()
-        parts = dataset.load_sources(args.data, args.data_dir, args.medmnist_size, not args.no_download, args.seed,
-                                     args.split_by, args.folds, args.fold)
+        parts = dataset.load_sources(
+            args.data,
+            args.data_dir,
+            args.medmnist_size,
+            not args.no_download,
+            args.seed,
+            args.split_by,
+            args.folds,
+            args.fold,
+        )
         for warning in dataset.check_split_sizes(parts, args.data):
             warn(warning)
         splits = dataset.balanced_splits(parts, args.seed)
@@ -831,13 +1048,20 @@ def main(argv=None):
             net.to(memory_format=torch.channels_last)
         trainable = net
         as_is = lambda batch: batch  # validation and test keep their prepared uint8 images
-        cached = {s: compute_features(net, splits[s], args.feature_batch_size, args.workers, 0, args.seed,
-                                      f"{s} images", as_is)[:3] for s in ("val", "test")}
+        cached = {
+            s: compute_features(
+                net, splits[s], args.feature_batch_size, args.workers, 0, args.seed, f"{s} images", as_is
+            )[:3]
+            for s in ("val", "test")
+        }
         train_parts = splits["train"]
-        all_w = dataset.kind_weights(np.concatenate([p.labels for p in train_parts]),
-                                     [k for p in train_parts for k in p.kinds], args.kind_weight_power)
+        all_w = dataset.kind_weights(
+            np.concatenate([p.labels for p in train_parts]),
+            [k for p in train_parts for k in p.kinds],
+            args.kind_weight_power,
+        )
         starts = dict(zip(map(id, train_parts), np.cumsum([0] + [len(p) for p in train_parts])))
-        weights_of = lambda part: all_w[starts[id(part)]:starts[id(part)] + len(part)]
+        weights_of = lambda part: all_w[starts[id(part)] : starts[id(part)] + len(part)]
         epoch_batches = streamed_batches(net, train_parts, args.seed, batch_size, args.workers, weights_of, device)
         steps = sum(-(-len(p) // batch_size) for p in train_parts)
         timings["frozen_pass_s"] = time.perf_counter() - t0
@@ -847,8 +1071,10 @@ def main(argv=None):
         timings["frozen_pass_s"] = time.perf_counter() - t0
         from_cache = sum(len(v[0]) for v in cached.values()) - ran_images
         if ran_images:  # a rate only for images the frozen part really ran on
-            print(f"frozen pass: {ran_images} images in {ran_s:.1f} s ({ran_images / ran_s:.0f} images/s on {device})"
-                  + (f"; features of {from_cache} more from the cache in {args.cache_dir}" if from_cache else ""))
+            print(
+                f"frozen pass: {ran_images} images in {ran_s:.1f} s ({ran_images / ran_s:.0f} images/s on {device})"
+                + (f"; features of {from_cache} more from the cache in {args.cache_dir}" if from_cache else "")
+            )
         else:
             print(f"frozen pass: none run; features of {from_cache} images from the cache in {args.cache_dir}")
         if trained_blocks:
@@ -865,25 +1091,51 @@ def main(argv=None):
     trainable.to(device)
     val_x, val_y, val_kinds = cached["val"]
     t0 = time.perf_counter()
-    state = TrainingState(args.resume_training or os.path.join(os.path.dirname(args.output), STATE_FILE),
-                          state_key(args, splits), resume=bool(args.resume_training))
+    state = TrainingState(
+        args.resume_training or os.path.join(os.path.dirname(args.output), STATE_FILE),
+        state_key(args, splits),
+        resume=bool(args.resume_training),
+    )
     try:
-        best_epoch, history = fit(trainable, epoch_batches, lambda: probabilities(trainable, val_x, device), val_y,
-                                  val_kinds, args.epochs, args.lr, args.weight_decay, args.label_smoothing,
-                                  args.schedule, steps, batchnorm=args.batchnorm, state=state, quiet=args.quiet)
+        best_epoch, history = fit(
+            trainable,
+            epoch_batches,
+            lambda: probabilities(trainable, val_x, device),
+            val_y,
+            val_kinds,
+            args.epochs,
+            args.lr,
+            args.weight_decay,
+            args.label_smoothing,
+            args.schedule,
+            steps,
+            batchnorm=args.batchnorm,
+            state=state,
+            quiet=args.quiet,
+        )
     except dataset.DataError as exc:  # a state of another run
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         done = os.path.isfile(state.path)
-        print("\nstopped: " + (f"the last whole epoch's state is in {state.path}; carry on with the same options and "
-                               f"--resume-training {shlex.quote(state.path)}" if done else "no epoch had finished"),
-              file=sys.stderr)
+        print(
+            "\nstopped: "
+            + (
+                f"the last whole epoch's state is in {state.path}; carry on with the same options and "
+                f"--resume-training {shlex.quote(state.path)}"
+                if done
+                else "no epoch had finished"
+            ),
+            file=sys.stderr,
+        )
         return 130
     timings["training_s"] = time.perf_counter() - t0
 
-    apart = dataset.single_source_kinds([p for split in dataset.SPLITS for p in splits[split]]) \
-        if args.split_by == "source" else []
+    apart = (
+        dataset.single_source_kinds([p for split in dataset.SPLITS for p in splits[split]])
+        if args.split_by == "source"
+        else []
+    )
     val_p = probabilities(trainable, val_x, device)
     net.threshold = choose_threshold(val_p, val_y)
     val = evaluate(val_p, val_y, val_kinds, net.threshold, apart)
@@ -894,46 +1146,87 @@ def main(argv=None):
 
     def grey_probabilities(parts):
         run = grey_input or feature_function(net, args.engine, trained_blocks)
-        x = compute_features(net, parts, args.feature_batch_size, args.workers, 0, args.seed, "greyed test images",
-                             run, transform=lambda im: im.convert("L").convert("RGB"))[0]
+        x = compute_features(
+            net,
+            parts,
+            args.feature_batch_size,
+            args.workers,
+            0,
+            args.seed,
+            "greyed test images",
+            run,
+            transform=lambda im: im.convert("L").convert("RGB"),
+        )[0]
         return probabilities(trainable, x, device)
 
     flips = grey_flips(splits["test"], test_p, net.threshold, grey_probabilities)
     print(f"best epoch {best_epoch}, threshold {net.threshold:.3f}")
     for name, m in (("val", val), ("test", test)):
-        print(f"{name}: {m['n']} images, accuracy {m['accuracy']:.4f}, kind-macro accuracy "
-              f"{m['kind_macro_accuracy']:.4f}, AUROC {m['auroc']:.4f}, recall medical {m['recall_medical']:.4f}, "
-              f"recall non-medical {m['recall_non_medical']:.4f}")
-    print(f"greyed colour test images that change label: non-medical -> medical {flips['grey_flip_non_medical']:.3f} "
-          f"of {flips['grey_flip_n']['non_medical']}, medical -> non-medical {flips['grey_flip_medical']:.3f} "
-          f"of {flips['grey_flip_n']['medical']}")
+        print(
+            f"{name}: {m['n']} images, accuracy {m['accuracy']:.4f}, kind-macro accuracy "
+            f"{m['kind_macro_accuracy']:.4f}, AUROC {m['auroc']:.4f}, recall medical {m['recall_medical']:.4f}, "
+            f"recall non-medical {m['recall_non_medical']:.4f}"
+        )
+    print(
+        f"greyed colour test images that change label: non-medical -> medical {flips['grey_flip_non_medical']:.3f} "
+        f"of {flips['grey_flip_n']['non_medical']}, medical -> non-medical {flips['grey_flip_medical']:.3f} "
+        f"of {flips['grey_flip_n']['medical']}"
+    )
     if apart:
-        print("kinds of a single source (reported apart): " + (", ".join(
-            f"{k} {v['accuracy']:.2f}/{v['n']}" for k, v in test["single_source_kinds"].items()) or "none in test"))
+        print(
+            "kinds of a single source (reported apart): "
+            + (
+                ", ".join(f"{k} {v['accuracy']:.2f}/{v['n']}" for k, v in test["single_source_kinds"].items())
+                or "none in test"
+            )
+        )
     print("test confusion (rows true, columns predicted; medical, non-medical):")
     for name, row in zip(model_lib.CLASSES, test["confusion"]):
         print(f"  {name:12s} {row[0]:6d} {row[1]:6d}")
-    print("per kind (val | test): " + "; ".join(
-        f"{k} {val['per_kind'].get(k, {}).get('accuracy', float('nan')):.2f}/{val['per_kind'].get(k, {}).get('n', 0)}"
-        f" | {v['accuracy']:.2f}/{v['n']}" for k, v in test["per_kind"].items()))
-    metrics = {"test_accuracy": test["accuracy"], "test_recall_medical": test["recall_medical"],
-               "test_recall_non_medical": test["recall_non_medical"], "test_auroc": test["auroc"],
-               "test_kind_macro_accuracy": test["kind_macro_accuracy"], "test_per_kind": test["per_kind"],
-               "test_confusion": test["confusion"], "test_n": test["n"],
-               "val_accuracy": val["accuracy"], "val_auroc": val["auroc"],
-               "val_kind_macro_accuracy": val["kind_macro_accuracy"], "val_per_kind": val["per_kind"],
-               "test_balanced_accuracy": test["balanced_accuracy"], "val_balanced_accuracy": val["balanced_accuracy"],
-               "val_recall_medical": val["recall_medical"], "val_recall_non_medical": val["recall_non_medical"],
-               "test_single_source_kinds": test["single_source_kinds"], "split_by": args.split_by,
-               **{f"test_{k}": v for k, v in flips.items()}, "best_epoch": best_epoch}
+    print(
+        "per kind (val | test): "
+        + "; ".join(
+            f"{k} {val['per_kind'].get(k, {}).get('accuracy', float('nan')):.2f}/{val['per_kind'].get(k, {}).get('n', 0)}"
+            f" | {v['accuracy']:.2f}/{v['n']}"
+            for k, v in test["per_kind"].items()
+        )
+    )
+    metrics = {
+        "test_accuracy": test["accuracy"],
+        "test_recall_medical": test["recall_medical"],
+        "test_recall_non_medical": test["recall_non_medical"],
+        "test_auroc": test["auroc"],
+        "test_kind_macro_accuracy": test["kind_macro_accuracy"],
+        "test_per_kind": test["per_kind"],
+        "test_confusion": test["confusion"],
+        "test_n": test["n"],
+        "val_accuracy": val["accuracy"],
+        "val_auroc": val["auroc"],
+        "val_kind_macro_accuracy": val["kind_macro_accuracy"],
+        "val_per_kind": val["per_kind"],
+        "test_balanced_accuracy": test["balanced_accuracy"],
+        "val_balanced_accuracy": val["balanced_accuracy"],
+        "val_recall_medical": val["recall_medical"],
+        "val_recall_non_medical": val["recall_non_medical"],
+        "test_single_source_kinds": test["single_source_kinds"],
+        "split_by": args.split_by,
+        **{f"test_{k}": v for k, v in flips.items()},
+        "best_epoch": best_epoch,
+    }
     if cv_summary:
         metrics.update({f"cv_{k}": v for k, v in cv_summary.items()})
     problem = undefined_figures(metrics)
     if problem:
         warn(problem)
-    training = {"args": {k: v for k, v in vars(args).items()}, "data": summary, "metrics": metrics,
-                "history": history, "timings_s": timings, "device": str(device),
-                "command": "python train.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    training = {
+        "args": {k: v for k, v in vars(args).items()},
+        "data": summary,
+        "metrics": metrics,
+        "history": history,
+        "timings_s": timings,
+        "device": str(device),
+        "command": "python train.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
     net.to("cpu")
     model_lib.save_checkpoint(net, args.output, training)
     print(f"saved {args.output}")

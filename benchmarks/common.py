@@ -1,4 +1,5 @@
 """Helpers the benchmark scripts share: paths, corpus samples, a timer, a local server with latency."""
+
 import csv
 import io
 import os

@@ -9,6 +9,7 @@ cost on a 200-image PDF through the whole CLI (`--whole-images` against the defa
 
     python benchmarks/compound_figures.py [--model best_model.pth] [--mosaics 60]
 """
+
 import argparse
 import random
 import subprocess
@@ -17,15 +18,16 @@ import tempfile
 import time
 
 import numpy as np
-from common import ROOT, corpus_sample, upscaled_jpeg, write_pdf
-from heldout_eval import test_split
 from PIL import Image, ImageDraw
+
+from common import ROOT, corpus_sample, upscaled_jpeg, write_pdf
 
 import dataset
 import engine
 import images
 import panels
 import train
+from heldout_eval import test_split
 
 LAYOUTS = [(2, 2), (3, 3), (1, 3), (1, 6), (2, 3), (3, 2), (1, 2), (2, 1)]
 
@@ -76,24 +78,40 @@ def build(test, n: int, seed: int) -> list[tuple[Image.Image, int, str, int]]:
 
 
 def rules(p_whole: float, panel_ps: list[float], threshold: float) -> dict:
-    return {"whole image": p_whole >= threshold,
-            "panel at the threshold": max([p_whole] + panel_ps) >= threshold,
-            "panel, 1 - p times panels (Bonferroni)": max([p_whole] + [1 - len(panel_ps) * (1 - q)
-                                                                       for q in panel_ps]) >= threshold,
-            "panel, 1 - p times sqrt(panels) (shipped)": panels.combine(p_whole, panel_ps) >= threshold}
+    return {
+        "whole image": p_whole >= threshold,
+        "panel at the threshold": max([p_whole] + panel_ps) >= threshold,
+        "panel, 1 - p times panels (Bonferroni)": max([p_whole] + [1 - len(panel_ps) * (1 - q) for q in panel_ps])
+        >= threshold,
+        "panel, 1 - p times sqrt(panels) (shipped)": panels.combine(p_whole, panel_ps) >= threshold,
+    }
 
 
 def classify(model, pictures: list, working_size: int, min_size: int = 32):
     reduced = [images.reduce(p, working_size) for p in pictures]
     boxes = [panels.find_panels(r, min_size, p.width) for r, p in zip(reduced, pictures)]
-    return [(figure.whole, [q for _, q in figure.panels], len(b))
-            for b, figure in zip(boxes, panels.predict_figures(model, reduced, boxes))]
+    return [
+        (figure.whole, [q for _, q in figure.panels], len(b))
+        for b, figure in zip(boxes, panels.predict_figures(model, reduced, boxes))
+    ]
 
 
 def cli_seconds(pdf: str, flags: list, model: str) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "final_classification_script.py"), pdf, "--json", "--quiet",
-                    "--model", model, *flags], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "final_classification_script.py"),
+            pdf,
+            "--json",
+            "--quiet",
+            "--model",
+            model,
+            *flags,
+        ],
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - start
 
 
@@ -118,8 +136,9 @@ def main(argv=None) -> None:
             line = [f"  {what} (n={len(chosen)}): split into the laid-out panels {right_count:.2f}"]
             for rule in rules(0.5, [], t):
                 called = np.mean([rules(r[0], r[1], t)[rule] for r, _ in chosen])
-                line.append(f"{rule}: called {'medical' if label else 'non-medical'} "
-                            f"{called if label else 1 - called:.3f}")
+                line.append(
+                    f"{rule}: called {'medical' if label else 'non-medical'} {called if label else 1 - called:.3f}"
+                )
             print("; ".join(line))
     pictures = []
     for path in test.images:
@@ -127,14 +146,18 @@ def main(argv=None) -> None:
             pictures.append(engine.to_rgb(image).copy())
     singles = classify(model, pictures, base)
     split = np.array([n > 0 for _, _, n in singles])
-    print(f"test split singles: {int(split.sum())} of {len(singles)} split "
-          f"({int(split[test.labels == dataset.MEDICAL].sum())} medical, "
-          f"{int(split[test.labels == dataset.NON_MEDICAL].sum())} non-medical)")
+    print(
+        f"test split singles: {int(split.sum())} of {len(singles)} split "
+        f"({int(split[test.labels == dataset.MEDICAL].sum())} medical, "
+        f"{int(split[test.labels == dataset.NON_MEDICAL].sum())} non-medical)"
+    )
     whole = np.array([p for p, _, _ in singles])
     combined = np.array([panels.combine(p, ps) for p, ps, _ in singles])
     for name, ps in (("whole image", whole), ("with panels", combined)):
-        print(f"  {name}: balanced accuracy {train.balanced_accuracy(ps, test.labels, t):.4f}; "
-              f"on the {int(split.sum())} split ones {train.balanced_accuracy(ps[split], test.labels[split], t):.4f}")
+        print(
+            f"  {name}: balanced accuracy {train.balanced_accuracy(ps, test.labels, t):.4f}; "
+            f"on the {int(split.sum())} split ones {train.balanced_accuracy(ps[split], test.labels[split], t):.4f}"
+        )
     with tempfile.TemporaryDirectory() as folder:
         pdf = f"{folder}/200.pdf"  # the same PDF as end_to_end.py's
         write_pdf(pdf, [upscaled_jpeg(x)[0] for x in corpus_sample(200)])
@@ -143,8 +166,10 @@ def main(argv=None) -> None:
             times["whole"].append(cli_seconds(pdf, ["--whole-images"], args.model))
             times["panels"].append(cli_seconds(pdf, [], args.model))
         whole_s, panels_s = np.median(times["whole"]), np.median(times["panels"])
-        print(f"200-image PDF through the CLI, median of {args.runs} alternated runs: --whole-images {whole_s:.1f} s, "
-              f"panels {panels_s:.1f} s: {panels_s / whole_s:.2f}x")
+        print(
+            f"200-image PDF through the CLI, median of {args.runs} alternated runs: --whole-images {whole_s:.1f} s, "
+            f"panels {panels_s:.1f} s: {panels_s / whole_s:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ the same 200 images) on each engine. Side by side in one run.
 
     python benchmarks/end_to_end.py --images 200 --latency 0.05
 """
+
 import argparse
 import io
 import os
@@ -13,8 +14,9 @@ import tempfile
 
 import pymupdf
 import requests
-from common import DEFAULT_MODEL, corpus_sample, serve, timed, upscaled_jpeg, write_pdf
 from PIL import Image
+
+from common import DEFAULT_MODEL, corpus_sample, serve, timed, upscaled_jpeg, write_pdf
 
 import engine
 import extract
@@ -57,7 +59,7 @@ def ours(text: str, net, args) -> list[float]:
 def classification_stage(jpegs: list, net, args, working_size: int | None = None) -> list[float]:
     """Decode + prepare + model over encoded images already in memory, as the CLI decodes them.
 
-    working_size 1024 decodes as the CLI did before the engines issue (JPEG draft to 1024 px, not to 256).
+    working_size 1024 decodes as the CLI did before the engines issue (JPEG draft to 1024 px, not to the model's size).
     """
     options = cli.extract_options(args, net)
     options.working_size = working_size or options.working_size
@@ -72,19 +74,17 @@ def main():
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=8, help="download workers (the CLI's default)")
-    p.add_argument("--min-size", type=int, default=32)
-    p.add_argument("--max-images", type=int, default=500)
-    p.add_argument("--timeout", type=float, default=20.0)
-    p.add_argument("--save-dir", default=None)
-    p.add_argument("--pages", default=None)
-    p.add_argument("--password", default=None)
-    p.add_argument("--all-frames", action="store_true")
     args = p.parse_args()
+    # every other extraction setting is the CLI's own default, read from its parser
+    cli_args = cli.parse_args(["INPUT", "--workers", str(args.workers)])
+    args.__dict__.update({k: v for k, v in vars(cli_args).items() if k not in vars(args)})
     nets = {name: engine.open_engine(args.model, name, "cpu") for name in ("onnx", "torch")}
     images = [upscaled_jpeg(x)[0] for x in corpus_sample(args.images)]
     files = {f"/img/{i}.jpg": (data, "image/jpeg") for i, data in enumerate(images)}
-    files["/page.html"] = ("".join(f'<p>figure {i}</p><img src="img/{i}.jpg">' for i in range(len(images)))
-                           .encode(), "text/html")
+    files["/page.html"] = (
+        "".join(f'<p>figure {i}</p><img src="img/{i}.jpg">' for i in range(len(images))).encode(),
+        "text/html",
+    )
     httpd, base = serve(files, args.latency)
     times, p = {}, {}
     with tempfile.TemporaryDirectory() as folder:
@@ -111,21 +111,38 @@ def main():
     assert all(len(v) == len(images) for v in p.values()), {k: len(v) for k, v in p.items()}
     threshold = nets["onnx"].threshold
     agree = sum((a >= threshold) == (b >= threshold) for a, b in zip(p["page_reference"], p["page_onnx"]))
-    print(f"{len(images)} upscaled corpus JPEGs, CPU ({os.cpu_count()} cores), latency {args.latency * 1000:.0f} ms "
-          f"per response, batch {args.batch_size or 'default'}, {args.workers} download workers")
+    print(
+        f"{len(images)} upscaled corpus JPEGs, CPU ({os.cpu_count()} cores), latency {args.latency * 1000:.0f} ms "
+        f"per response, batch {args.batch_size or 'default'}, {args.workers} download workers"
+    )
     n = len(images)
+    size = cli.extract_options(
+        args, nets["onnx"]
+    ).working_size  # the CLI's: twice the model's input unless --whole-images
     print("  classification stage (decode + prepare + model):")
-    for key, what in (("before", "torch, decoded at 1024 px as before"), ("torch", "torch, decoded at 256 px"),
-                      ("onnx", "onnx, decoded at 256 px")):
-        print(f"    {what:36s} {times[f'stage_{key}']:5.1f} s ({n / times[f'stage_{key}']:6.1f} img/s)   "
-              f"{times['stage_before'] / times[f'stage_{key}']:.2f}x the path before")
+    for key, what in (
+        ("before", "torch, decoded at 1024 px as before"),
+        ("torch", f"torch, decoded at {size} px"),
+        ("onnx", f"onnx, decoded at {size} px"),
+    ):
+        print(
+            f"    {what:36s} {times[f'stage_{key}']:5.1f} s ({n / times[f'stage_{key}']:6.1f} img/s)   "
+            f"{times['stage_before'] / times[f'stage_{key}']:.2f}x the path before"
+        )
     for what in ("pdf", "page"):
         ref = times[f"{what}_reference"]
-        print(f"  {what:4s}: reference (one at a time, torch) {ref:5.1f} s ({n / ref:5.1f} img/s)   "
-              + "   ".join(f"ours {name} {times[f'{what}_{name}']:5.1f} s ({n / times[f'{what}_{name}']:5.1f} img/s, "
-                           f"{ref / times[f'{what}_{name}']:.2f}x)" for name in nets))
-    print(f"  labels agree between the reference and ours (onnx) on {agree / n:.1%} of the page images; "
-          f"max |p difference| {max(abs(a - b) for a, b in zip(p['page_reference'], p['page_onnx'])):.2e}")
+        print(
+            f"  {what:4s}: reference (one at a time, torch) {ref:5.1f} s ({n / ref:5.1f} img/s)   "
+            + "   ".join(
+                f"ours {name} {times[f'{what}_{name}']:5.1f} s ({n / times[f'{what}_{name}']:5.1f} img/s, "
+                f"{ref / times[f'{what}_{name}']:.2f}x)"
+                for name in nets
+            )
+        )
+    print(
+        f"  labels agree between the reference and ours (onnx) on {agree / n:.1%} of the page images; "
+        f"max |p difference| {max(abs(a - b) for a, b in zip(p['page_reference'], p['page_onnx'])):.2e}"
+    )
 
 
 if __name__ == "__main__":

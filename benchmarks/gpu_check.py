@@ -10,6 +10,7 @@
 4. The reference recipe's feature pass against a bare ResNet50 forward in the same run
    (benchmarks/reference_recipe.py; target >= 85%).
 """
+
 import argparse
 import os
 import subprocess
@@ -19,8 +20,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import DEFAULT_MODEL, ROOT, corpus_sample, upscaled_jpeg, write_pdf
 from PIL import Image
+
+from common import DEFAULT_MODEL, ROOT, corpus_sample, upscaled_jpeg, write_pdf
 
 import engine
 
@@ -29,8 +31,11 @@ HERE = Path(__file__).resolve().parent  # reference_recipe.py lies beside this s
 
 def cli_seconds(device: str, pdf: str) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "final_classification_script.py"), "--quiet", "--json", "--device",
-                    device, pdf], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "final_classification_script.py"), "--quiet", "--json", "--device", device, pdf],
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - start
 
 
@@ -43,8 +48,11 @@ def main():
     args = p.parse_args()
     import torch
 
-    print(f"device {args.device}: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, "
-          f"torch {torch.__version__}, {os.cpu_count()} CPU cores", flush=True)
+    print(
+        f"device {args.device}: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, "
+        f"torch {torch.__version__}, {os.cpu_count()} CPU cores",
+        flush=True,
+    )
     images = [Image.open(x).copy() for x in corpus_sample(args.images)]
     cpu = engine.open_engine(DEFAULT_MODEL, "onnx", "cpu")
     gpu = engine.open_engine(DEFAULT_MODEL, "torch", args.device)
@@ -54,19 +62,24 @@ def main():
     p_cpu = np.array(cpu.predict(images))
     difference = np.abs(p_gpu - p_cpu)
     flips = int(((p_gpu >= cpu.threshold) != (p_cpu >= cpu.threshold)).sum())
-    print(f"1. max |p_gpu - p_cpu| over {len(images)} corpus images: {difference.max():.2e} "
-          f"(mean {difference.mean():.2e}, labels that differ: {flips}); first predict incl. warm-up {first:.2f} s",
-          flush=True)
+    print(
+        f"1. max |p_gpu - p_cpu| over {len(images)} corpus images: {difference.max():.2e} "
+        f"(mean {difference.mean():.2e}, labels that differ: {flips}); first predict incl. warm-up {first:.2f} s",
+        flush=True,
+    )
 
     with tempfile.TemporaryDirectory() as folder:
         pdf = os.path.join(folder, "200.pdf")
         write_pdf(pdf, [upscaled_jpeg(x)[0] for x in corpus_sample(200)])
         seconds = {device: cli_seconds(device, pdf) for device in (args.device, "cpu")}
-    print(f"2. CLI on a 200-image PDF, whole process: --device {args.device} {seconds[args.device]:.1f} s, "
-          f"--device cpu {seconds['cpu']:.1f} s, ratio {seconds['cpu'] / seconds[args.device]:.2f}x", flush=True)
+    print(
+        f"2. CLI on a 200-image PDF, whole process: --device {args.device} {seconds[args.device]:.1f} s, "
+        f"--device cpu {seconds['cpu']:.1f} s, ratio {seconds['cpu'] / seconds[args.device]:.2f}x",
+        flush=True,
+    )
 
-    batch = np.stack([engine.prepare(im, gpu.preprocess) for im in images[:gpu.default_batch_size]])
-    batch = np.concatenate([batch] * (gpu.default_batch_size // len(batch) + 1))[:gpu.default_batch_size]
+    batch = np.stack([engine.prepare(im, gpu.preprocess) for im in images[: gpu.default_batch_size]])
+    batch = np.concatenate([batch] * (gpu.default_batch_size // len(batch) + 1))[: gpu.default_batch_size]
     gpu.run(batch)
     start, n = time.perf_counter(), 0
     while time.perf_counter() - start < args.steady_seconds:
@@ -77,20 +90,39 @@ def main():
     start = time.perf_counter()
     gpu.predict(many)
     with_preparation = len(many) / (time.perf_counter() - start)
-    print(f"3. steady classification on {args.device}, batch {gpu.default_batch_size}: model alone "
-          f"{model_only:.0f} img/s; predict() with preparation {with_preparation:.0f} img/s", flush=True)
+    print(
+        f"3. steady classification on {args.device}, batch {gpu.default_batch_size}: model alone "
+        f"{model_only:.0f} img/s; predict() with preparation {with_preparation:.0f} img/s",
+        flush=True,
+    )
 
-    done = subprocess.run([sys.executable, str(HERE / "reference_recipe.py"), "--scale",
-                           str(args.recipe_scale), "--device", args.device, "--epochs", "2", "--bare-seconds", "5"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "reference_recipe.py"),
+            "--scale",
+            str(args.recipe_scale),
+            "--device",
+            args.device,
+            "--epochs",
+            "2",
+            "--bare-seconds",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith(("feature pass", "bare ResNet50"))]
     rates = [float(line.rsplit(":", 1)[1].split()[0]) for line in lines]
     if done.returncode == 0 and len(rates) >= 2:
-        print(f"4. reference recipe feature pass {rates[0]:.0f} img/s; bare ResNet50 forward fp32 {rates[1]:.0f} img/s "
-              f"({rates[0] / rates[1]:.0%})" + (f", bf16 + channels_last {rates[2]:.0f} img/s ({rates[0] / rates[2]:.0%})"
-                                                 if len(rates) > 2 else ""))
+        print(
+            f"4. reference recipe feature pass {rates[0]:.0f} img/s; bare ResNet50 forward fp32 {rates[1]:.0f} img/s "
+            f"({rates[0] / rates[1]:.0%})"
+            + (f", bf16 + channels_last {rates[2]:.0f} img/s ({rates[0] / rates[2]:.0%})" if len(rates) > 2 else "")
+        )
     else:
         print(f"4. reference recipe failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+
 
 if __name__ == "__main__":
     main()

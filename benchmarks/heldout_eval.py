@@ -7,13 +7,15 @@ existed never saw any of them, whatever split it used, so that subset is fair to
 
     python benchmarks/heldout_eval.py best_model.pth runs/ship-cand/best_model.pth
 """
+
 import argparse
 import csv
 
 import numpy as np
-from common import CORPUS
 from PIL import Image
 from tqdm import tqdm
+
+from common import CORPUS
 
 import dataset
 import engine
@@ -36,7 +38,7 @@ def probabilities(model: engine.Engine, paths, grey: bool = False) -> np.ndarray
     out = []
     for start in tqdm(range(0, len(paths), 64), desc="grey" if grey else "colour", unit="batch", leave=False):
         images = []
-        for path in paths[start:start + 64]:
+        for path in paths[start : start + 64]:
             with Image.open(path) as image:
                 image = engine.to_rgb(image)
                 images.append(image.convert("L").convert("RGB") if grey else image.copy())
@@ -46,8 +48,14 @@ def probabilities(model: engine.Engine, paths, grey: bool = False) -> np.ndarray
 
 def figures(p: np.ndarray, p_grey: np.ndarray, part: dataset.Part, threshold: float) -> dict:
     figures = train.evaluate(p, part.labels, part.kinds, threshold)
-    figures.update(train.grey_flips([part], p, threshold, lambda chosen: np.concatenate(
-        [p_grey[[part.images.index(x) for x in c.images]] for c in chosen])))
+    figures.update(
+        train.grey_flips(
+            [part],
+            p,
+            threshold,
+            lambda chosen: np.concatenate([p_grey[[part.images.index(x) for x in c.images]] for c in chosen]),
+        )
+    )
     return figures
 
 
@@ -58,18 +66,30 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0, help="the split's seed, as train.py's (default: %(default)s)")
     args = p.parse_args(argv)
     test, batch4 = test_split(args.corpus, args.seed)
-    print(f"source-held-out test split: {len(test)} images ({int(batch4.sum())} of batch 4), "
-          f"{len(set(test.sources))} sources")
-    keys = ("balanced_accuracy", "accuracy", "auroc", "kind_macro_accuracy", "recall_medical", "recall_non_medical",
-            "grey_flip_non_medical", "grey_flip_medical")
+    print(
+        f"source-held-out test split: {len(test)} images ({int(batch4.sum())} of batch 4), "
+        f"{len(set(test.sources))} sources"
+    )
+    keys = (
+        "balanced_accuracy",
+        "accuracy",
+        "auroc",
+        "kind_macro_accuracy",
+        "recall_medical",
+        "recall_non_medical",
+        "grey_flip_non_medical",
+        "grey_flip_medical",
+    )
     for path in args.models:
         model = engine.open_engine(path, "onnx", "cpu")
         p_colour, p_grey = probabilities(model, test.images), probabilities(model, test.images, grey=True)
         for name, mask in (("all test", np.ones(len(test), bool)), ("batch 4", batch4)):
             sub = test.subset(np.flatnonzero(mask))
             result = figures(p_colour[mask], p_grey[mask], sub, model.threshold)
-            print(f"{path} [{name}, n={len(sub)}, threshold {model.threshold:.3f}]: "
-                  + ", ".join(f"{k} {result[k]:.4f}" for k in keys if k in result))
+            print(
+                f"{path} [{name}, n={len(sub)}, threshold {model.threshold:.3f}]: "
+                + ", ".join(f"{k} {result[k]:.4f}" for k in keys if k in result)
+            )
 
 
 if __name__ == "__main__":

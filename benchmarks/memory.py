@@ -6,6 +6,7 @@ The images are corpus images scaled up (about 1,300-1,600 px a side) so that
 holding them all decoded at once would need several GB; the CLI runs in a
 child process and its peak resident set size is read from the kernel.
 """
+
 import argparse
 import os
 import subprocess
@@ -13,8 +14,9 @@ import sys
 import tempfile
 import time
 
-from common import ROOT, corpus_sample, upscaled_jpeg, write_pdf
 from PIL import Image
+
+from common import ROOT, corpus_sample, upscaled_jpeg, write_pdf
 
 
 def main():
@@ -39,20 +41,40 @@ def main():
         Image.open(corpus_sample(1)[0]).save(one)
         baseline, _ = peak_memory([one], folder)
         peak, elapsed = peak_memory(["--max-images", str(args.images), path], folder)
-    print(f"PDF of {args.images} images, {size / 1e6:.0f} MB on disk, {full_bytes / 1e9:.2f} GB if all were held decoded")
+    print(
+        f"PDF of {args.images} images, {size / 1e6:.0f} MB on disk, {full_bytes / 1e9:.2f} GB if all were held decoded"
+    )
     print(f"  CLI peak resident memory, 1 small image (torch, model): {baseline / 1e9:.2f} GB")
     print(f"  CLI peak resident memory, the {args.images}-image PDF:        {peak / 1e9:.2f} GB  ({elapsed:.0f} s)")
-    print(f"  added by the PDF: {(peak - baseline) / 1e9:.2f} GB, {(peak - baseline) / full_bytes:.2f} of holding every image decoded")
+    print(
+        f"  added by the PDF: {(peak - baseline) / 1e9:.2f} GB, {(peak - baseline) / full_bytes:.2f} of holding every image decoded"
+    )
 
 
 def peak_memory(cli_args: list, folder: str) -> tuple[int, float]:
     """Peak RSS in bytes of one CLI run in a child process (a fresh child: ru_maxrss is per process)."""
-    code = ("import resource, subprocess, sys, json; r = subprocess.run(sys.argv[1:], capture_output=True); "
-            "print(json.dumps([r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))")
+    code = (
+        "import resource, subprocess, sys, json; r = subprocess.run(sys.argv[1:], capture_output=True); "
+        "print(json.dumps([r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))"
+    )
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code, sys.executable, str(ROOT / "final_classification_script.py"),
-                          "--quiet", "--json", "-o", os.path.join(folder, "out.json")] + cli_args,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            sys.executable,
+            str(ROOT / "final_classification_script.py"),
+            "--quiet",
+            "--json",
+            "-o",
+            os.path.join(folder, "out.json"),
+        ]
+        + cli_args,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     returncode, max_rss_kb = __import__("json").loads(out.stdout)
     assert returncode == 0
     return max_rss_kb * 1024, time.perf_counter() - start

@@ -7,14 +7,17 @@ ResNet50's ImageNet weights cannot be downloaded offline, so it runs from a
 randomly initialised state dict file: the same computation, the same speed.
 Preparation (Pillow resize and crop) is included, as the CLI runs it.
 """
+
 import argparse
+import functools
 import os
 import tempfile
 import time
 
 import torch
-from common import corpus_sample
 from PIL import Image
+
+from common import corpus_sample
 
 import engine
 import model
@@ -63,18 +66,23 @@ def main():
         for arch in args.archs.split(","):
             path, weights = checkpoint_for(arch, folder)
             for name in ("torch", "onnx") if args.device == "cpu" else ("torch",):
-                load, speed = measure(lambda: engine.open_engine(path, name, args.device, weights), images,
-                                      args.repeats)
+                load, speed = measure(
+                    functools.partial(engine.open_engine, path, name, args.device, weights), images, args.repeats
+                )
                 rows.append((arch, name, load, speed))
-    print(f"device {args.device}, CPU threads {torch.get_num_threads()}, {len(images)} corpus images of mixed sizes, "
-          f"preparation included")
+    print(
+        f"device {args.device}, CPU threads {torch.get_num_threads()}, {len(images)} corpus images of mixed sizes, "
+        f"preparation included"
+    )
     print(f"{'backbone':20s} {'engine':6s} {'load s':>7s} " + " ".join(f"{'img/s b' + str(b):>10s}" for b in BATCHES))
     for arch, name, load, speed in rows:
         print(f"{arch:20s} {name:6s} {load:7.2f} " + " ".join(f"{speed[b]:10.1f}" for b in BATCHES))
     for arch in dict.fromkeys(r[0] for r in rows if r[1] == "onnx"):
         (_, _, lt, st), (_, _, lo, so) = [r for r in rows if r[0] == arch]
-        print(f"ratio onnx/torch {arch}: load {lt / lo:.2f}x faster; "
-              + ", ".join(f"batch {b} {so[b] / st[b]:.2f}x" for b in BATCHES))
+        print(
+            f"ratio onnx/torch {arch}: load {lt / lo:.2f}x faster; "
+            + ", ".join(f"batch {b} {so[b] / st[b]:.2f}x" for b in BATCHES)
+        )
 
 
 if __name__ == "__main__":

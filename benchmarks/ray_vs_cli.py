@@ -6,6 +6,7 @@ start-up included), while this process serves the pages; Ray's start-up alone is
 
     python benchmarks/ray_vs_cli.py --inputs 200
 """
+
 import argparse
 import json
 import subprocess
@@ -46,25 +47,57 @@ def read_lines(out: Path) -> dict:
 def cli_results(listing: Path, out: Path, model: str) -> tuple[float, dict]:
     """One CLI process over the input file, streaming JSON lines."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "final_classification_script.py"), "--input-file", str(listing),
-                    "--jsonl", "-o", str(out), "--quiet", "--model", model], check=False, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "final_classification_script.py"),
+            "--input-file",
+            str(listing),
+            "--jsonl",
+            "-o",
+            str(out),
+            "--quiet",
+            "--model",
+            model,
+        ],
+        check=False,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start, read_lines(out)
 
 
 def ray_startup() -> float:
     """A process that starts Ray on this machine and stops it: the fixed cost of every sweep_ray.py run."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import ray; ray.init(include_dashboard=False, log_to_driver=False); "
-                    "ray.shutdown()"], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-c", "import ray; ray.init(include_dashboard=False, log_to_driver=False); ray.shutdown()"],
+        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start
 
 
 def ray_results(listing: Path, out: Path, model: str, actors: int, batch_size: int | None) -> tuple[float, dict]:
     """sweep_ray.py as a user runs it: its own process, Ray started in it on this machine."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "sweep_ray.py"), str(listing), "-o", str(out), "--quiet", "--model",
-                    model, "--actors", str(actors)] + (["--batch-size", str(batch_size)] if batch_size else []),
-                   check=False, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "sweep_ray.py"),
+            str(listing),
+            "-o",
+            str(out),
+            "--quiet",
+            "--model",
+            model,
+            "--actors",
+            str(actors),
+        ]
+        + (["--batch-size", str(batch_size)] if batch_size else []),
+        check=False,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start, read_lines(out)
 
 
@@ -85,17 +118,23 @@ def main():
         ray_total, swept = ray_results(listing, folder / "ray.jsonl", args.model, args.actors, args.batch_size)
         httpd.shutdown()
     n_images = len(cli["images"])
-    mismatched = [key for key, (label, p) in cli["images"].items()
-                  if key not in swept["images"] or swept["images"][key][0] != label
-                  or abs(swept["images"][key][1] - p) > 1e-4]
+    mismatched = [
+        key
+        for key, (label, p) in cli["images"].items()
+        if key not in swept["images"] or swept["images"][key][0] != label or abs(swept["images"][key][1] - p) > 1e-4
+    ]
     startup = ray_startup()
     print(f"Ray start-up alone (a process that starts and stops it): {startup:.1f} s")
     print(f"inputs in: {len(inputs)}; out: CLI {cli['inputs']}, Ray {swept['inputs']}")
-    print(f"images: CLI {n_images}, Ray {len(swept['images'])}; mismatched (label, or p by more than 1e-4): "
-          f"{len(mismatched) + len(set(swept['images']) - set(cli['images']))}")
+    print(
+        f"images: CLI {n_images}, Ray {len(swept['images'])}; mismatched (label, or p by more than 1e-4): "
+        f"{len(mismatched) + len(set(swept['images']) - set(cli['images']))}"
+    )
     for name, seconds in (("CLI --input-file", cli_time), ("sweep_ray.py (Ray started in it)", ray_total)):
-        print(f"{name:32s} {seconds:6.1f} s  {len(inputs) / seconds:6.1f} inputs/s  {n_images / seconds:6.1f} img/s"
-              f"  ({seconds / cli_time:.2f}x the CLI's time)")
+        print(
+            f"{name:32s} {seconds:6.1f} s  {len(inputs) / seconds:6.1f} inputs/s  {n_images / seconds:6.1f} img/s"
+            f"  ({seconds / cli_time:.2f}x the CLI's time)"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ split sizes up to what balancing takes) and a randomly initialised ResNet50 stat
 then runs `train.py` with its defaults offline and prints the wall time of each stage
 and the feature pass in images/s, plus the bare ResNet50 forward speed on the device.
 """
+
 import argparse
 import json
 import math
@@ -18,14 +19,14 @@ import time
 from pathlib import Path
 
 import torch
+
 from common import ROOT
 
 sys.path.insert(0, str(ROOT / "tests"))
-from fake_data import write_cifar10, write_medmnist  # noqa: E402
-
 import dataset  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
+from fake_data import write_cifar10, write_medmnist  # noqa: E402
 
 
 def bare_forward(device: torch.device, batch: int = 256, seconds: float = 10.0, fast: bool = False) -> float:
@@ -79,21 +80,46 @@ def main():
         torch.save(resnet50().state_dict(), folder / "resnet50.pth")
         print(f"synthetic data written in {time.perf_counter() - start:.1f} s")
         start = time.perf_counter()
-        code = train.main(["--data-dir", str(folder / "data"), "--no-download", "--backbone-weights",
-                           str(folder / "resnet50.pth"), "--epochs", str(args.epochs), "--device", str(device),
-                           "--workers", str(args.workers), "--output", str(folder / "best_model.pth")])
+        code = train.main(
+            [
+                "--data-dir",
+                str(folder / "data"),
+                "--no-download",
+                "--backbone-weights",
+                str(folder / "resnet50.pth"),
+                "--epochs",
+                str(args.epochs),
+                "--device",
+                str(device),
+                "--workers",
+                str(args.workers),
+                "--output",
+                str(folder / "best_model.pth"),
+            ]
+        )
         wall = time.perf_counter() - start
         assert code == 0
         training = torch.load(folder / "best_model.pth", weights_only=True)["training"]
     timings = training["timings_s"]
     images = sum(sum(c.values()) for c in training["data"].values())
-    print(json.dumps({"device": str(device), "images": images, "train_py_wall_s": round(wall, 2),
-                      **{k: round(v, 2) for k, v in timings.items()}}, indent=1))
+    print(
+        json.dumps(
+            {
+                "device": str(device),
+                "images": images,
+                "train_py_wall_s": round(wall, 2),
+                **{k: round(v, 2) for k, v in timings.items()},
+            },
+            indent=1,
+        )
+    )
     print(f"feature pass, data loading and preparation included: {images / timings['frozen_pass_s']:.0f} images/s")
     print(f"bare ResNet50 forward, fp32: {bare_forward(device, seconds=args.bare_seconds):.0f} images/s")
     if device.type == "cuda":
-        print(f"bare ResNet50 forward, bf16 + channels_last: "
-              f"{bare_forward(device, seconds=args.bare_seconds, fast=True):.0f} images/s")
+        print(
+            f"bare ResNet50 forward, bf16 + channels_last: "
+            f"{bare_forward(device, seconds=args.bare_seconds, fast=True):.0f} images/s"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ are left out of every fold, so they stay unseen until the chosen model is tested
 (its checkpoint exists) is read, not retrained, so the script can be stopped and started again; a stopped fold
 carries on from its last whole epoch. Writes OUT/cv.json, which `train.py --cv-summary` stores in a checkpoint.
 """
+
 import argparse
 import json
 import os
@@ -16,12 +17,19 @@ import subprocess
 import sys
 
 import numpy as np
+
 from common import ROOT
 
 from atomic import replace_file  # noqa: E402 (common puts the repository on the path)
 
-FIGURES = ("val_balanced_accuracy", "val_accuracy", "val_auroc", "val_kind_macro_accuracy", "val_recall_medical",
-           "val_recall_non_medical")
+FIGURES = (
+    "val_balanced_accuracy",
+    "val_accuracy",
+    "val_auroc",
+    "val_kind_macro_accuracy",
+    "val_recall_medical",
+    "val_recall_non_medical",
+)
 
 
 def fold_figures(checkpoint: str) -> dict:
@@ -37,9 +45,11 @@ def summarize(folds: list[dict]) -> dict:
     for key in FIGURES:
         values = np.array([f[key] for f in folds if key in f], dtype=float)
         if len(values):
-            out[f"{key}_mean"], out[f"{key}_std"], out[f"{key}_min"] = (float(np.nanmean(values)),
-                                                                        float(np.nanstd(values)),
-                                                                        float(np.nanmin(values)))
+            out[f"{key}_mean"], out[f"{key}_std"], out[f"{key}_min"] = (
+                float(np.nanmean(values)),
+                float(np.nanstd(values)),
+                float(np.nanmin(values)),
+            )
     return out
 
 
@@ -55,8 +65,19 @@ def main():
         folder = os.path.join(args.out, f"fold-{fold}")
         checkpoint, state = os.path.join(folder, "best_model.pth"), os.path.join(folder, "training_state.pt")
         if not os.path.isfile(checkpoint):
-            command = [sys.executable, str(ROOT / "train.py"), *recipe, "--split-by", "source",
-                       "--folds", str(args.folds), "--fold", str(fold), "--output", checkpoint]
+            command = [
+                sys.executable,
+                str(ROOT / "train.py"),
+                *recipe,
+                "--split-by",
+                "source",
+                "--folds",
+                str(args.folds),
+                "--fold",
+                str(fold),
+                "--output",
+                checkpoint,
+            ]
             if os.path.isfile(state):
                 command += ["--resume-training", state]
             print("fold", fold, ":", " ".join(command), flush=True)
@@ -70,8 +91,10 @@ def main():
     replace_file(os.path.join(args.out, "cv.json"), lambda f: f.write(json.dumps(summary, indent=2).encode()))
     for key in FIGURES:
         if f"{key}_mean" in summary:
-            print(f"{key}: mean {summary[key + '_mean']:.4f}, std {summary[key + '_std']:.4f}, "
-                  f"worst fold {summary[key + '_min']:.4f}")
+            print(
+                f"{key}: mean {summary[key + '_mean']:.4f}, std {summary[key + '_std']:.4f}, "
+                f"worst fold {summary[key + '_min']:.4f}"
+            )
     print(f"wrote {os.path.join(args.out, 'cv.json')}")
 
 

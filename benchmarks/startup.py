@@ -1,7 +1,8 @@
 """Time to the first result: the whole CLI process on one image, ONNX Runtime against torch, interleaved.
 
-    python benchmarks/startup.py --repeats 5
+python benchmarks/startup.py --repeats 5
 """
+
 import argparse
 import statistics
 import subprocess
@@ -10,14 +11,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, corpus_sample
 from PIL import Image
+
+from common import ROOT, corpus_sample
 
 
 def run_once(engine: str, image: str) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "final_classification_script.py"), "--quiet", "--engine", engine,
-                    image], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "final_classification_script.py"), "--quiet", "--engine", engine, image],
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - start
 
 
@@ -37,7 +42,9 @@ def main():
     print(f"final_classification_script.py one.png, whole process, median of {args.repeats} (interleaved):")
     for engine, t in median.items():
         print(f"  --engine {engine:5s} {t:6.2f} s   (best {min(times[engine]):.2f} s)")
-    print(f"  onnx takes {median['onnx'] / median['torch']:.2f} of torch's time ({median['torch'] / median['onnx']:.1f}x faster)")
+    print(
+        f"  onnx takes {median['onnx'] / median['torch']:.2f} of torch's time ({median['torch'] / median['onnx']:.1f}x faster)"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 
     python benchmarks/sweep.py --inputs 1000 --loop-sample 40 --latency 0.05
 """
+
 import argparse
 import json
 import os
@@ -113,23 +114,33 @@ def main():
         process.send_signal(signal.SIGKILL)
         process.wait()
         before = finished(killed)
-        subprocess.run(CLI + ["--input-file", listing, "--jsonl", "-o", killed, "--resume", "--jobs",
-                              str(args.jobs)], check=False, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            CLI + ["--input-file", listing, "--jsonl", "-o", killed, "--resume", "--jobs", str(args.jobs)],
+            check=False,
+            stderr=subprocess.DEVNULL,
+        )
         resumed = lines(killed)
         key = lambda r: (r["type"], r["input"], r.get("source"), r.get("reason"))
         body = lambda rs: sorted(key(r) for r in rs if r["type"] != "summary")
         once = body(resumed) == body(records) and [r["type"] for r in resumed].count("summary") == 1
         httpd.shutdown()
     per_input_run, per_input_loop = seconds / len(urls), loop / len(sample)
-    print(f"{len(urls)} inputs (half pages of 3 images with one shared logo, half PDFs of 2), 127.0.0.1 at "
-          f"{args.latency * 1000:.0f} ms a response, {os.cpu_count()} CPU cores, --jobs {args.jobs}")
-    print(f"  one --input-file run: {seconds:6.1f} s, {len(urls) / seconds:5.1f} inputs/s, "
-          f"{n_images / seconds:5.1f} images/s ({n_images} image lines)")
-    print(f"  shell loop, one CLI call per input, {len(sample)} sampled inputs: {loop:6.1f} s, "
-          f"{per_input_loop:.2f} s an input")
+    print(
+        f"{len(urls)} inputs (half pages of 3 images with one shared logo, half PDFs of 2), 127.0.0.1 at "
+        f"{args.latency * 1000:.0f} ms a response, {os.cpu_count()} CPU cores, --jobs {args.jobs}"
+    )
+    print(
+        f"  one --input-file run: {seconds:6.1f} s, {len(urls) / seconds:5.1f} inputs/s, "
+        f"{n_images / seconds:5.1f} images/s ({n_images} image lines)"
+    )
+    print(
+        f"  shell loop, one CLI call per input, {len(sample)} sampled inputs: {loop:6.1f} s, "
+        f"{per_input_loop:.2f} s an input"
+    )
     print(f"  speed-up per input: {per_input_loop / per_input_run:.1f}x")
-    print(f"  RSS: {early:.0f} MB at {len(urls) // 10} inputs finished, {late:.0f} MB at {len(urls)}: "
-          f"{late / early:.2f}x")
+    print(
+        f"  RSS: {early:.0f} MB at {len(urls) // 10} inputs finished, {late:.0f} MB at {len(urls)}: {late / early:.2f}x"
+    )
     print(f"  killed after {before} finished inputs, then --resume: every input and image line exactly once: {once}")
 
 

@@ -5,10 +5,12 @@
 Both runs use the same images, the same head training code and the same
 hyperparameters; the only difference is whether features are computed once.
 """
+
 import argparse
 
 import numpy as np
 import torch
+
 from common import corpus_sample, timed
 
 import dataset
@@ -19,8 +21,15 @@ import train
 def fit_on(net, x, y, weights, epochs: int):
     """The head trained as train.py trains it (validation on the training features: only the time matters)."""
     batches = train.cached_batches(x, y, weights, 256, "cpu", 0)
-    train.fit(net.head, batches, lambda: train.probabilities(net.head, x, "cpu"), y, ["k"] * len(y), epochs,
-              log=lambda *a: None)
+    train.fit(
+        net.head,
+        batches,
+        lambda: train.probabilities(net.head, x, "cpu"),
+        y,
+        ["k"] * len(y),
+        epochs,
+        log=lambda *a: None,
+    )
 
 
 def main():
@@ -34,8 +43,15 @@ def main():
     torch.manual_seed(0)
     paths = corpus_sample(args.images // 2, "medical") + corpus_sample(args.images // 2, "non_medical")
     labels = np.array([0] * (args.images // 2) + [1] * (args.images // 2))
-    part = dataset.Part("bench", [str(x) for x in paths], labels, ["k"] * len(paths), [str(x) for x in paths],
-                        np.array(["train"] * len(paths), dtype=object), ["k"] * len(paths))
+    part = dataset.Part(
+        "bench",
+        [str(x) for x in paths],
+        labels,
+        ["k"] * len(paths),
+        [str(x) for x in paths],
+        np.array(["train"] * len(paths), dtype=object),
+        ["k"] * len(paths),
+    )
     net = model.build_model(args.arch)
     weights = np.ones(len(paths))
     times = {}
@@ -50,8 +66,9 @@ def main():
     net.head.reset_parameters()
     with timed(times, "every_epoch"):
         for epoch in range(args.epochs):
-            x, y, _, _ = train.compute_features(net, [part], args.batch_size, desc=f"epoch {epoch + 1} features",
-                                                features=features)
+            x, y, _, _ = train.compute_features(
+                net, [part], args.batch_size, desc=f"epoch {epoch + 1} features", features=features
+            )
             fit_on(net, x, y, weights, 1)
 
     print(f"{args.arch}, {len(paths)} images, {args.epochs} epochs, CPU threads {torch.get_num_threads()}")

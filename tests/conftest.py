@@ -1,4 +1,5 @@
 """Shared fixtures: the corpus in ../shared, real images, a local HTTP server, a checkpoint."""
+
 import io
 import os
 import sys
@@ -23,8 +24,11 @@ def corpus_images(label: str, kind: str | None = None, n: int = 4, stem_contains
     if not (CORPUS / "manifest.csv").exists():
         pytest.skip(f"corpus not found at {CORPUS}")
     with open(CORPUS / "manifest.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["label"] == label and (kind is None or r["kind"] == kind)
-                and stem_contains in r["path"]]
+        rows = [
+            r
+            for r in csv.DictReader(f)
+            if r["label"] == label and (kind is None or r["kind"] == kind) and stem_contains in r["path"]
+        ]
     return [CORPUS / r["path"] for r in rows[:n]]
 
 
@@ -48,6 +52,14 @@ def make_pdf(path, images) -> str:
         page.insert_image(pymupdf.Rect(50, 50, 400, 400), stream=image_bytes(image, "JPEG"))
     doc.save(path)
     return str(path)
+
+
+def default_sigint() -> None:
+    """preexec_fn for a child that a test interrupts: a shell's background job (nohup, `&`) inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt; an interactive user's Ctrl-C is the default."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class Server:
@@ -141,6 +153,7 @@ def slow(seconds: float, body: bytes, content_type: str = "image/png"):
     def handler(request):
         time.sleep(seconds)
         request._send(200, {"Content-Type": content_type}, body)
+
     return handler
 
 

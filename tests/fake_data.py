@@ -2,6 +2,7 @@
 
 Used by the tests and by benchmarks/reference_recipe.py: no internet, no real data, the real loading code.
 """
+
 import pickle
 
 import numpy as np
@@ -33,9 +34,12 @@ def write_cifar10(root, per_batch=8, seed=1):
     folder = root / dataset.CIFAR_DIR
     folder.mkdir(parents=True, exist_ok=True)
     for name in dataset.CIFAR_FILES:
-        batch = {b"batch_label": name.encode(), b"labels": rng.integers(0, 10, per_batch).tolist(),
-                 b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"filenames": [f"{i}.png".encode() for i in range(per_batch)]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": rng.integers(0, 10, per_batch).tolist(),
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"filenames": [f"{i}.png".encode() for i in range(per_batch)],
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f)
     with open(folder / "batches.meta", "wb") as f:

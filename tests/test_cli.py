@@ -1,4 +1,5 @@
 """The CLI: JSON contract, table, CSV, --save-dir, --report, exit codes, and every shared PDF and page."""
+
 import csv
 import io
 import json
@@ -9,10 +10,10 @@ import sys
 
 import pymupdf
 import pytest
-from conftest import ROOT, SHARED, Server, corpus_images, image_bytes, make_pdf
 from PIL import Image
 
 import final_classification_script as cli
+from conftest import ROOT, SHARED, Server, corpus_images, image_bytes, make_pdf
 
 MEDICAL = corpus_images("medical", "ct", 2) + corpus_images("medical", "dermoscopy", 1)
 NON_MEDICAL = corpus_images("non_medical", "photo", 2) + corpus_images("non_medical", "chart", 1)
@@ -40,8 +41,12 @@ def test_json_contract(inputs, tmp_path, capsys, shipped_model_path):
     assert code == 0
     report = json.loads(out)
     assert set(report) == {"model", "inputs", "summary"}
-    assert report["model"] == {"path": os.path.abspath(shipped_model_path), "arch": "efficientnet_lite0",
-                               "threshold": pytest.approx(report["model"]["threshold"]), "engine": "onnx"}
+    assert report["model"] == {
+        "path": os.path.abspath(shipped_model_path),
+        "arch": "efficientnet_lite0",
+        "threshold": pytest.approx(report["model"]["threshold"]),
+        "engine": "onnx",
+    }
     assert [i["kind"] for i in report["inputs"]] == ["pdf", "image", "folder"]
     for entry in report["inputs"]:
         assert set(entry) == {"input", "kind", "error", "images", "skipped", "downloads_failed"}
@@ -52,18 +57,26 @@ def test_json_contract(inputs, tmp_path, capsys, shipped_model_path):
             assert (image["label"] == "medical") == (image["p_medical"] >= report["model"]["threshold"])
     pdf_images = report["inputs"][0]["images"]
     assert [(i["source"], i["page"], i["format"]) for i in pdf_images] == [
-        (inputs["pdf"] + "#page=1&image=1", 1, "jpeg"), (inputs["pdf"] + "#page=2&image=1", 2, "jpeg")]
+        (inputs["pdf"] + "#page=1&image=1", 1, "jpeg"),
+        (inputs["pdf"] + "#page=2&image=1", 2, "jpeg"),
+    ]
     assert [i["label"] for i in pdf_images] == ["medical", "non-medical"]  # a CT slice and a photo
     assert report["inputs"][1]["images"][0]["label"] == "medical"
-    assert report["summary"] == {"images": 5, "medical": report["summary"]["medical"],
-                                 "non-medical": 5 - report["summary"]["medical"], "skipped": 0, "failed_inputs": 0}
+    assert report["summary"] == {
+        "images": 5,
+        "medical": report["summary"]["medical"],
+        "non-medical": 5 - report["summary"]["medical"],
+        "skipped": 0,
+        "failed_inputs": 0,
+    }
 
 
 def test_one_failing_input_keeps_the_others_and_exits_1(inputs, tmp_path, capsys):
     broken = tmp_path / "broken.pdf"
     broken.write_bytes(b"%PDF-1.4\n garbage")
-    code, out, err = run_cli(["--json", inputs["image"], str(broken), str(tmp_path / "missing.png"), inputs["pdf"]],
-                             capsys)
+    code, out, err = run_cli(
+        ["--json", inputs["image"], str(broken), str(tmp_path / "missing.png"), inputs["pdf"]], capsys
+    )
     assert code == 1
     report = json.loads(out)
     errors = [i["error"] for i in report["inputs"]]
@@ -91,7 +104,11 @@ def test_bad_arguments_exit_2(capsys):
 
 def test_missing_or_corrupt_model_exits_2_with_one_line(inputs, tmp_path, capsys):
     code, out, err = run_cli(["--model", str(tmp_path / "none.pth"), inputs["image"]], capsys)
-    assert code == 2 and err.startswith(f"error: {tmp_path / 'none.pth'}: no such file") and len(err.strip().splitlines()) == 1
+    assert (
+        code == 2
+        and err.startswith(f"error: {tmp_path / 'none.pth'}: no such file")
+        and len(err.strip().splitlines()) == 1
+    )
     bad = tmp_path / "bad.pth"
     bad.write_bytes(os.urandom(5000))
     code, _, err = run_cli(["--model", str(bad), inputs["image"]], capsys)
@@ -116,8 +133,9 @@ def test_csv_has_a_row_per_image_and_skip(inputs, tmp_path, capsys):
 
 def test_save_dir_and_output_file(inputs, tmp_path, capsys):
     save, out_file = tmp_path / "saved", tmp_path / "out.json"
-    code, out, _ = run_cli(["--json", "-o", str(out_file), "--save-dir", str(save), inputs["pdf"], inputs["folder"]],
-                           capsys)
+    code, out, _ = run_cli(
+        ["--json", "-o", str(out_file), "--save-dir", str(save), inputs["pdf"], inputs["folder"]], capsys
+    )
     assert code == 0 and out == ""
     report = json.loads(out_file.read_text())
     paths = [i["saved_path"] for e in report["inputs"] for i in e["images"]]
@@ -136,9 +154,12 @@ def test_page_url_through_the_cli(server, capsys):
     entry = json.loads(out)["inputs"][0]
     assert code == 0 and entry["kind"] == "url"
     assert {(i["source"].rsplit("/", 1)[1], i["label"]) for i in entry["images"]} == {
-        ("scan.png", "medical"), ("photo.jpg", "non-medical")}
+        ("scan.png", "medical"),
+        ("photo.jpg", "non-medical"),
+    }
     assert {s["source"].rsplit("/", 1)[1]: s["reason"] for s in entry["skipped"]} == {
-        "gone.png": "download failed: HTTP 404"}  # the placeholder dot.gif is not read: its element shows photo.jpg
+        "gone.png": "download failed: HTTP 404"
+    }  # the placeholder dot.gif is not read: its element shows photo.jpg
     assert server.hits.get("/dot.gif") is None
 
 
@@ -151,30 +172,49 @@ def test_hostile_inputs_each_fail_clearly_and_the_good_one_completes(server, tmp
     server.add("/passwd.html", b'<img src="file:///etc/passwd"><img src="ftp://host/x.png">')
     locked = tmp_path / "locked.pdf"
     make_pdf(tmp_path / "plain.pdf", [MEDICAL[0]])
-    pymupdf.open(tmp_path / "plain.pdf").save(locked, encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="pw",
-                                              owner_pw="owner")
+    pymupdf.open(tmp_path / "plain.pdf").save(
+        locked, encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="pw", owner_pw="owner"
+    )
     truncated = tmp_path / "truncated.pdf"
     truncated.write_bytes((tmp_path / "plain.pdf").read_bytes()[:300])
-    inputs = [server.url + "/endless", server.url + "/trickle", server.url + "/loop", server.url + "/passwd.html",
-              str(locked), str(truncated), "file:///etc/passwd", "gopher://x/", str(MEDICAL[1])]
+    inputs = [
+        server.url + "/endless",
+        server.url + "/trickle",
+        server.url + "/loop",
+        server.url + "/passwd.html",
+        str(locked),
+        str(truncated),
+        "file:///etc/passwd",
+        "gopher://x/",
+        str(MEDICAL[1]),
+    ]
     code, out, err = run_cli(["--json", "--timeout", "2"] + inputs, capsys)
     report = json.loads(out)
     assert code == 1 and "Traceback" not in err
     by_input = {e["input"]: e for e in report["inputs"]}
     assert "longer than 2 s" in by_input[server.url + "/trickle"]["error"]
-    assert "byte cap" in by_input[server.url + "/endless"]["error"] or "longer" in by_input[server.url + "/endless"]["error"]
+    assert (
+        "byte cap" in by_input[server.url + "/endless"]["error"]
+        or "longer" in by_input[server.url + "/endless"]["error"]
+    )
     assert by_input[server.url + "/loop"]["error"] == "more than 5 redirects"
     assert by_input[str(locked)]["error"] == "encrypted PDF that needs a password"
     assert by_input["file:///etc/passwd"]["error"].startswith("unsupported URL scheme file")
     assert by_input["gopher://x/"]["error"].startswith("unsupported URL scheme gopher")
     assert [s["reason"].split(":")[0] for s in by_input[server.url + "/passwd.html"]["skipped"]] == [
-        "unsupported URL scheme file", "unsupported URL scheme ftp"]
+        "unsupported URL scheme file",
+        "unsupported URL scheme ftp",
+    ]
     assert len(by_input[str(MEDICAL[1])]["images"]) == 1 and by_input[str(MEDICAL[1])]["error"] is None
 
 
 def _run_subprocess(args, timeout):
-    return subprocess.run([sys.executable, str(ROOT / "final_classification_script.py"), "--quiet", "--json"] + args,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "final_classification_script.py"), "--quiet", "--json"] + args,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.skipif(not (SHARED / "pdfs").exists(), reason="no shared PDFs")
@@ -219,8 +259,11 @@ def test_unusable_local_files_are_failed_inputs(tmp_path, capsys):
     report = json.loads(out)
     assert code == 1 and "Traceback" not in err
     assert [e["error"] for e in report["inputs"]] == [
-        "text file: not an image, PDF, DICOM or web page", "empty file: not an image, PDF, DICOM or web page",
-        "unknown binary: not an image, PDF, DICOM or web page", None]
+        "text file: not an image, PDF, DICOM or web page",
+        "empty file: not an image, PDF, DICOM or web page",
+        "unknown binary: not an image, PDF, DICOM or web page",
+        None,
+    ]
     assert report["summary"]["failed_inputs"] == 3 and report["summary"]["images"] == 1
 
 
@@ -233,15 +276,18 @@ def test_every_image_has_its_own_source_and_save_name(tmp_path, capsys):
     frames = [Image.open(p).convert("L").resize((64, 64)) for p in MEDICAL]
     frames[0].save(tmp_path / "scan.tif", save_all=True, append_images=frames[1:])
     save = tmp_path / "saved"
-    code, out, _ = run_cli(["--json", "--save-dir", str(save), str(tmp_path / "paper.pdf"), str(tmp_path / "scan.tif")],
-                           capsys)
+    code, out, _ = run_cli(
+        ["--json", "--save-dir", str(save), str(tmp_path / "paper.pdf"), str(tmp_path / "scan.tif")], capsys
+    )
     images = [i for e in json.loads(out)["inputs"] for i in e["images"]]
     assert code == 0
     assert [(i["source"].rsplit("/", 1)[1], os.path.basename(i["saved_path"]), i["format"]) for i in images] == [
         ("paper.pdf#page=1&image=1", "paper_p001_i01.jpg", "jpeg"),
         ("paper.pdf#page=1&image=2", "paper_p001_i02.jpg", "jpeg"),
-        ("scan.tif#frame=1", "scan_f001.png", "tiff"), ("scan.tif#frame=2", "scan_f002.png", "tiff"),
-        ("scan.tif#frame=3", "scan_f003.png", "tiff")]
+        ("scan.tif#frame=1", "scan_f001.png", "tiff"),
+        ("scan.tif#frame=2", "scan_f002.png", "tiff"),
+        ("scan.tif#frame=3", "scan_f003.png", "tiff"),
+    ]
     for image in images:
         with Image.open(image["saved_path"]) as saved:
             assert saved.size == (image["width"], image["height"])
@@ -251,12 +297,27 @@ def test_dicom_pages_and_password_through_the_cli(tmp_path, capsys):
     from pydicom.data import get_testdata_file
 
     make_pdf(tmp_path / "plain.pdf", [MEDICAL[0], NON_MEDICAL[0], MEDICAL[1]])
-    pymupdf.open(tmp_path / "plain.pdf").save(tmp_path / "locked.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256,
-                                              user_pw="hunter2", owner_pw="owner")
+    pymupdf.open(tmp_path / "plain.pdf").save(
+        tmp_path / "locked.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="hunter2", owner_pw="owner"
+    )
     (tmp_path / "us.dcm").write_bytes(open(get_testdata_file("examples_ybr_color.dcm"), "rb").read())
     (tmp_path / "ct").write_bytes(open(get_testdata_file("CT_small.dcm"), "rb").read())
-    code, out, err = run_cli(["--json", "--pages", "2-", "--password", "hunter2", "--all-frames", "--max-images", "4",
-                              str(tmp_path / "locked.pdf"), str(tmp_path / "us.dcm"), str(tmp_path / "ct")], capsys)
+    code, out, err = run_cli(
+        [
+            "--json",
+            "--pages",
+            "2-",
+            "--password",
+            "hunter2",
+            "--all-frames",
+            "--max-images",
+            "4",
+            str(tmp_path / "locked.pdf"),
+            str(tmp_path / "us.dcm"),
+            str(tmp_path / "ct"),
+        ],
+        capsys,
+    )
     assert code == 0 and "hunter2" not in out + err
     pdf, us, ct = json.loads(out)["inputs"]
     assert [i["page"] for i in pdf["images"]] == [2, 3]
@@ -275,5 +336,8 @@ def test_a_link_around_a_thumbnail_is_reported_with_both_urls(server, capsys):
     server.add("/a.html", b'<a href="full.png"><img src="thumb.png"></a>')
     code, out, _ = run_cli(["--json", server.url + "/a.html"], capsys)
     [image] = json.loads(out)["inputs"][0]["images"]
-    assert (image["source"], image["thumbnail"], image["format"]) == (server.url + "/full.png",
-                                                                      server.url + "/thumb.png", "png")
+    assert (image["source"], image["thumbnail"], image["format"]) == (
+        server.url + "/full.png",
+        server.url + "/thumb.png",
+        "png",
+    )

@@ -1,18 +1,20 @@
 """dataset.py: balancing, group splits, folder sources, and MedMNIST / CIFAR-10 in their real file formats."""
+
 import csv
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
-from conftest import CORPUS, corpus_images
-from fake_data import write_cifar10, write_medmnist
 
 import dataset
 import model
 import train
+from conftest import CORPUS, corpus_images
+from fake_data import write_cifar10, write_medmnist
 
 # ---------------------------------------------------------------- balancing and splitting
+
 
 def test_even_quota_lets_small_strata_give_all_they_have():
     assert dataset.even_quota([546, 1080, 5000, 90000], 20000) == [546, 1080, 5000, 13374]
@@ -116,6 +118,7 @@ def test_folder_source_errors(tmp_path):
 
 # ---------------------------------------------------------------- MedMNIST and CIFAR-10
 
+
 def test_medmnist_and_cifar10_load_balanced_and_evenly_sampled(tmp_path):
     write_medmnist(tmp_path, per_split=(30, 6, 6))
     write_cifar10(tmp_path, per_batch=24)  # 120 train, 12 val, 12 test
@@ -185,10 +188,12 @@ def test_both_classes_go_through_the_identical_transform(tmp_path):
     net = model.build_model("efficientnet_lite0")
     grey = np.random.default_rng(0).integers(0, 256, (2, 32, 32), dtype=np.uint8)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
-    medical = dataset.Part("medmnist:x", grey, np.zeros(2, int), ["x"] * 2, ["a", "b"],
-                           np.array(["train"] * 2, dtype=object), ["x"] * 2)
-    non_medical = dataset.Part("cifar10:x", rgb, np.ones(2, int), ["y"] * 2, ["c", "d"],
-                               np.array(["train"] * 2, dtype=object), ["y"] * 2)
+    medical = dataset.Part(
+        "medmnist:x", grey, np.zeros(2, int), ["x"] * 2, ["a", "b"], np.array(["train"] * 2, dtype=object), ["x"] * 2
+    )
+    non_medical = dataset.Part(
+        "cifar10:x", rgb, np.ones(2, int), ["y"] * 2, ["c", "d"], np.array(["train"] * 2, dtype=object), ["y"] * 2
+    )
     a, *_ = train.compute_features(net, [medical])
     b, *_ = train.compute_features(net, [non_medical])
     assert torch.allclose(a, b, atol=1e-5)

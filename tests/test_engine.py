@@ -1,4 +1,5 @@
 """engine.py: one preprocessing, ONNX Runtime and torch agreeing, the export twin bound to its checkpoint."""
+
 import json
 import re
 import shutil
@@ -8,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import CORPUS, ROOT, corpus_images
 from PIL import Image
 
 import engine
+from conftest import CORPUS, ROOT, corpus_images
 
 PREPROCESS = {"resize": 256, "crop": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
 
@@ -162,14 +163,15 @@ def run_blocked(blocked: str, cli_args: list, cwd) -> subprocess.CompletedProces
 
     Its last stderr line lists the distributions of every module the run imported.
     """
-    code = (f"import sys; before = set(sys.modules); sys.modules[{blocked!r}] = None; "
-            f"sys.path.insert(0, {str(ROOT)!r}); "
-            "import final_classification_script as cli; code = cli.main(sys.argv[1:]); "
-            "from importlib.metadata import packages_distributions as pd; d = pd(); "
-            "print(sorted({dist for m in set(sys.modules) - before if sys.modules[m] is not None "
-            "for dist in d.get(m.split('.')[0], [])}), file=sys.stderr); sys.exit(code)")
-    return subprocess.run([sys.executable, "-c", code] + cli_args, capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
+    code = (
+        f"import sys; before = set(sys.modules); sys.modules[{blocked!r}] = None; "
+        f"sys.path.insert(0, {str(ROOT)!r}); "
+        "import final_classification_script as cli; code = cli.main(sys.argv[1:]); "
+        "from importlib.metadata import packages_distributions as pd; d = pd(); "
+        "print(sorted({dist for m in set(sys.modules) - before if sys.modules[m] is not None "
+        "for dist in d.get(m.split('.')[0], [])}), file=sys.stderr); sys.exit(code)"
+    )
+    return subprocess.run([sys.executable, "-c", code] + cli_args, capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
 def test_the_cpu_path_never_imports_torch_and_needs_only_requirements_cli(tmp_path):
@@ -185,9 +187,11 @@ def test_the_cpu_path_never_imports_torch_and_needs_only_requirements_cli(tmp_pa
     report = json.loads(done.stdout)
     assert report["model"]["engine"] == "onnx" and report["summary"]["images"] == 2
     imported = {canonical(d) for d in json.loads(done.stderr.strip().splitlines()[-1].replace("'", '"'))}
-    listed = {canonical(re.split(r"[=<>~ ;\[]", line.strip())[0])
-              for line in (ROOT / "requirements-cli.txt").read_text().splitlines()
-              if line.strip() and not line.startswith("#")}
+    listed = {
+        canonical(re.split(r"[=<>~ ;\[]", line.strip())[0])
+        for line in (ROOT / "requirements-cli.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     missing = imported - installed_closure(listed)
     assert not missing, f"imported on the CPU path, not pulled in by requirements-cli.txt: {missing}"
 
@@ -218,8 +222,9 @@ def test_engine_onnx_without_onnxruntime_is_a_clear_exit_2(tmp_path):
     image = corpus_images("non_medical", "photo", 1)[0]
     done = run_blocked("onnxruntime", ["--engine", "onnx", "--quiet", str(image)], tmp_path)
     assert done.returncode == 2
-    assert done.stderr.splitlines()[0] == ("error: --engine onnx needs onnxruntime: "
-                                           "pip install -r requirements-cli.txt")
+    assert done.stderr.splitlines()[0] == (
+        "error: --engine onnx needs onnxruntime: pip install -r requirements-cli.txt"
+    )
     falls_back = run_blocked("onnxruntime", ["--json", "--quiet", str(image)], tmp_path)  # auto: torch
     assert falls_back.returncode == 0 and json.loads(falls_back.stdout)["model"]["engine"] == "torch"
 
@@ -246,8 +251,9 @@ def test_decoding_keeps_only_what_the_model_needs():
         big.save(buffer, fmt, quality=95)
         found = next(extract.decode_images(buffer.getvalue(), "x", options))
         assert (found.width, found.height) == (1500, 1000) and found.image.size == (384, 256)
-        difference = np.abs(engine.prepare(found.image, PREPROCESS).astype(int)
-                            - engine.prepare(big, PREPROCESS).astype(int))
+        difference = np.abs(
+            engine.prepare(found.image, PREPROCESS).astype(int) - engine.prepare(big, PREPROCESS).astype(int)
+        )
         if fmt == "PNG":
             assert difference.max() == 0  # one resampling, the same pixels as from the original
         else:

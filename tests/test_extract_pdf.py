@@ -1,4 +1,5 @@
 """PDF extraction on PDFs built here with PyMuPDF, and hostile PDFs."""
+
 import io
 import json
 import struct
@@ -8,11 +9,11 @@ import zlib
 import numpy as np
 import pymupdf
 import pytest
-from conftest import corpus_images, image_bytes
 from PIL import Image
 
 import extract
 import pdfs as extract_pdfs
+from conftest import corpus_images, image_bytes
 
 PHOTO = corpus_images("non_medical", "photo", 1)[0]
 MRI = corpus_images("medical", "mri", 1)[0]
@@ -63,6 +64,22 @@ def test_png_alpha_is_applied_as_transparency():
     assert alpha[0].mean() < 40 and alpha[-1].mean() > 215  # the gradient survived
 
 
+def test_a_premultiplied_soft_mask_is_applied_so_a_shape_in_one_colour_is_not_blank():
+    """A mask with /Matte (premultiplied alpha, as in pymupdf_test_natural.pdf): MuPDF gives the image an opaque
+    alpha of its own, which once hid the mask and left 128 black boxes there called blank."""
+    rgba = np.zeros((60, 80, 4), np.uint8)
+    rgba[..., 3] = np.linspace(0, 200, 80, dtype=np.uint8)[None, :]
+    doc = pymupdf.open()
+    page = doc.new_page()
+    page.insert_image(pymupdf.Rect(10, 10, 90, 70), pixmap=pymupdf.Pixmap(pymupdf.csRGB, 80, 60, rgba.tobytes(), True))
+    xref, smask = page.get_images(full=True)[0][:2]
+    doc.xref_set_key(smask, "Matte", "[0 0 0]")
+    found, skipped = run(doc.tobytes())
+    assert len(found) == 1 and not skipped
+    alpha = np.asarray(found[0].image.getchannel("A"), dtype=float)
+    assert alpha[:, 0].mean() < 10 and alpha[:, -1].mean() > 190  # the mask's gradient, not MuPDF's opaque alpha
+
+
 def test_cmyk_jpeg_is_not_inverted():
     red = np.zeros((48, 64, 3), np.uint8)
     red[..., 0] = np.linspace(160, 240, 64, dtype=np.uint8)  # a gradient: one flat colour is skipped as blank
@@ -96,8 +113,10 @@ def _page_with_content(doc, content: bytes):
 def test_inline_images_are_found_and_tiny_ones_skipped():
     doc = pymupdf.open()
     big = np.asarray(Image.open(MRI).convert("L").resize((64, 48)))
-    content = (b"q 200 0 0 150 50 50 cm BI /W 64 /H 48 /CS /G /BPC 8 ID " + big.tobytes() + b"\nEI Q\n"
-               b"q 10 0 0 10 300 300 cm BI /W 4 /H 4 /CS /G /BPC 8 ID " + bytes(range(16)) + b"\nEI Q\n")
+    content = (
+        b"q 200 0 0 150 50 50 cm BI /W 64 /H 48 /CS /G /BPC 8 ID " + big.tobytes() + b"\nEI Q\n"
+        b"q 10 0 0 10 300 300 cm BI /W 4 /H 4 /CS /G /BPC 8 ID " + bytes(range(16)) + b"\nEI Q\n"
+    )
     _page_with_content(doc, content)
     found, skipped = run(doc.tobytes())
     assert len(found) == 1 and (found[0].width, found[0].height) == (64, 48)
@@ -125,15 +144,17 @@ def test_pdf_without_images_is_a_normal_empty_result():
 
 
 def test_encrypted_pdf_needing_a_password_is_one_clear_error():
-    data = pdf_with(image_bytes(PHOTO, "JPEG")).tobytes(encryption=pymupdf.PDF_ENCRYPT_AES_256,
-                                                          user_pw="secret", owner_pw="owner")
+    data = pdf_with(image_bytes(PHOTO, "JPEG")).tobytes(
+        encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="secret", owner_pw="owner"
+    )
     with pytest.raises(extract.InputError, match="encrypted PDF that needs a password"):
         run(data)
 
 
 def test_encrypted_pdf_with_empty_user_password_opens():
-    data = pdf_with(image_bytes(PHOTO, "JPEG")).tobytes(encryption=pymupdf.PDF_ENCRYPT_AES_256,
-                                                          user_pw="", owner_pw="owner")
+    data = pdf_with(image_bytes(PHOTO, "JPEG")).tobytes(
+        encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="", owner_pw="owner"
+    )
     found, _ = run(data)
     assert len(found) == 1
 
@@ -150,8 +171,10 @@ def test_truncated_pdf_gives_an_error_or_what_survived_never_a_crash():
 
 
 def test_zero_page_pdf_is_one_clear_error():
-    data = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\n"
-            b"trailer<</Root 1 0 R/Size 3>>\n%%EOF\n")
+    data = (
+        b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\n"
+        b"trailer<</Root 1 0 R/Size 3>>\n%%EOF\n"
+    )
     with pytest.raises(extract.InputError, match="no pages"):
         run(data)
 
@@ -196,13 +219,17 @@ def test_a_pdf_that_takes_too_long_stops_with_what_it_found():
 
 # ---------------------------------------------------------------- annotations, page ranges, passwords, identity
 
+
 def _image_xobject(doc, jpeg: bytes) -> int:
     """A JPEG image XObject written by hand, drawn by nothing yet."""
     with Image.open(io.BytesIO(jpeg)) as im:
         width, height = im.size
     xref = doc.get_new_xref()
-    doc.update_object(xref, f"<</Type/XObject/Subtype/Image/Width {width}/Height {height}/ColorSpace/DeviceRGB"
-                            f"/BitsPerComponent 8/Filter/DCTDecode/Length {len(jpeg)}>>")
+    doc.update_object(
+        xref,
+        f"<</Type/XObject/Subtype/Image/Width {width}/Height {height}/ColorSpace/DeviceRGB"
+        f"/BitsPerComponent 8/Filter/DCTDecode/Length {len(jpeg)}>>",
+    )
     doc.update_stream(xref, jpeg, compress=False)
     return xref
 
@@ -210,8 +237,9 @@ def _image_xobject(doc, jpeg: bytes) -> int:
 def _form_drawing(doc, image_xref: int) -> int:
     """A Form XObject (an appearance stream) that draws one image."""
     xref = doc.get_new_xref()
-    doc.update_object(xref, f"<</Type/XObject/Subtype/Form/BBox[0 0 100 100]/Resources<</XObject<</Im0 "
-                            f"{image_xref} 0 R>>>>>>")
+    doc.update_object(
+        xref, f"<</Type/XObject/Subtype/Form/BBox[0 0 100 100]/Resources<</XObject<</Im0 {image_xref} 0 R>>>>>>"
+    )
     doc.update_stream(xref, b"q 100 0 0 100 0 0 cm /Im0 Do Q")
     return xref
 
@@ -237,8 +265,11 @@ def test_images_in_annotation_and_widget_appearances_are_found_once_each():
     stamp = doc[2].add_stamp_annot(pymupdf.Rect(50, 50, 250, 250), stamp=photos[1])
     found, skipped = run(doc.tobytes())
     assert not skipped
-    assert [(f.source, f.page) for f in found] == [("test.pdf#page=1&image=1", 1), ("test.pdf#page=1&image=2", 1),
-                                                   ("test.pdf#page=3&image=1", 3)]
+    assert [(f.source, f.page) for f in found] == [
+        ("test.pdf#page=1&image=1", 1),
+        ("test.pdf#page=1&image=2", 1),
+        ("test.pdf#page=3&image=1", 3),
+    ]
     assert stamp.xref
     widths = [f.width for f in found[:2]]
     with Image.open(io.BytesIO(photos[0])) as stamp, Image.open(io.BytesIO(photos[1])) as checked:
@@ -263,8 +294,9 @@ def test_pages_option_reads_only_those_pages():
 
 
 def test_password_opens_an_encrypted_pdf_and_a_wrong_one_is_one_clear_error():
-    data = pdf_with(image_bytes(PHOTO, "JPEG")).tobytes(encryption=pymupdf.PDF_ENCRYPT_AES_256,
-                                                          user_pw="s3cret", owner_pw="owner")
+    data = pdf_with(image_bytes(PHOTO, "JPEG")).tobytes(
+        encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="s3cret", owner_pw="owner"
+    )
     found, _ = run(data, password="s3cret")
     assert len(found) == 1
     with pytest.raises(extract.InputError) as info:
@@ -292,8 +324,11 @@ def test_images_are_numbered_in_the_order_the_page_draws_them():
     drawn_first = image_bytes(corpus_images("non_medical", "photo", 1)[0], "PNG", size=(90, 60))
     page.insert_image(pymupdf.Rect(50, 300, 350, 500), stream=first_listed)
     page.insert_image(pymupdf.Rect(50, 50, 350, 250), stream=drawn_first, overlay=False)  # drawn before the rest
-    found = [item for item in extract.pdf_images(doc.tobytes(), "x.pdf", extract.Options())
-             if isinstance(item, extract.Found)]
+    found = [
+        item
+        for item in extract.pdf_images(doc.tobytes(), "x.pdf", extract.Options())
+        if isinstance(item, extract.Found)
+    ]
     assert [(f.source, f.width) for f in found] == [("x.pdf#page=1&image=1", 90), ("x.pdf#page=1&image=2", 120)]
 
 
@@ -310,8 +345,9 @@ def jbig2_pdf(width: int, height: int) -> bytes:
     doc = pymupdf.open()
     page = doc.new_page()
     xref = doc.get_new_xref()
-    doc.update_object(xref, "<< /Type /XObject /Subtype /Image /Width 200 /Height 200 /ColorSpace /DeviceGray "
-                            "/BitsPerComponent 1 >>")
+    doc.update_object(
+        xref, "<< /Type /XObject /Subtype /Image /Width 200 /Height 200 /ColorSpace /DeviceGray /BitsPerComponent 1 >>"
+    )
     doc.update_stream(xref, stream, compress=0)
     doc.xref_set_key(xref, "Filter", "/JBIG2Decode")
     doc.xref_set_key(page.xref, "Resources", f"<< /XObject << /Im1 {xref} 0 R >> >>")
@@ -334,7 +370,8 @@ def test_a_jbig2_bomb_is_refused_from_its_headers_before_any_decoding(tmp_path, 
     assert code == 0
     [entry] = json.loads(capsys.readouterr().out)["inputs"]
     assert entry["images"] == [] and [s["reason"] for s in entry["skipped"]] == [
-        "JBIG2 image declares a 100000x100000 bitmap, over the pixel cap (not decoded)"]
+        "JBIG2 image declares a 100000x100000 bitmap, over the pixel cap (not decoded)"
+    ]
     small = pymupdf.open(stream=jbig2_pdf(300, 200))
     assert extract_pdfs.jbig2_declared_size(small.xref_stream_raw(small[0].get_images()[0][0])) == (300, 200)
 

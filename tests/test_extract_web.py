@@ -1,14 +1,15 @@
 """Web extraction: the pure URL finder, and pages served from 127.0.0.1."""
+
 import base64
 import time
 
 import pytest
-from conftest import corpus_images, endless, image_bytes, slow, trickle
 from PIL import Image
 
 import extract
 import images
 import pages
+from conftest import corpus_images, endless, image_bytes, slow, trickle
 
 PHOTOS = corpus_images("non_medical", "photo", 6)
 SCANS = corpus_images("medical", "ct", 4)
@@ -21,14 +22,19 @@ def urls(html: str, base: str = BASE) -> list[str]:
 
 # ---------------------------------------------------------------- the finder, pure
 
+
 def test_img_src_resolves_against_page_url():
     assert urls('<img src="a.png"><img src="/b.jpg"><img src="//cdn.example.net/c.gif">') == [
-        "https://example.org/articles/a.png", "https://example.org/b.jpg", "https://cdn.example.net/c.gif"]
+        "https://example.org/articles/a.png",
+        "https://example.org/b.jpg",
+        "https://cdn.example.net/c.gif",
+    ]
 
 
 def test_base_href_wins_over_page_url():
     assert urls('<base href="https://static.example.com/img/"><img src="x.png">') == [
-        "https://static.example.com/img/x.png"]
+        "https://static.example.com/img/x.png"
+    ]
 
 
 def test_base_href_of_another_scheme_is_ignored():
@@ -36,8 +42,10 @@ def test_base_href_of_another_scheme_is_ignored():
 
 
 def test_srcset_takes_the_largest_candidate_even_with_commas_in_urls():
-    html = ('<img srcset="https://i.example/w_100,c_fill/a.jpg 100w, https://i.example/w_800,c_fill/a.jpg 800w,'
-            ' https://i.example/w_400,c_fill/a.jpg 400w">')
+    html = (
+        '<img srcset="https://i.example/w_100,c_fill/a.jpg 100w, https://i.example/w_800,c_fill/a.jpg 800w,'
+        ' https://i.example/w_400,c_fill/a.jpg 400w">'
+    )
     assert urls(html) == ["https://i.example/w_800,c_fill/a.jpg"]
     assert urls('<img srcset="a.png 1x, b.png 2x" src="a.png">') == ["https://example.org/articles/b.png"]
 
@@ -51,32 +59,44 @@ def test_parse_srcset_follows_the_html_rules():
 
 
 def test_picture_sources():
-    html = ('<picture><source srcset="big.webp 1200w, small.webp 600w" type="image/webp">'
-            '<img src="fallback.jpg"></picture>')
+    html = (
+        '<picture><source srcset="big.webp 1200w, small.webp 600w" type="image/webp"><img src="fallback.jpg"></picture>'
+    )
     assert urls(html) == ["https://example.org/articles/big.webp"]  # one picture, read at its largest
     [picture] = pages.find_images(html, BASE)
     assert picture.fallbacks == ("https://example.org/articles/small.webp", "https://example.org/articles/fallback.jpg")
 
 
 def test_lazy_attributes_win_over_placeholder_src():
-    html = ('<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" data-src="real1.jpg">'
-            '<img data-lazy-src="real2.jpg"><img data-original="real3.jpg">'
-            '<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" data-srcset="r4-small.jpg 300w, r4-big.jpg 900w">')
-    assert urls(html) == [f"https://example.org/articles/{n}" for n in
-                          ("real1.jpg", "real2.jpg", "real3.jpg", "r4-big.jpg")]
+    html = (
+        '<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" data-src="real1.jpg">'
+        '<img data-lazy-src="real2.jpg"><img data-original="real3.jpg">'
+        '<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" data-srcset="r4-small.jpg 300w, r4-big.jpg 900w">'
+    )
+    assert urls(html) == [
+        f"https://example.org/articles/{n}" for n in ("real1.jpg", "real2.jpg", "real3.jpg", "r4-big.jpg")
+    ]
 
 
 def test_css_backgrounds_in_style_attributes_and_blocks():
-    html = ('<style>.hero { background-image: url("hero.jpg") } @font-face { src: url(font.woff) }'
-            ' .x{background: #fff url(\'/bg.png\') no-repeat}</style>'
-            '<div style="background-image:url(card.webp)"></div><div data-bg="lazybg.jpg"></div>')
-    assert urls(html) == ["https://example.org/articles/hero.jpg", "https://example.org/bg.png",
-                          "https://example.org/articles/card.webp", "https://example.org/articles/lazybg.jpg"]
+    html = (
+        '<style>.hero { background-image: url("hero.jpg") } @font-face { src: url(font.woff) }'
+        " .x{background: #fff url('/bg.png') no-repeat}</style>"
+        '<div style="background-image:url(card.webp)"></div><div data-bg="lazybg.jpg"></div>'
+    )
+    assert urls(html) == [
+        "https://example.org/articles/hero.jpg",
+        "https://example.org/bg.png",
+        "https://example.org/articles/card.webp",
+        "https://example.org/articles/lazybg.jpg",
+    ]
 
 
 def test_open_graph_and_twitter_images():
-    html = ('<meta property="og:image" content="https://example.org/og.jpg">'
-            '<meta name="twitter:image" content="/tw.png"><img src="/og.jpg#frag">')
+    html = (
+        '<meta property="og:image" content="https://example.org/og.jpg">'
+        '<meta name="twitter:image" content="/tw.png"><img src="/og.jpg#frag">'
+    )
     assert urls(html) == ["https://example.org/og.jpg", "https://example.org/tw.png"]
 
 
@@ -99,11 +119,16 @@ def test_malformed_urls_found_by_fuzzing_are_kept_for_reporting():
 
 
 def test_links_around_pictures_and_single_images_only():
-    html = ('<a href="/full/1.jpg"><picture><source srcset="1.webp"><img src="1.jpg"></picture></a>'
-            '<a href="/gallery.html"><img src="2.jpg"><img src="3.jpg"></a>')
+    html = (
+        '<a href="/full/1.jpg"><picture><source srcset="1.webp"><img src="1.jpg"></picture></a>'
+        '<a href="/gallery.html"><img src="2.jpg"><img src="3.jpg"></a>'
+    )
     found = pages.find_images(html, BASE)
     assert [(p.url.rsplit("/", 1)[1], p.link, p.link_is_image) for p in found] == [
-        ("1.webp", "https://example.org/full/1.jpg", True), ("2.jpg", None, False), ("3.jpg", None, False)]
+        ("1.webp", "https://example.org/full/1.jpg", True),
+        ("2.jpg", None, False),
+        ("3.jpg", None, False),
+    ]
 
 
 def test_noscript_fallbacks_are_found():
@@ -111,6 +136,7 @@ def test_noscript_fallbacks_are_found():
 
 
 # ---------------------------------------------------------------- served pages
+
 
 def collect(url: str, **options):
     kind, items = extract.open_input(url, extract.Options(**options))
@@ -126,8 +152,9 @@ def test_served_page_with_every_pattern(server):
     server.add("/img/scan.png", image_bytes(SCANS[0], "PNG"), "image/png")
     server.add("/img/pixel.gif", image_bytes(PHOTOS[0], "GIF", size=(1, 1)), "image/gif")
     server.add("/img/fake.jpg", b"<html><body>not an image</body></html>", "text/html")
-    server.add("/img/logo.svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="99" height="99"></svg>',
-               "image/svg+xml")
+    server.add(
+        "/img/logo.svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="99" height="99"></svg>', "image/svg+xml"
+    )
     server.redirect("/img/moved.jpg", "/img/4.jpg?via=redirect")
     server.add("/img/slow.jpg", b"")
     server.routes["/img/slow.jpg"] = slow(3.0, image_bytes(PHOTOS[1], "JPEG"), "image/jpeg")
@@ -144,12 +171,20 @@ def test_served_page_with_every_pattern(server):
     kind, found, skipped = collect(server.url + "/page.html", timeout=1.0)
     u = server.url
     assert kind == "url"
-    assert set(found) == {f"{u}/img/0.jpg", f"{u}/img/1.jpg", f"{u}/img/scan.png", f"{u}/img/2.jpg",
-                          f"{u}/img/3.jpg", f"{u}/img/moved.jpg", f"{u}/page.html#data-uri-11"}
+    assert set(found) == {
+        f"{u}/img/0.jpg",
+        f"{u}/img/1.jpg",
+        f"{u}/img/scan.png",
+        f"{u}/img/2.jpg",
+        f"{u}/img/3.jpg",
+        f"{u}/img/moved.jpg",
+        f"{u}/page.html#data-uri-11",
+    }
     with open(SCANS[0], "rb"):
         pass
-    assert (found[f"{u}/img/scan.png"].width, found[f"{u}/img/scan.png"].height) == \
-        __import__("PIL.Image").Image.open(SCANS[0]).size
+    assert (found[f"{u}/img/scan.png"].width, found[f"{u}/img/scan.png"].height) == __import__("PIL.Image").Image.open(
+        SCANS[0]
+    ).size
     assert skipped[f"{u}/img/pixel.gif"] == "smaller than 32 px (1x1)"
     assert skipped[f"{u}/img/404.png"] == "download failed: HTTP 404"
     assert skipped[f"{u}/img/fake.jpg"] == "not an image (HTML content)"
@@ -254,8 +289,12 @@ def test_image_declaring_a_decompression_bomb_is_refused_from_its_header():
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
     skipped = images.decode_image(bomb, "bomb.png", extract.Options())
     assert isinstance(skipped, extract.Skipped)
     assert skipped.reason == "over the pixel cap (100000x100000 > 100,000,000 pixels)"
@@ -263,12 +302,15 @@ def test_image_declaring_a_decompression_bomb_is_refused_from_its_header():
 
 # ---------------------------------------------------------------- one image per element, links to full size
 
+
 def test_one_picture_given_as_src_and_srcset_is_read_once(server):
     server.add("/big.jpg", image_bytes(PHOTOS[0], "JPEG"), "image/jpeg")
     server.add("/small.jpg", image_bytes(PHOTOS[0], "JPEG", size=(40, 40)), "image/jpeg")
     page = "".join(f'<img src="/small.jpg?n={n}" srcset="/small.jpg?n={n} 1x, /big.jpg?n={n} 2x">' for n in range(20))
-    page += ('<picture><source media="(min-width: 800px)" srcset="/big.jpg?p 900w"><source srcset="/small.jpg?p 300w">'
-             '<img src="/small.jpg?p"></picture>')
+    page += (
+        '<picture><source media="(min-width: 800px)" srcset="/big.jpg?p 900w"><source srcset="/small.jpg?p 300w">'
+        '<img src="/small.jpg?p"></picture>'
+    )
     server.add("/twenty.html", page.encode())
     kind, found, skipped = collect(server.url + "/twenty.html")
     assert len(found) == 21 and not skipped
@@ -291,16 +333,24 @@ def test_a_link_to_a_larger_image_is_classified_instead_of_its_thumbnail(server)
     server.add("/article.html", b"<html>an article</html>")
     server.add("/photo.jpg", image_bytes(PHOTOS[3], "JPEG"), "image/jpeg")
     server.add("/story-thumb.jpg", image_bytes(PHOTOS[4], "JPEG"), "image/jpeg")
-    server.add("/g.html", b'<a href="/full.jpg"><img src="/thumb.jpg"></a><a href="/view?id=7"><img src="/scan-thumb.png">'
-                          b'</a><a href="/article.html"><img src="/story-thumb.jpg"></a>'
-                          b'<a href="/missing.jpg"><img src="/photo.jpg"></a>')
+    server.add(
+        "/g.html",
+        b'<a href="/full.jpg"><img src="/thumb.jpg"></a><a href="/view?id=7"><img src="/scan-thumb.png">'
+        b'</a><a href="/article.html"><img src="/story-thumb.jpg"></a>'
+        b'<a href="/missing.jpg"><img src="/photo.jpg"></a>',
+    )
     kind, found, skipped = collect(server.url + "/g.html")
     u = server.url
     assert {s: f.thumbnail for s, f in found.items()} == {
-        f"{u}/full.jpg": f"{u}/thumb.jpg", f"{u}/view?id=7": f"{u}/scan-thumb.png",
-        f"{u}/story-thumb.jpg": None, f"{u}/photo.jpg": None}
+        f"{u}/full.jpg": f"{u}/thumb.jpg",
+        f"{u}/view?id=7": f"{u}/scan-thumb.png",
+        f"{u}/story-thumb.jpg": None,
+        f"{u}/photo.jpg": None,
+    }
     assert found[f"{u}/full.jpg"].width == Image.open(PHOTOS[2]).width
-    assert skipped == {f"{u}/missing.jpg": "linked image: download failed: HTTP 404; the thumbnail is classified instead"}
+    assert skipped == {
+        f"{u}/missing.jpg": "linked image: download failed: HTTP 404; the thumbnail is classified instead"
+    }
     assert server.hits.get("/thumb.jpg") is None and server.hits.get("/scan-thumb.png") is None
 
 
@@ -308,8 +358,7 @@ def test_a_thumbnail_shown_twice_still_leads_to_its_full_image(server):
     """The same small picture alone and inside a link to the large one: both are reported, once each."""
     server.add("/full.jpg", image_bytes(PHOTOS[2], "JPEG"), "image/jpeg")
     server.add("/thumb.jpg", image_bytes(PHOTOS[2], "JPEG", size=(48, 48)), "image/jpeg")
-    server.add("/g.html", b'<img src="/thumb.jpg"><a href="/full.jpg"><img src="/thumb.jpg"></a>'
-                          b'<img src="/thumb.jpg">')
+    server.add("/g.html", b'<img src="/thumb.jpg"><a href="/full.jpg"><img src="/thumb.jpg"></a><img src="/thumb.jpg">')
     kind, found, skipped = collect(server.url + "/g.html")
     u = server.url
     assert {s: f.thumbnail for s, f in found.items()} == {f"{u}/thumb.jpg": None, f"{u}/full.jpg": f"{u}/thumb.jpg"}

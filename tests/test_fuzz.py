@@ -2,28 +2,66 @@
 
 Bounded in time (a fixed number of examples, no deadline per example) so they run in the normal suite.
 """
+
 import io
 import os
 
 import pymupdf
-from conftest import corpus_images, image_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 import extract
 import pages
+from conftest import corpus_images, image_bytes
 
-FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+FUZZ = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,
+)
 
 url_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
 urlish = st.one_of(
     url_text,
-    st.sampled_from(["a.png", "/b.jpg", "//cdn.x/c.gif", "data:image/png;base64,iVBOR", "javascript:x",
-                     "file:///etc/passwd", "  spaced.png  ", "x.jpg 1x, y.jpg 2x", "u,1.jpg 100w,u,2.jpg 200w",
-                     "http://[::1", "http://a:b:c/", "#frag", "", "url(q.png)", "%zz.png"]))
-attribute = st.sampled_from(["src", "srcset", "data-src", "data-srcset", "data-lazy-src", "data-original", "style",
-                             "data-bg", "href", "poster", "content", "property", "name"])
+    st.sampled_from(
+        [
+            "a.png",
+            "/b.jpg",
+            "//cdn.x/c.gif",
+            "data:image/png;base64,iVBOR",
+            "javascript:x",
+            "file:///etc/passwd",
+            "  spaced.png  ",
+            "x.jpg 1x, y.jpg 2x",
+            "u,1.jpg 100w,u,2.jpg 200w",
+            "http://[::1",
+            "http://a:b:c/",
+            "#frag",
+            "",
+            "url(q.png)",
+            "%zz.png",
+        ]
+    ),
+)
+attribute = st.sampled_from(
+    [
+        "src",
+        "srcset",
+        "data-src",
+        "data-srcset",
+        "data-lazy-src",
+        "data-original",
+        "style",
+        "data-bg",
+        "href",
+        "poster",
+        "content",
+        "property",
+        "name",
+    ]
+)
 tag = st.sampled_from(["img", "source", "picture", "div", "meta", "base", "style", "video", "noscript", "link", "p"])
 
 
@@ -34,8 +72,13 @@ def html_documents(draw):
         name = draw(tag)
         attrs = " ".join(f'{draw(attribute)}="{draw(urlish)}"' for _ in range(draw(st.integers(0, 3))))
         body = draw(st.one_of(st.just(""), url_text, st.just("background-image:url(z.png)")))
-        parts.append(draw(st.sampled_from([f"<{name} {attrs}>{body}</{name}>", f"<{name} {attrs}>",
-                                           f"<{name} {attrs}", f"{body}<"])))
+        parts.append(
+            draw(
+                st.sampled_from(
+                    [f"<{name} {attrs}>{body}</{name}>", f"<{name} {attrs}>", f"<{name} {attrs}", f"{body}<"]
+                )
+            )
+        )
     return "".join(parts)
 
 
@@ -91,9 +134,9 @@ def mutated_pdfs(draw):
         elif op == "insert":
             data[at:at] = draw(st.binary(min_size=1, max_size=16))
         elif op == "delete":
-            del data[at:at + draw(st.integers(1, 64))]
+            del data[at : at + draw(st.integers(1, 64))]
         else:
-            data[at:at] = data[max(0, at - 32):at]
+            data[at:at] = data[max(0, at - 32) : at]
         if not data:
             data = bytearray(b"%PDF-")
     return bytes(data)

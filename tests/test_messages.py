@@ -1,11 +1,12 @@
 """`--model` pointing at something that is not a checkpoint: one line saying what it is and what to give, exit 2."""
+
 import pymupdf
 import pytest
 import torch
-from conftest import ROOT, corpus_images, image_bytes
-from test_engine import run_blocked
 
 import final_classification_script as cli
+from conftest import ROOT, corpus_images, image_bytes
+from test_engine import run_blocked
 
 HINT = "give a .pth file written by train.py"
 
@@ -36,19 +37,25 @@ def make(folder, name: str):
     return path
 
 
-@pytest.mark.parametrize("name, says", [
-    ("notes.txt", "not a model checkpoint (a text file)"),
-    ("paper.pdf", "not a model checkpoint (a PDF)"),
-    ("scan.png", "not a model checkpoint (an image)"),
-    ("empty.pth", "not a model checkpoint (an empty file)"),
-    ("module.pth", "not a model checkpoint (a pickle holding code or objects, not only tensors)"),
-    ("state_dict.pth", "not a model checkpoint (a torch file, missing: arch, classes, format_version, head, "
-                       "preprocess, threshold)"),
-    ("truncated.pth", "not a model checkpoint (a damaged or truncated zip archive)"),
-    ("best_model.onnx", "not a model checkpoint (an ONNX export, which the CLI finds beside its .pth)"),
-    ("folder", "not a model checkpoint (a folder)"),
-    ("absent.pth", "no such file"),
-])
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        ("notes.txt", "not a model checkpoint (a text file)"),
+        ("paper.pdf", "not a model checkpoint (a PDF)"),
+        ("scan.png", "not a model checkpoint (an image)"),
+        ("empty.pth", "not a model checkpoint (an empty file)"),
+        ("module.pth", "not a model checkpoint (a pickle holding code or objects, not only tensors)"),
+        (
+            "state_dict.pth",
+            "not a model checkpoint (a torch file, missing: arch, classes, format_version, head, "
+            "preprocess, threshold)",
+        ),
+        ("truncated.pth", "not a model checkpoint (a damaged or truncated zip archive)"),
+        ("best_model.onnx", "not a model checkpoint (an ONNX export, which the CLI finds beside its .pth)"),
+        ("folder", "not a model checkpoint (a folder)"),
+        ("absent.pth", "no such file"),
+    ],
+)
 def test_a_model_that_is_not_a_checkpoint_is_one_line_naming_what_it_is(tmp_path, capsys, name, says):
     model = make(tmp_path, name)
     image = str(corpus_images("non_medical", "photo", 1)[0])

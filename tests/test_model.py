@@ -1,12 +1,13 @@
 """model.py: backbones, the checkpoint contract, predict, and its errors."""
+
 import numpy as np
 import pytest
 import torch
-from conftest import corpus_images
 from PIL import Image
 
 import engine
 import model
+from conftest import corpus_images
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +23,10 @@ def test_efficientnet_lite0_weights_are_the_imagenet_ones():
     categories = ResNet50_Weights.IMAGENET1K_V2.meta["categories"]
     net = model.efficientnet_lite0_imagenet().eval()
     preprocess = model.get_backbone("efficientnet_lite0").preprocess
-    paths = [corpus_images("non_medical", "photo", 1, stem)[0]
-             for stem in ("_robin", "_scorpion", "_hummingbird", "_king_crab")]
+    paths = [
+        corpus_images("non_medical", "photo", 1, stem)[0]
+        for stem in ("_robin", "_scorpion", "_hummingbird", "_king_crab")
+    ]
     batch = torch.from_numpy(np.stack([engine.prepare(Image.open(p), preprocess) for p in paths]))
     scale, shift = (torch.from_numpy(v).view(1, 3, 1, 1) for v in engine.normalization(preprocess))
     with torch.no_grad():
@@ -122,8 +125,14 @@ def test_shipped_model_describes_itself(shipped_model_path):
     raw = torch.load(shipped_model_path, weights_only=True)
     assert raw["arch"] == "efficientnet_lite0" and raw["format_version"] == model.FORMAT_VERSION
     metrics = raw["training"]["metrics"]
-    for key in ("test_accuracy", "test_recall_medical", "test_recall_non_medical", "test_auroc",
-                "test_kind_macro_accuracy", "val_kind_macro_accuracy"):
+    for key in (
+        "test_accuracy",
+        "test_recall_medical",
+        "test_recall_non_medical",
+        "test_auroc",
+        "test_kind_macro_accuracy",
+        "val_kind_macro_accuracy",
+    ):
         assert 0.0 <= metrics[key] <= 1.0
     assert sum(v["n"] for v in metrics["test_per_kind"].values()) == metrics["test_n"]
     assert raw["training"]["command"].startswith("python train.py --data folder:../shared/corpus")

@@ -1,6 +1,7 @@
 """Network options against a local server: User-Agent and --header received, retries counted (503, 429 with
 Retry-After, never 404), the time bound, proxies from the environment, and a self-signed HTTPS server refused by
 default with a clear message, accepted with --insecure or --ca-bundle."""
+
 import json
 import shutil
 import ssl
@@ -8,11 +9,11 @@ import subprocess
 import time
 
 import pytest
-from conftest import Server, corpus_images, image_bytes
 
 import extract
 import final_classification_script as cli
 import version
+from conftest import Server, corpus_images, image_bytes
 
 SCAN = image_bytes(corpus_images("medical", "ct", 1)[0], "PNG")
 
@@ -24,6 +25,7 @@ def recorder(server: Server, path: str, body: bytes, content_type: str = "image/
     def handler(request):
         seen.append(request.headers)  # an email.message.Message: names in any case
         request._send(200, {"Content-Type": content_type}, body)
+
     server.routes[path] = handler
     return seen
 
@@ -37,6 +39,7 @@ def failing(server: Server, path: str, times: int, status: int, headers: dict | 
         if len(arrivals) <= times:
             return request._send(status, {"Content-Type": "text/plain", **(headers or {})}, b"busy")
         request._send(200, {"Content-Type": "image/png"}, SCAN)
+
     server.routes[path] = handler
     return arrivals
 
@@ -55,6 +58,7 @@ def run_cli(args, capsys):
 
 # ---------------------------------------------------------------- headers
 
+
 def test_default_user_agent_names_the_tool_and_its_version(server):
     seen = recorder(server, "/a.png", SCAN)
     extract.fetch(server.url + "/a.png", extract.Options())
@@ -65,8 +69,19 @@ def test_user_agent_and_headers_reach_the_server_for_the_page_and_its_images(ser
     page_requests = recorder(server, "/page.html", b'<img src="/a.png"><img src="/b.png">', "text/html")
     image_requests = recorder(server, "/a.png", SCAN)
     image_requests_b = recorder(server, "/b.png", SCAN)
-    code, out, _ = run_cli(["--json", "--user-agent", "probe/9.9", "--header", "X-Token: abc 123",
-                            "--header", "Accept-Language:fr", server.url + "/page.html"], capsys)
+    code, out, _ = run_cli(
+        [
+            "--json",
+            "--user-agent",
+            "probe/9.9",
+            "--header",
+            "X-Token: abc 123",
+            "--header",
+            "Accept-Language:fr",
+            server.url + "/page.html",
+        ],
+        capsys,
+    )
     assert code == 0 and len(json.loads(out)["inputs"][0]["images"]) == 2
     for request in page_requests + image_requests + image_requests_b:
         assert (request["User-Agent"], request["X-Token"], request["Accept-Language"]) == ("probe/9.9", "abc 123", "fr")
@@ -79,12 +94,15 @@ def test_a_header_named_user_agent_in_any_case_replaces_it(server):
     assert seen[0].get_all("User-Agent") == ["theirs/2"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--header", "X-Token abc"], "argument --header: 'X-Token abc' is not 'Name: value'"),
-    (["--header", "Bad Name: x"], "argument --header: 'Bad Name: x' is not 'Name: value'"),
-    (["--ca-bundle", "/no/such/ca.pem"], "argument --ca-bundle: /no/such/ca.pem: no such file"),
-    (["--retries", "-1"], "argument --retries: must be 0 or more, not -1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--header", "X-Token abc"], "argument --header: 'X-Token abc' is not 'Name: value'"),
+        (["--header", "Bad Name: x"], "argument --header: 'Bad Name: x' is not 'Name: value'"),
+        (["--ca-bundle", "/no/such/ca.pem"], "argument --ca-bundle: /no/such/ca.pem: no such file"),
+        (["--retries", "-1"], "argument --retries: must be 0 or more, not -1"),
+    ],
+)
 def test_bad_network_options_exit_2_with_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as caught:
         cli.main(["x.png"] + args)
@@ -99,11 +117,15 @@ def test_a_ca_bundle_without_a_certificate_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as caught:
         cli.main(["x.png", "--ca-bundle", str(tmp_path / "notes.pem")])
     assert caught.value.code == 2
-    assert capsys.readouterr().err.strip().endswith("notes.pem: no PEM certificate in it (see python "
-                                                    "final_classification_script.py --help)")
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("notes.pem: no PEM certificate in it (see python final_classification_script.py --help)")
+    )
 
 
 # ---------------------------------------------------------------- retries
+
 
 def test_503_twice_then_200_is_retried_with_backoff(server):
     arrivals = failing(server, "/busy.png", times=2, status=503)
@@ -167,6 +189,7 @@ def test_a_body_cut_short_is_one_clear_line_and_retried(server):
         request.end_headers()
         request.wfile.write(SCAN[:1000])
         request.close_connection = True
+
     server.routes["/cut.png"] = cut
     server.add("/page.html", b'<img src="/cut.png">')
     _, items = extract.open_input(server.url + "/page.html", extract.Options(retries=1))
@@ -176,6 +199,7 @@ def test_a_body_cut_short_is_one_clear_line_and_retried(server):
 
 
 # ---------------------------------------------------------------- proxies from the environment
+
 
 def test_http_proxy_from_the_environment_is_used(server, monkeypatch):
     """The server stands in for a proxy: it gets the request in absolute form, with our headers."""
@@ -190,6 +214,7 @@ def test_http_proxy_from_the_environment_is_used(server, monkeypatch):
 
 # ---------------------------------------------------------------- HTTPS with a self-signed certificate
 
+
 @pytest.fixture(scope="module")
 def self_signed(tmp_path_factory):
     """(cert.pem, key.pem) for 127.0.0.1, made by the openssl binary (on every Debian with ca-certificates)."""
@@ -197,9 +222,31 @@ def self_signed(tmp_path_factory):
         pytest.skip("no openssl binary to make a certificate with")
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return cert, key
 
 
@@ -223,7 +270,8 @@ def test_a_self_signed_server_is_refused_by_default_with_what_to_do(tls_server, 
     assert code == 1
     assert json.loads(out)["inputs"][0]["error"] in (
         "certificate not trusted (self-signed certificate); use --ca-bundle FILE or --insecure",
-        "certificate not trusted (self signed certificate); use --ca-bundle FILE or --insecure")  # OpenSSL 1.1
+        "certificate not trusted (self signed certificate); use --ca-bundle FILE or --insecure",
+    )  # OpenSSL 1.1
 
 
 def test_the_images_of_a_page_on_a_self_signed_host_say_so_once_tried(tls_server, server):

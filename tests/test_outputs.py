@@ -4,6 +4,7 @@ Every case runs the CLI as a user would (a subprocess) on files the test makes i
 a FIFO read by a thread, a symlink, a null device made with mknod, a read-only or full filesystem (a small tmpfs
 mounted for the test where it may, else a fake write that raises ENOSPC in-process).
 """
+
 import errno
 import json
 import os
@@ -13,12 +14,12 @@ import subprocess
 import threading
 
 import pytest
-from conftest import corpus_images
 from PIL import Image
-from test_cli_safety import error_lines, run
 
 import final_classification_script as cli
 import outputs
+from conftest import corpus_images
+from test_cli_safety import error_lines, run
 
 IMAGES = corpus_images("medical", "ct", 3) + corpus_images("non_medical", "photo", 3)
 
@@ -70,6 +71,7 @@ def _json_lines(path) -> list[dict]:
 
 # ---------------------------------------------------------------- item 1: what an output points at
 
+
 def test_a_fifo_gets_the_results_and_stays_a_fifo(tmp_path):
     fifo = tmp_path / "results.fifo"
     os.mkfifo(fifo)
@@ -119,8 +121,13 @@ def test_dev_stdout_writes_to_the_pipe_and_appends_to_a_redirected_log(tmp_path)
     log = tmp_path / "log.txt"
     log.write_text("earlier line\n")
     with open(log, "a") as stdout:  # `>> log`: /dev/stdout resolves to the regular file; appended to, never replaced
-        code = subprocess.run([*cli_command(), "--csv", "-o", "/dev/stdout", str(IMAGES[0]), "--quiet"],
-                              stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120).returncode
+        code = subprocess.run(
+            [*cli_command(), "--csv", "-o", "/dev/stdout", str(IMAGES[0]), "--quiet"],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        ).returncode
     assert code == 0
     text = log.read_text()
     assert text.startswith("earlier line\n") and IMAGES[0].name in text
@@ -130,10 +137,12 @@ def cli_command():
     import sys
 
     from conftest import ROOT
+
     return [sys.executable, str(ROOT / "final_classification_script.py")]
 
 
 # ---------------------------------------------------------------- item 2: checks that check, writes that fail cleanly
+
 
 def test_a_read_only_folder_fails_before_any_input_is_read(tmp_path):
     folder = tmp_path / "ro"
@@ -146,9 +155,11 @@ def test_a_read_only_folder_fails_before_any_input_is_read(tmp_path):
     try:
         done = run(["--json", "-o", str(folder / "out.json"), str(tmp_path / "no-such-input.png"), "--quiet"])
         assert done.returncode == 2
-        assert error_lines(done.stderr) == [f"error: -o {folder}/out.json: cannot be written here "
-                                            f"({os.strerror(errno.EROFS if os.geteuid() == 0 else errno.EACCES)}); "
-                                            "choose another path"]
+        assert error_lines(done.stderr) == [
+            f"error: -o {folder}/out.json: cannot be written here "
+            f"({os.strerror(errno.EROFS if os.geteuid() == 0 else errno.EACCES)}); "
+            "choose another path"
+        ]
         assert "no-such-input" not in done.stderr, "refused before the input was looked at"
         assert os.listdir(folder) == [], "the probe file is gone"
     finally:
@@ -163,7 +174,7 @@ class _FillingFile:
 
     def write(self, text):
         if len(text) > self.room:
-            self.handle.write(text[:self.room // 2])
+            self.handle.write(text[: self.room // 2])
             self.handle.flush()
             self.room = 0
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -205,8 +216,7 @@ def test_a_full_disk_under_jsonl_is_one_line_and_resume_finishes_the_work(tmp_pa
     assert sorted(images) == sorted(str(p) for p in folder.iterdir()), "every image exactly once"
 
 
-def test_a_full_disk_under_save_dir_is_said_once_and_leaves_no_partial_file(tmp_path, small_disk, monkeypatch,
-                                                                             capsys):
+def test_a_full_disk_under_save_dir_is_said_once_and_leaves_no_partial_file(tmp_path, small_disk, monkeypatch, capsys):
     folder = _folder(tmp_path, 12)
     if small_disk is not None:
         saved = small_disk / "saved"
@@ -224,6 +234,7 @@ def test_a_full_disk_under_save_dir_is_said_once_and_leaves_no_partial_file(tmp_
             if len(writes) > 2:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             return real_save(found, into)
+
         monkeypatch.setattr(outputs, "save_image", filling_save)
         code = cli.main(["--json", "--save-dir", str(saved), str(folder), "--quiet"])
         captured = capsys.readouterr()

@@ -1,12 +1,13 @@
 """Compound figures: gutters found from the image itself, each panel classified, one false-alarm bar for all."""
+
 import json
 
 import pytest
-from conftest import corpus_images
 from PIL import Image, ImageDraw
-from test_cli_safety import run
 
 import panels
+from conftest import corpus_images
+from test_cli_safety import run
 
 PHOTOS = corpus_images("non_medical", "photo", 6)
 SCANS = corpus_images("medical", "ct", 3)
@@ -31,9 +32,16 @@ def test_a_grid_is_split_into_its_panels_where_they_are():
         assert max(abs(a - b) for a, b in zip(box, want)) <= 4
 
 
-@pytest.mark.parametrize("kind, label, source", [("photo", "non_medical", ""), ("chart", "non_medical", "scienceplots"),
-                                                 ("ct", "medical", ""), ("xray", "medical", ""),
-                                                 ("histology", "medical", "")])
+@pytest.mark.parametrize(
+    "kind, label, source",
+    [
+        ("photo", "non_medical", ""),
+        ("chart", "non_medical", "scienceplots"),
+        ("ct", "medical", ""),
+        ("xray", "medical", ""),
+        ("histology", "medical", ""),
+    ],
+)
 def test_a_single_picture_is_not_split(kind, label, source):
     for path in corpus_images(label, kind, 3, stem_contains=source):  # (many opencv-doc charts are compound)
         with Image.open(path) as image:

@@ -1,11 +1,13 @@
 """No placeholder classified, no failure hidden: lazy pages whose real images 404, blank images, --strict."""
+
 import io
 import json
 
 import numpy as np
 import pymupdf
-from conftest import corpus_images, image_bytes
 from PIL import Image
+
+from conftest import corpus_images, image_bytes
 from test_cli_safety import error_lines, run
 
 PHOTO, SCAN = corpus_images("non_medical", "photo", 1)[0], corpus_images("medical", "ct", 1)[0]
@@ -23,40 +25,52 @@ def test_placeholders_never_stand_in_and_failed_lazy_images_are_listed(server):
     server.add("/img/spacer.gif", _png(Image.new("RGBA", (400, 400), (0, 0, 0, 0))), "image/gif")
     server.add("/img/tiny.png", _png(Image.new("RGB", (1, 1), (255, 255, 255))), "image/png")
     server.add("/img/clear.png", _png(Image.new("RGBA", (400, 400), (0, 0, 0, 0))), "image/png")
-    server.add("/page.html", f'''<html><body>
+    server.add(
+        "/page.html",
+        f'''<html><body>
         <img src="{TRANSPARENT_GIF}" data-src="/img/missing.jpg" width="400" height="400">
         <img src="/img/spacer.gif" data-src="/img/real.jpg">
         <img src="/img/tiny.png" data-lazy-src="/img/gone.png">
         <img src="/img/clear.png">
-        </body></html>'''.encode())
+        </body></html>'''.encode(),
+    )
     done = run(["--json", server.url + "/page.html", "--quiet"])
     assert done.returncode == 0, done.stderr
     [entry] = json.loads(done.stdout)["inputs"]
     assert [im["source"] for im in entry["images"]] == [server.url + "/img/real.jpg"]
     reasons = {s["source"].rsplit("/", 1)[1]: s["reason"] for s in entry["skipped"]}
-    assert reasons == {"missing.jpg": "download failed: HTTP 404", "gone.png": "download failed: HTTP 404",
-                       "clear.png": "blank image (fully transparent)"}
+    assert reasons == {
+        "missing.jpg": "download failed: HTTP 404",
+        "gone.png": "download failed: HTTP 404",
+        "clear.png": "blank image (fully transparent)",
+    }
     assert entry["downloads_failed"] == 2
     assert server.hits.get("/img/spacer.gif") is None, "a placeholder beside a lazy URL is never fetched"
 
 
 def test_a_page_whose_every_download_fails_says_so_and_strict_makes_it_a_failure(server):
-    server.add("/dead.html", b'<img data-src="/a.jpg" src="/blank.gif"><img src="/b.png"><a href="/c.jpg">'
-                             b'<img src="/d.png"></a>')
+    server.add(
+        "/dead.html",
+        b'<img data-src="/a.jpg" src="/blank.gif"><img src="/b.png"><a href="/c.jpg"><img src="/d.png"></a>',
+    )
     done = run(["--json", server.url + "/dead.html", "--quiet"])
     assert done.returncode == 0, done.stderr
     [entry] = json.loads(done.stdout)["inputs"]
     assert entry["error"] is None and entry["images"] == [] and entry["downloads_failed"] == 4
     assert [s["reason"] for s in entry["skipped"] if s["reason"].startswith("linked")] == [
-        "linked image: download failed: HTTP 404; the thumbnail could not be read either"]
-    assert f"note: {server.url}/dead.html: every image download failed (4 downloads; listed as skipped); " \
-           "--strict makes that a failed input" in done.stderr
+        "linked image: download failed: HTTP 404; the thumbnail could not be read either"
+    ]
+    assert (
+        f"note: {server.url}/dead.html: every image download failed (4 downloads; listed as skipped); "
+        "--strict makes that a failed input" in done.stderr
+    )
     table = run([server.url + "/dead.html", "--quiet"]).stdout
     assert "note: every image download failed (4 downloads; listed as skipped)" in table
     strict = run(["--jsonl", server.url + "/dead.html", "--quiet", "--strict"])
     assert strict.returncode == 1
-    assert error_lines(strict.stderr) == [f"error: {server.url}/dead.html: every image download failed "
-                                          "(4 downloads; listed as skipped)"]
+    assert error_lines(strict.stderr) == [
+        f"error: {server.url}/dead.html: every image download failed (4 downloads; listed as skipped)"
+    ]
     line = [json.loads(x) for x in strict.stdout.splitlines() if '"type": "input"' in x][0]
     assert line["status"] == "failed" and line["downloads_failed"] == 4
 
@@ -77,8 +91,9 @@ def test_blank_images_in_a_pdf_and_a_folder_are_skipped_not_classified(tmp_path)
     done = run(["--json", str(folder), "--quiet"])
     assert done.returncode == 0, done.stderr
     [entry] = json.loads(done.stdout)["inputs"]
-    assert sorted(im["source"].rsplit("/", 1)[1] for im in entry["images"]) == ["paper.pdf#page=1&image=2",
-                                                                                "photo.jpg"]
+    assert sorted(im["source"].rsplit("/", 1)[1] for im in entry["images"]) == ["paper.pdf#page=1&image=2", "photo.jpg"]
     assert sorted((s["source"].rsplit("/", 1)[1], s["reason"]) for s in entry["skipped"]) == [
-        ("clear.png", "blank image (fully transparent)"), ("grey.png", "blank image (one colour)"),
-        ("paper.pdf#page=1&image=1", "blank image (one colour)")]
+        ("clear.png", "blank image (fully transparent)"),
+        ("grey.png", "blank image (one colour)"),
+        ("paper.pdf#page=1&image=1", "blank image (one colour)"),
+    ]

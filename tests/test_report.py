@@ -1,4 +1,5 @@
 """The HTML report (`--report`) as a person reads it: one card per image, honest p(medical), counts, links."""
+
 import base64
 import io
 import json
@@ -10,11 +11,11 @@ from urllib.parse import unquote, urlsplit
 
 import pymupdf
 import pytest
-from conftest import corpus_images, image_bytes
 from PIL import Image
 
 import final_classification_script as cli
 import report
+from conftest import corpus_images, image_bytes
 
 MEDICAL = corpus_images("medical", "ct", 2)
 NON_MEDICAL = corpus_images("non_medical", "photo", 2)
@@ -44,8 +45,13 @@ class ReportParser(HTMLParser):
         if "src" in attrs_dict:
             self.srcs.append(attrs_dict["src"])
         if tag == "article":
-            self._card = {"attrs": attrs_dict, "classes": attrs_dict.get("class", "").split(), "text": [],
-                          "links": [], "img": None}
+            self._card = {
+                "attrs": attrs_dict,
+                "classes": attrs_dict.get("class", "").split(),
+                "text": [],
+                "links": [],
+                "img": None,
+            }
         if tag == "a":
             self.hrefs.append(attrs_dict.get("href"))
             self._link = {"href": attrs_dict.get("href"), "class": attrs_dict.get("class"), "text": []}
@@ -125,8 +131,10 @@ def inputs(tmp_path, server):
     server.add("/thumb.png", image_bytes(NON_MEDICAL[1], "PNG", (48, 48)), "image/png")
     server.add("/scan.png", image_bytes(MEDICAL[0], "PNG"), "image/png")
     server.add("/icon.png", image_bytes(MEDICAL[0], "PNG", (8, 8)), "image/png")
-    server.add("/a.html", b'<img src="scan.png"><a href="full.png"><img src="thumb.png"></a>'
-               b'<img src="icon.png"><img src="gone.png">')
+    server.add(
+        "/a.html",
+        b'<img src="scan.png"><a href="full.png"><img src="thumb.png"></a><img src="icon.png"><img src="gone.png">',
+    )
     return [str(tmp_path / "paper.pdf"), str(folder), server.url + "/a.html", str(tmp_path / "missing.pdf")]
 
 
@@ -137,8 +145,21 @@ def test_every_card_count_and_link_of_a_cli_report(inputs, tmp_path, capsys):
     assert max(ps) - min(ps) > 0.3, "the images must lie on both sides, far apart, for the marks to mean anything"
     threshold = round(max(ps) - 0.05, 4)  # the highest image is uncertain, the lowest is not
     out, page_path, saved_dir = tmp_path / "out.json", tmp_path / "report.html", tmp_path / "saved"
-    code = run_cli(["--json", "-o", str(out), "--report", str(page_path), "--save-dir", str(saved_dir),
-                    "--threshold", str(threshold)] + inputs, capsys)
+    code = run_cli(
+        [
+            "--json",
+            "-o",
+            str(out),
+            "--report",
+            str(page_path),
+            "--save-dir",
+            str(saved_dir),
+            "--threshold",
+            str(threshold),
+        ]
+        + inputs,
+        capsys,
+    )
     assert code == 1  # the missing file
     document = json.loads(out.read_text())
     page = ReportParser(page_path.read_text(encoding="utf-8"))
@@ -173,20 +194,31 @@ def test_every_card_count_and_link_of_a_cli_report(inputs, tmp_path, capsys):
     assert linked["thumbnail"].endswith("/thumb.png") and linked["source"].endswith("/full.png")
     assert any(HOSTILE_NAME in im["source"] for im in images)
     assert {im["source"].rsplit("#", 1)[1] for im in images if "paper.pdf" in im["source"]} == {
-        "page=1&image=1", "page=2&image=1"}
+        "page=1&image=1",
+        "page=2&image=1",
+    }
 
     summary = document["summary"]
     n_uncertain = sum(uncertain(im["p_medical"], threshold) for im in images)
     assert 1 <= n_uncertain < len(images)
-    assert page.counts == {"images": 6, "medical": summary["medical"], "non-medical": summary["non-medical"],
-                           "uncertain": n_uncertain, "skipped": summary["skipped"], "failed inputs": 1}
+    assert page.counts == {
+        "images": 6,
+        "medical": summary["medical"],
+        "non-medical": summary["non-medical"],
+        "uncertain": n_uncertain,
+        "skipped": summary["skipped"],
+        "failed inputs": 1,
+    }
     assert summary["skipped"] == 2 and len(page.skipped) == 2
     assert all(any(s["source"] in line for line in page.skipped) for e in document["inputs"] for s in e["skipped"])
     assert "error: no such file, folder or URL" in "".join(page.text)
     assert page.filters == ["all", "medical", "non-medical", "uncertain"]
-    assert page.buttons == {"all": "all (6)", "medical": f"medical ({summary['medical']})",
-                            "non-medical": f"non-medical ({summary['non-medical']})",
-                            "uncertain": f"uncertain ({n_uncertain})"}
+    assert page.buttons == {
+        "all": "all (6)",
+        "medical": f"medical ({summary['medical']})",
+        "non-medical": f"non-medical ({summary['non-medical']})",
+        "uncertain": f"uncertain ({n_uncertain})",
+    }
     assert ("div", {"id": "controls", "hidden": None}) in page.tags, "no dead buttons when JS is off"
     assert not any("hidden" in card["attrs"] for card in page.cards), "with JS off every card shows"
 
@@ -200,25 +232,47 @@ def test_every_card_count_and_link_of_a_cli_report(inputs, tmp_path, capsys):
 
 def hand_made_report(threshold: float, images: list[dict], **entry) -> dict:
     medical = sum(im["label"] == "medical" for im in images)
-    return {"model": {"path": "m.pth", "arch": "arch<script>", "threshold": threshold, "engine": "onnx\""},
-            "inputs": [{"input": "in", "kind": "url", "error": None, "images": images, "skipped": [], **entry}],
-            "summary": {"images": len(images), "medical": medical, "non-medical": len(images) - medical,
-                        "skipped": len(entry.get("skipped", [])), "failed_inputs": int(bool(entry.get("error")))}}
+    return {
+        "model": {"path": "m.pth", "arch": "arch<script>", "threshold": threshold, "engine": 'onnx"'},
+        "inputs": [{"input": "in", "kind": "url", "error": None, "images": images, "skipped": [], **entry}],
+        "summary": {
+            "images": len(images),
+            "medical": medical,
+            "non-medical": len(images) - medical,
+            "skipped": len(entry.get("skipped", [])),
+            "failed_inputs": int(bool(entry.get("error"))),
+        },
+    }
 
 
 def image(source: str, p: float, label: str, **fields) -> dict:
-    return {"source": source, "page": None, "width": 10, "height": 20, "label": label, "p_medical": p,
-            "saved_path": None, "format": "png", **fields}
+    return {
+        "source": source,
+        "page": None,
+        "width": 10,
+        "height": 20,
+        "label": label,
+        "p_medical": p,
+        "saved_path": None,
+        "format": "png",
+        **fields,
+    }
 
 
 def test_hostile_strings_are_text_never_markup():
     attack = """"'><script>alert(1)</script><img src=x onerror=alert(2)>"""
     url = "https://example.org/a\"b'c<d>.png?x=1&y=<2>"
-    document = hand_made_report(0.5, [image(url, 0.9, "medical", thumbnail="javascript:alert(3)"),
-                                      image(f"/tmp/{attack}.pdf#page=2&image=1", 0.1, "non-medical",
-                                            saved_path=f"/tmp/saved {attack}.png")],
-                                input=attack, kind=attack, error=attack,
-                                skipped=[{"source": attack, "reason": attack}])
+    document = hand_made_report(
+        0.5,
+        [
+            image(url, 0.9, "medical", thumbnail="javascript:alert(3)"),
+            image(f"/tmp/{attack}.pdf#page=2&image=1", 0.1, "non-medical", saved_path=f"/tmp/saved {attack}.png"),
+        ],
+        input=attack,
+        kind=attack,
+        error=attack,
+        skipped=[{"source": attack, "reason": attack}],
+    )
     page = ReportParser(report.to_html(document, [["data:image/jpeg;base64,AAAA"]]))
     assert [attrs for tag, attrs in page.tags if tag == "script"] == [{}]
     assert [tag for tag, _ in page.tags].count("img") == 1, "the second image has no thumbnail: no preview"
@@ -237,14 +291,19 @@ def test_hostile_strings_are_text_never_markup():
 def test_the_uncertain_mark_is_exactly_the_band_around_the_threshold():
     """A flat grey box at p 0.45 over a 0.43 threshold says 'medical, p(medical) 0.450, uncertain', not 'medical 45%'."""
     ps = [0.45, 0.3299, 0.33, 0.53, 0.5301, 0.0, 1.0]
-    images = [image(f"https://example.org/{i}.png", p, "medical" if p >= 0.43 else "non-medical")
-              for i, p in enumerate(ps)]
+    images = [
+        image(f"https://example.org/{i}.png", p, "medical" if p >= 0.43 else "non-medical") for i, p in enumerate(ps)
+    ]
     page = ReportParser(report.to_html(hand_made_report(0.43, images), [[]]))
     assert [("uncertain" in card["classes"], card["text"].split()[2:5]) for card in page.cards] == [
-        (True, ["medical", "uncertain", "p(medical)"]), (False, ["non-medical", "p(medical)", "0.330"]),
-        (True, ["non-medical", "uncertain", "p(medical)"]), (True, ["medical", "uncertain", "p(medical)"]),
-        (False, ["medical", "p(medical)", "0.530"]), (False, ["non-medical", "p(medical)", "0.000"]),
-        (False, ["medical", "p(medical)", "1.000"])]
+        (True, ["medical", "uncertain", "p(medical)"]),
+        (False, ["non-medical", "p(medical)", "0.330"]),
+        (True, ["non-medical", "uncertain", "p(medical)"]),
+        (True, ["medical", "uncertain", "p(medical)"]),
+        (False, ["medical", "p(medical)", "0.530"]),
+        (False, ["non-medical", "p(medical)", "0.000"]),
+        (False, ["medical", "p(medical)", "1.000"]),
+    ]
     assert "p(medical) 0.450" in page.cards[0]["text"] and "45%" not in "".join(page.text)
     assert page.counts["uncertain"] == 3
 
@@ -253,8 +312,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def chromium(*args: str) -> bytes:
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
-                          capture_output=True, timeout=90, check=True).stdout
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
+        capture_output=True,
+        timeout=90,
+        check=True,
+    ).stdout
 
 
 def corpus_folder(tmp_path: Path) -> Path:
@@ -267,22 +330,29 @@ def corpus_folder(tmp_path: Path) -> Path:
 
 def test_only_one_label_shows_its_cards_and_says_what_the_counts_cover(tmp_path, capsys):
     page_path, out = tmp_path / "report.html", tmp_path / "out.json"
-    run_cli(["--json", "-o", str(out), "--only", "medical", "--report", str(page_path), str(corpus_folder(tmp_path))],
-            capsys)
+    run_cli(
+        ["--json", "-o", str(out), "--only", "medical", "--report", str(page_path), str(corpus_folder(tmp_path))],
+        capsys,
+    )
     document, page = json.loads(out.read_text()), ReportParser(page_path.read_text(encoding="utf-8"))
     shown = document["inputs"][0]["images"]
     assert len(page.cards) == len(shown) == 2 and {card["attrs"]["data-label"] for card in page.cards} == {"medical"}
     assert page.counts["images"] == document["summary"]["images"] == 4
-    assert page.buttons == {"all": "all (2)", "medical": "medical (2)", "non-medical": "non-medical (0)",
-                            "uncertain": f"uncertain ({page.counts['uncertain']})"}
+    assert page.buttons == {
+        "all": "all (2)",
+        "medical": "medical (2)",
+        "non-medical": "non-medical (0)",
+        "uncertain": f"uncertain ({page.counts['uncertain']})",
+    }
     assert "Showing 2 of the 4 images (--only)" in " ".join("".join(page.text).split())
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_a_real_browser_renders_filters_and_sorts(tmp_path, capsys):
     page_path = tmp_path / "report.html"
-    run_cli(["--json", "-o", str(tmp_path / "out.json"), "--report", str(page_path), str(corpus_folder(tmp_path))],
-            capsys)
+    run_cli(
+        ["--json", "-o", str(tmp_path / "out.json"), "--report", str(page_path), str(corpus_folder(tmp_path))], capsys
+    )
     images = json.loads((tmp_path / "out.json").read_text())["inputs"][0]["images"]
 
     shot = tmp_path / "shot.png"
@@ -291,8 +361,9 @@ def test_a_real_browser_renders_filters_and_sorts(tmp_path, capsys):
         colours = picture.convert("RGB").getcolors(1 << 20)
     assert len(colours) > 1000, "a blank or broken page"
     counted = {rgb: n for n, rgb in colours}
-    assert counted.get((0xc0, 0x39, 0x2b), 0) > 100 and counted.get((0x2e, 0x86, 0xc1), 0) > 100, \
+    assert counted.get((0xC0, 0x39, 0x2B), 0) > 100 and counted.get((0x2E, 0x86, 0xC1), 0) > 100, (
         "medical and non-medical card borders drawn"
+    )
 
     dom = ReportParser(chromium("--dump-dom", page_path.as_uri() + "#filter=medical&sort=p").decode())
     shown = [card for card in dom.cards if "hidden" not in card["attrs"]]
@@ -320,8 +391,10 @@ def test_reasons_are_never_cut_mid_word():
 
 
 def test_one_failed_input_is_singular_in_the_report():
-    document = {"model": {"path": "m.pth", "arch": "a", "threshold": 0.5, "engine": "onnx"},
-                "inputs": [report.input_record("x.png", None, "no such file, folder or URL", [], [])],
-                "summary": {"images": 1, "medical": 1, "non-medical": 0, "skipped": 0, "failed_inputs": 1}}
+    document = {
+        "model": {"path": "m.pth", "arch": "a", "threshold": 0.5, "engine": "onnx"},
+        "inputs": [report.input_record("x.png", None, "no such file, folder or URL", [], [])],
+        "summary": {"images": 1, "medical": 1, "non-medical": 0, "skipped": 0, "failed_inputs": 1},
+    }
     page = report.to_html(document, [[]])
     assert "<b>1</b> failed input<" in page and "<b>1</b> image<" in page and "failed inputs<" not in page

@@ -4,6 +4,7 @@ The JSON lines contract: after every file of a folder (every page of a crawl) co
 {"type": "file", "input", "file", "covers", ["links"]}; --resume keeps an unfinished input's lines up to its
 last such line, does not read those files (fetch those pages) again, and does the rest.
 """
+
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, corpus_images, image_bytes, make_pdf
+from conftest import ROOT, corpus_images, default_sigint, image_bytes, make_pdf
 from test_cli_safety import run
 
 
@@ -28,8 +29,9 @@ def _folder(tmp_path, n: int, name: str = "in"):
     """n distinct images: corpus files, each re-encoded at its own size so no two share their pixels."""
     folder = tmp_path / name
     folder.mkdir()
-    pool = [path for pair in zip(corpus_images("medical", None, n), corpus_images("non_medical", None, n))
-            for path in pair]
+    pool = [
+        path for pair in zip(corpus_images("medical", None, n), corpus_images("non_medical", None, n)) for path in pair
+    ]
     for i in range(n):
         (folder / f"{i:03d}.png").write_bytes(image_bytes(pool[i], "PNG", size=(40 + i, 40 + i)))
     return folder
@@ -38,8 +40,17 @@ def _folder(tmp_path, n: int, name: str = "in"):
 def test_sigkill_mid_folder_then_resume_classifies_every_image_exactly_once(tmp_path):
     folder = _folder(tmp_path, 300)
     out = tmp_path / "out.jsonl"
-    command = [sys.executable, str(ROOT / "final_classification_script.py"), "--jsonl", "-o", str(out), str(folder),
-               "--quiet", "--batch-size", "4"]
+    command = [
+        sys.executable,
+        str(ROOT / "final_classification_script.py"),
+        "--jsonl",
+        "-o",
+        str(out),
+        str(folder),
+        "--quiet",
+        "--batch-size",
+        "4",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or out.read_text().count('"type": "image"') < 60):
@@ -50,8 +61,10 @@ def test_sigkill_mid_folder_then_resume_classifies_every_image_exactly_once(tmp_
     assert 60 <= before < 300, "killed mid-way"
     done = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"skipping {before // 1} files" in done.stderr or "files (or crawled pages) already done of 1 input cut off " \
-        "mid-way" in done.stderr
+    assert (
+        f"skipping {before // 1} files" in done.stderr
+        or "files (or crawled pages) already done of 1 input cut off mid-way" in done.stderr
+    )
     images = _images(out)
     assert sorted(images) == sorted(str(p) for p in folder.iterdir()), "every image exactly once"
     files = [r["file"] for r in _lines(out) if r["type"] == "file"]
@@ -87,9 +100,22 @@ def test_an_interrupted_folder_counts_what_was_written_and_a_document_lists_it(t
     try:
         for flags, out in ((["--jsonl"], tmp_path / "out.jsonl"), (["--json"], tmp_path / "out.json")):
             asked.clear()
-            command = [sys.executable, str(ROOT / "final_classification_script.py"), *flags, "-o", str(out),
-                       str(folder), "--batch-size", "4", "--timeout", "60", "--quiet"]
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            command = [
+                sys.executable,
+                str(ROOT / "final_classification_script.py"),
+                *flags,
+                "-o",
+                str(out),
+                str(folder),
+                "--batch-size",
+                "4",
+                "--timeout",
+                "60",
+                "--quiet",
+            ]
+            process = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+            )
             assert asked.wait(60)
             time.sleep(1)
             process.send_signal(signal.SIGINT)
@@ -123,11 +149,12 @@ def test_a_resumed_crawl_fetches_no_finished_page_again(server, tmp_path):
     command = ["--jsonl", "-o", str(out), server.url + "/", "--crawl", "2", "--delay", "0", "--quiet"]
     assert run(command).returncode == 0
     full = _lines(out)
-    assert sorted(r["file"] for r in full if r["type"] == "file") == [server.url + p for p in
-                                                                       ("/", "/a.html", "/b.html", "/c.html")]
+    assert sorted(r["file"] for r in full if r["type"] == "file") == [
+        server.url + p for p in ("/", "/a.html", "/b.html", "/c.html")
+    ]
     lines = out.read_text().splitlines(keepends=True)
     second_file = [i for i, line in enumerate(lines) if '"type": "file"' in line][1]
-    out.write_text("".join(lines[:second_file + 1]))  # stopped after two pages
+    out.write_text("".join(lines[: second_file + 1]))  # stopped after two pages
     server.hits.clear()
     done = run(command + ["--resume"])
     assert done.returncode == 0, done.stderr
@@ -151,5 +178,6 @@ def test_a_mirrored_site_reads_images_anywhere_in_the_folder_given(tmp_path):
     assert [s["reason"] for s in entry["skipped"]] == [f"outside the input folder {mirror} (not read)"]
     alone = json.loads(run(["--json", str(mirror / "sub" / "page2.html"), "--quiet"]).stdout)["inputs"][0]
     assert alone["images"] == [] and {s["reason"] for s in alone["skipped"]} == {
-        "outside the saved page's folder (not read)"}
+        "outside the saved page's folder (not read)"
+    }
     assert os.path.exists(mirror / "img" / f"x{photo.suffix}")

@@ -1,5 +1,6 @@
 """Many inputs in one run: --input-file, --jobs batching across inputs, one classification per image content,
 streamed --jsonl, and --resume after a crash (SIGKILL included)."""
+
 import json
 import random
 import signal
@@ -9,18 +10,23 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, Server, corpus_images
 
 import extract
 import final_classification_script as cli
 import pipeline
+from conftest import ROOT, Server, corpus_images
 
 IMAGES = corpus_images("medical", "xray", 3) + corpus_images("non_medical", "photo", 3)
 
 
 def run(args, input_text=None, timeout=300):
-    return subprocess.run([sys.executable, str(ROOT / "final_classification_script.py"), "--quiet"] + args,
-                          capture_output=True, text=True, timeout=timeout, input=input_text)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "final_classification_script.py"), "--quiet"] + args,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input_text,
+    )
 
 
 def lines_of(text: str) -> list[dict]:
@@ -33,8 +39,12 @@ def test_input_file_with_comments_stdin_a_bad_line_and_a_duplicate(tmp_path):
     result = run([str(IMAGES[2]), "--input-file", str(listing), "--json"])
     assert result.returncode == 1 and "Traceback" not in result.stderr
     report = json.loads(result.stdout)
-    assert [e["input"] for e in report["inputs"]] == [str(IMAGES[2]), str(IMAGES[0]), str(IMAGES[1]),
-                                                      "this is not an input"]
+    assert [e["input"] for e in report["inputs"]] == [
+        str(IMAGES[2]),
+        str(IMAGES[0]),
+        str(IMAGES[1]),
+        "this is not an input",
+    ]
     assert [len(e["images"]) for e in report["inputs"]] == [1, 1, 1, 0]
     assert report["inputs"][3]["error"] == "no such file, folder or URL"
     piped = run(["--input-file", "-", "--json"], input_text=f"{IMAGES[3]}\n{IMAGES[4]}\n")
@@ -46,10 +56,24 @@ def test_jsonl_lines_follow_the_schema_and_stream_before_the_run_ends(tmp_path):
     release = threading.Event()
     server.routes["/slow.html"] = lambda r: (release.wait(60), r._send(200, {"Content-Type": "text/html"}, b"<p>"))
     try:
-        process = subprocess.Popen([sys.executable, str(ROOT / "final_classification_script.py"), "--quiet",
-                                    "--jsonl", "-o", "-", "--jobs", "1", str(IMAGES[0]), str(tmp_path / "gone.png"),
-                                    server.url + "/slow.html"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "final_classification_script.py"),
+                "--quiet",
+                "--jsonl",
+                "-o",
+                "-",
+                "--jobs",
+                "1",
+                str(IMAGES[0]),
+                str(tmp_path / "gone.png"),
+                server.url + "/slow.html",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         first = [json.loads(process.stdout.readline()) for _ in range(3)]  # before the slow page has answered
         assert process.poll() is None
         release.set()
@@ -59,16 +83,48 @@ def test_jsonl_lines_follow_the_schema_and_stream_before_the_run_ends(tmp_path):
     assert process.returncode == 1, stderr
     image, done, failed = first
     assert image["type"] == "image" and image["input"] == str(IMAGES[0])
-    assert set(image) == {"type", "input", "source", "page", "width", "height", "label", "p_medical", "saved_path",
-                          "format"}
-    assert done == {"type": "input", "input": str(IMAGES[0]), "kind": "image", "status": "done", "error": None,
-                    "images": 1, "skipped": 0, "downloads_failed": 0}
-    assert failed == {"type": "input", "input": str(tmp_path / "gone.png"), "kind": "unknown", "status": "failed",
-                      "error": "no such file, folder or URL", "images": 0, "skipped": 0, "downloads_failed": 0}
+    assert set(image) == {
+        "type",
+        "input",
+        "source",
+        "page",
+        "width",
+        "height",
+        "label",
+        "p_medical",
+        "saved_path",
+        "format",
+    }
+    assert done == {
+        "type": "input",
+        "input": str(IMAGES[0]),
+        "kind": "image",
+        "status": "done",
+        "error": None,
+        "images": 1,
+        "skipped": 0,
+        "downloads_failed": 0,
+    }
+    assert failed == {
+        "type": "input",
+        "input": str(tmp_path / "gone.png"),
+        "kind": "unknown",
+        "status": "failed",
+        "error": "no such file, folder or URL",
+        "images": 0,
+        "skipped": 0,
+        "downloads_failed": 0,
+    }
     page, summary = lines_of(rest)
     assert page["input"] == server.url + "/slow.html" and page["status"] == "done"
-    assert summary == {"type": "summary", "images": 1, "medical": summary["medical"],
-                       "non-medical": 1 - summary["medical"], "skipped": 0, "failed_inputs": 1}
+    assert summary == {
+        "type": "summary",
+        "images": 1,
+        "medical": summary["medical"],
+        "non-medical": 1 - summary["medical"],
+        "skipped": 0,
+        "failed_inputs": 1,
+    }
 
 
 def _folder_inputs(tmp_path, n_folders: int) -> list[str]:
@@ -84,8 +140,7 @@ def _folder_inputs(tmp_path, n_folders: int) -> list[str]:
 
 
 def _image_lines(path) -> list[tuple]:
-    return sorted((r["input"], r["source"], r["p_medical"]) for r in lines_of(path.read_text())
-                  if r["type"] == "image")
+    return sorted((r["input"], r["source"], r["p_medical"]) for r in lines_of(path.read_text()) if r["type"] == "image")
 
 
 def test_resume_drops_a_cut_input_and_a_half_line_and_does_the_rest_once(tmp_path):
@@ -99,7 +154,7 @@ def test_resume_drops_a_cut_input_and_a_half_line_and_does_the_rest_once(tmp_pat
     crashed = tmp_path / "crashed.jsonl"
     finished = json.loads(lines[first_done])["input"]
     cut = next(line for line in lines if json.loads(line)["input"] != finished)  # an input the crash cut off
-    crashed.write_text("".join(lines[:first_done + 1]) + cut + cut[:25])
+    crashed.write_text("".join(lines[: first_done + 1]) + cut + cut[:25])
     result = run(["--input-file", str(listing), "--jsonl", "-o", str(crashed), "--resume"])
     assert result.returncode == 0, result.stderr
     assert "skipping the 1 input it has finished" in result.stderr
@@ -114,8 +169,18 @@ def test_a_run_killed_at_a_random_moment_and_resumed_has_every_line_once(tmp_pat
     clean = tmp_path / "clean.jsonl"
     assert run(["--input-file", str(listing), "--jsonl", "-o", str(clean), "--batch-size", "2"]).returncode == 0
     out = tmp_path / "killed.jsonl"
-    args = [sys.executable, str(ROOT / "final_classification_script.py"), "--quiet", "--input-file", str(listing),
-            "--jsonl", "-o", str(out), "--batch-size", "2"]
+    args = [
+        sys.executable,
+        str(ROOT / "final_classification_script.py"),
+        "--quiet",
+        "--input-file",
+        str(listing),
+        "--jsonl",
+        "-o",
+        str(out),
+        "--batch-size",
+        "2",
+    ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while (not out.exists() or out.stat().st_size == 0) and time.monotonic() < deadline:
@@ -192,8 +257,17 @@ def test_results_come_out_in_input_order_whatever_the_jobs(shipped_model, tmp_pa
 
 
 def test_jsonl_with_a_report_writes_both(tmp_path):
-    result = run([str(IMAGES[0]), str(IMAGES[3]), "--jsonl", "-o", str(tmp_path / "out.jsonl"), "--report",
-                  str(tmp_path / "report.html")])
+    result = run(
+        [
+            str(IMAGES[0]),
+            str(IMAGES[3]),
+            "--jsonl",
+            "-o",
+            str(tmp_path / "out.jsonl"),
+            "--report",
+            str(tmp_path / "report.html"),
+        ]
+    )
     assert result.returncode == 0
     sources = [r["source"] for r in lines_of((tmp_path / "out.jsonl").read_text()) if r["type"] == "image"]
     html = (tmp_path / "report.html").read_text()

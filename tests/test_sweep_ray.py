@@ -1,4 +1,5 @@
 """The Ray sweep against the CLI, image for image, on real PDFs, a page served on 127.0.0.1 and a bad line."""
+
 import json
 
 import pytest
@@ -6,10 +7,9 @@ import pytest
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from conftest import Server, corpus_images, image_bytes, make_pdf  # noqa: E402
-
 import final_classification_script as cli  # noqa: E402
 import sweep_ray  # noqa: E402
+from conftest import Server, corpus_images, image_bytes, make_pdf  # noqa: E402
 
 MEDICAL = corpus_images("medical", n=4)
 NON_MEDICAL = corpus_images("non_medical", n=4)
@@ -17,8 +17,13 @@ NON_MEDICAL = corpus_images("non_medical", n=4)
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray.init(address="local", num_cpus=2, runtime_env=sweep_ray.runtime_env(None), include_dashboard=False,
-             log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        runtime_env=sweep_ray.runtime_env(None),
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     yield
     ray.shutdown()
 
@@ -31,9 +36,13 @@ def inputs(tmp_path_factory):
     server.add("/scan.png", image_bytes(MEDICAL[2], "PNG"), "image/png")
     server.add("/photo.jpg", image_bytes(NON_MEDICAL[2], "JPEG"), "image/jpeg")
     server.add("/a.html", b'<img src="scan.png"><img src="photo.jpg"><img src="gone.png">')
-    yield [make_pdf(folder / "one.pdf", [MEDICAL[0], NON_MEDICAL[0]]),
-           make_pdf(folder / "two.pdf", [NON_MEDICAL[1], MEDICAL[1], NON_MEDICAL[3]]),
-           server.url + "/a.html", str(MEDICAL[3]), "definitely not an input"]
+    yield [
+        make_pdf(folder / "one.pdf", [MEDICAL[0], NON_MEDICAL[0]]),
+        make_pdf(folder / "two.pdf", [NON_MEDICAL[1], MEDICAL[1], NON_MEDICAL[3]]),
+        server.url + "/a.html",
+        str(MEDICAL[3]),
+        "definitely not an input",
+    ]
     server.httpd.shutdown()
     server.httpd.server_close()
 
@@ -70,7 +79,11 @@ def test_ray_sweep_gives_the_clis_results_image_for_image(inputs, cli_result, ra
     for entry in document["inputs"]:
         end = ends[entry["input"]]
         assert (end["kind"], end["error"], end["images"], end["skipped"]) == (
-            entry["kind"], entry["error"], len(entry["images"]), len(entry["skipped"]))
+            entry["kind"],
+            entry["error"],
+            len(entry["images"]),
+            len(entry["skipped"]),
+        )
         mine = {line["source"]: line for line in lines if line["type"] == "image" and line["input"] == entry["input"]}
         assert sorted(mine) == sorted(image["source"] for image in entry["images"])
         for image in entry["images"]:
@@ -80,7 +93,8 @@ def test_ray_sweep_gives_the_clis_results_image_for_image(inputs, cli_result, ra
             assert {k: line[k] for k in same_fields} == same_fields and set(line) == set(image) | {"type", "input"}
         skipped = [line for line in lines if line["type"] == "skipped" and line["input"] == entry["input"]]
         assert sorted((s["source"], s["reason"]) for s in entry["skipped"]) == sorted(
-            (line["source"], line["reason"]) for line in skipped)
+            (line["source"], line["reason"]) for line in skipped
+        )
     assert ends["definitely not an input"]["error"] == "no such file, folder or URL"
     assert sum(line["type"] == "image" for line in lines) == document["summary"]["images"] == 8
     labels = {line["source"].rsplit("/", 1)[-1]: line["label"] for line in lines if line["type"] == "image"}
@@ -102,15 +116,45 @@ def test_parquet_in_and_out_hold_the_same_rows_as_json_lines(inputs, ray_session
 
 
 def test_an_input_ray_never_finished_is_a_failed_row_never_dropped():
-    rows = [{"n": 1, "line": json.dumps({"type": "image", "input": "b", "source": "b#1"})},
-            {"n": 0, "line": json.dumps({"type": "skipped", "input": "a", "source": "a#1", "reason": "r"})},
-            {"n": 1, "line": json.dumps({"type": "input", "input": "b", "kind": "pdf", "status": "done",
-                                         "error": None, "images": 1, "skipped": 0})},
-            {"n": 2, "line": json.dumps({"type": "input", "input": "c", "kind": "pdf", "status": "done",
-                                         "error": None, "images": 0, "skipped": 0})}]
+    rows = [
+        {"n": 1, "line": json.dumps({"type": "image", "input": "b", "source": "b#1"})},
+        {"n": 0, "line": json.dumps({"type": "skipped", "input": "a", "source": "a#1", "reason": "r"})},
+        {
+            "n": 1,
+            "line": json.dumps(
+                {
+                    "type": "input",
+                    "input": "b",
+                    "kind": "pdf",
+                    "status": "done",
+                    "error": None,
+                    "images": 1,
+                    "skipped": 0,
+                }
+            ),
+        },
+        {
+            "n": 2,
+            "line": json.dumps(
+                {
+                    "type": "input",
+                    "input": "c",
+                    "kind": "pdf",
+                    "status": "done",
+                    "error": None,
+                    "images": 0,
+                    "skipped": 0,
+                }
+            ),
+        },
+    ]
     out = list(sweep_ray.group_by_input(rows, ["a", "b", "c"]))
-    assert [(line["input"], line["type"]) for line in out] == [("b", "image"), ("b", "input"), ("c", "input"),
-                                                               ("a", "input")]
+    assert [(line["input"], line["type"]) for line in out] == [
+        ("b", "image"),
+        ("b", "input"),
+        ("c", "input"),
+        ("a", "input"),
+    ]
     assert out[-1]["status"] == "failed" and out[-1]["error"] == sweep_ray.LOST
 
 
@@ -127,8 +171,9 @@ def test_bad_arguments_and_unreadable_input_lists_exit_2(tmp_path, capsys):
     assert "Parquet file has no `input` column (it has url)" in capsys.readouterr().err
     (tmp_path / "list.txt").write_text("x\n")
     assert sweep_ray.main([str(tmp_path / "list.txt"), "-o", str(tmp_path / "no" / "out.jsonl")]) == 2
-    assert capsys.readouterr().err.strip() == (f"error: --output {tmp_path / 'no' / 'out.jsonl'}: folder "
-                                               f"{tmp_path / 'no'} does not exist; create it first")
+    assert capsys.readouterr().err.strip() == (
+        f"error: --output {tmp_path / 'no' / 'out.jsonl'}: folder {tmp_path / 'no'} does not exist; create it first"
+    )
 
 
 def test_quiet_shows_the_tools_errors_and_summary_and_none_of_rays_logs(tmp_path):
@@ -141,11 +186,17 @@ def test_quiet_shows_the_tools_errors_and_summary_and_none_of_rays_logs(tmp_path
     listing = tmp_path / "list.txt"
     listing.write_text(f"{MEDICAL[0]}\ndefinitely not an input\n")
     out = tmp_path / "out.jsonl"
-    done = subprocess.run([sys.executable, str(ROOT / "sweep_ray.py"), str(listing), "-o", str(out), "--quiet"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "sweep_ray.py"), str(listing), "-o", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1
-    assert done.stderr.splitlines() == ["error: definitely not an input: no such file, folder or URL",
-                                        f"2 of 2 inputs written to {out}, 1 failed"]
+    assert done.stderr.splitlines() == [
+        "error: definitely not an input: no such file, folder or URL",
+        f"2 of 2 inputs written to {out}, 1 failed",
+    ]
     assert sweep_ray.RAY_LOG_LINE.match(b"2026-12-03 14:07:31,158\tINFO streaming_executor.py:215 -- Starting")
     assert sweep_ray.RAY_LOG_LINE.match(b"[2026-12-03 14:07:31,183 E 26232 26232] core_worker.cc:2465: Actor")
     assert not sweep_ray.RAY_LOG_LINE.match(b"error: definitely not an input: no such file, folder or URL")

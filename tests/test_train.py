@@ -1,4 +1,5 @@
 """train.py end to end: a few dozen corpus images, and the reference recipe on MedMNIST/CIFAR-10 files made here."""
+
 import csv
 import datetime
 import os
@@ -8,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, corpus_images
-from fake_data import write_cifar10, write_medmnist
 
 import dataset
 import model
 import train
+from conftest import ROOT, corpus_images
+from fake_data import write_cifar10, write_medmnist
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +22,10 @@ def small_folder(tmp_path_factory):
     """24 medical and 24 non-medical corpus images of several kinds, with their groups."""
     root = tmp_path_factory.mktemp("folder")
     rows = []
-    for label, kinds in (("medical", ("xray", "ct", "histology", "fundus")),
-                         ("non_medical", ("photo", "chart", "clipart", "screenshot"))):
+    for label, kinds in (
+        ("medical", ("xray", "ct", "histology", "fundus")),
+        ("non_medical", ("photo", "chart", "clipart", "screenshot")),
+    ):
         (root / label).mkdir()
         for kind in kinds:
             for i, path in enumerate(corpus_images(label, kind, 6)):
@@ -39,8 +42,22 @@ def test_train_on_an_image_folder_end_to_end(small_folder, tmp_path, capsys, mon
     """Without --output the model goes to a new runs/<date>-<arch>/ folder, printed with how to use it;
     a rerun the same day gets its own folder, and its features come from the cache without a rate."""
     monkeypatch.chdir(tmp_path)
-    options = ["--data", f"folder:{small_folder}", "--arch", "efficientnet_lite0", "--views", "1",
-               "--kind-weight-power", "0.5", "--workers", "0", "--cache-dir", "cache", "--split-by", "group"]
+    options = [
+        "--data",
+        f"folder:{small_folder}",
+        "--arch",
+        "efficientnet_lite0",
+        "--views",
+        "1",
+        "--kind-weight-power",
+        "0.5",
+        "--workers",
+        "0",
+        "--cache-dir",
+        "cache",
+        "--split-by",
+        "group",
+    ]
     code = train.main(options + ["--epochs", "4"])
     assert code == 0
     captured = capsys.readouterr()
@@ -49,17 +66,36 @@ def test_train_on_an_image_folder_end_to_end(small_folder, tmp_path, capsys, mon
     run = os.path.join("runs", f"{datetime.date.today().isoformat()}-efficientnet_lite0")
     out = tmp_path / run / "best_model.pth"
     assert out.is_file() and (tmp_path / run / "best_model.onnx").is_file()
-    assert printed.splitlines()[-1] == f"classify with it: python final_classification_script.py INPUT --model " \
-                                        f"{run}/best_model.pth"
+    assert (
+        printed.splitlines()[-1] == f"classify with it: python final_classification_script.py INPUT --model "
+        f"{run}/best_model.pth"
+    )
     assert "images/s on cpu" in printed  # the frozen pass ran
     # 24 images a class split 70/15/15 by group: val and test are tiny, and no kind reaches 5 test images
     assert "warning: the test split has" in captured.err and "fewer than 10): its figures will be noise" in captured.err
     raw = torch.load(out, weights_only=True)
     metrics = raw["training"]["metrics"]
-    assert {"test_accuracy", "test_recall_medical", "test_recall_non_medical", "test_confusion", "test_auroc",
-            "test_kind_macro_accuracy", "test_per_kind", "val_kind_macro_accuracy", "val_per_kind"} <= set(metrics)
-    assert set(metrics["test_per_kind"]) <= {"xray", "ct", "histology", "fundus", "photo", "chart", "clipart",
-                                             "screenshot"}
+    assert {
+        "test_accuracy",
+        "test_recall_medical",
+        "test_recall_non_medical",
+        "test_confusion",
+        "test_auroc",
+        "test_kind_macro_accuracy",
+        "test_per_kind",
+        "val_kind_macro_accuracy",
+        "val_per_kind",
+    } <= set(metrics)
+    assert set(metrics["test_per_kind"]) <= {
+        "xray",
+        "ct",
+        "histology",
+        "fundus",
+        "photo",
+        "chart",
+        "clipart",
+        "screenshot",
+    }
     assert sum(v["n"] for v in metrics["test_per_kind"].values()) == metrics["test_n"]
     assert 0.5 <= metrics["test_auroc"] <= 1.0
     assert sum(map(sum, metrics["test_confusion"])) == metrics["test_n"] > 0
@@ -90,8 +126,25 @@ def test_finetune_last_blocks_on_cached_activations(small_folder, tmp_path):
     (tmp_path / "real" / "model.pth").write_bytes(b"an older model")
     out = tmp_path / "last1.pth"
     out.symlink_to(tmp_path / "real" / "model.pth")  # followed: its target replaced, the link kept
-    code = train.main(["--data", f"folder:{small_folder}", "--arch", "efficientnet_lite0", "--finetune", "last-1",
-                       "--epochs", "2", "--views", "1", "--workers", "0", "--output", str(out), "--overwrite"])
+    code = train.main(
+        [
+            "--data",
+            f"folder:{small_folder}",
+            "--arch",
+            "efficientnet_lite0",
+            "--finetune",
+            "last-1",
+            "--epochs",
+            "2",
+            "--views",
+            "1",
+            "--workers",
+            "0",
+            "--output",
+            str(out),
+            "--overwrite",
+        ]
+    )
     assert code == 0
     assert out.is_symlink() and os.listdir(tmp_path / "real") == ["model.pth"]
     raw = torch.load(out, weights_only=True)
@@ -103,7 +156,9 @@ def test_finetune_last_blocks_on_cached_activations(small_folder, tmp_path):
     key = next(k for k in raw["state_dict"] if k.endswith("weight") and raw["state_dict"][k].ndim == 4)
     assert not torch.equal(rebuilt.state_dict()[key], fresh.state_dict()[key])  # adapted
     assert torch.equal(rebuilt.backbone[0][0].weight, fresh.backbone[0][0].weight)  # the stem stays ImageNet's
-    images = [Image.open(p) for p in corpus_images("medical", "histology", 3) + corpus_images("non_medical", "chart", 3)]
+    images = [
+        Image.open(p) for p in corpus_images("medical", "histology", 3) + corpus_images("non_medical", "chart", 3)
+    ]
     p_torch = rebuilt.predict(images)
     onnx = engine.open_engine(str(out), "onnx", "cpu")  # train.py wrote the twin beside the checkpoint
     assert np.abs(np.array(onnx.predict(images)) - np.array(p_torch)).max() <= 1e-4
@@ -111,8 +166,24 @@ def test_finetune_last_blocks_on_cached_activations(small_folder, tmp_path):
 
 def test_finetune_all_trains_every_layer_from_streamed_images(small_folder, tmp_path):
     out = tmp_path / "all.pth"
-    code = train.main(["--data", f"folder:{small_folder}", "--arch", "efficientnet_lite0", "--finetune", "all",
-                       "--epochs", "1", "--batch-size", "16", "--workers", "0", "--output", str(out)])
+    code = train.main(
+        [
+            "--data",
+            f"folder:{small_folder}",
+            "--arch",
+            "efficientnet_lite0",
+            "--finetune",
+            "all",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--workers",
+            "0",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0
     raw = torch.load(out, weights_only=True)
     assert {int(k.split(".")[1]) for k in raw["state_dict"]} == set(range(18))  # stem, 16 blocks, final conv
@@ -124,24 +195,28 @@ def test_finetune_all_trains_every_layer_from_streamed_images(small_folder, tmp_
 def test_an_unwritable_output_is_refused_before_any_work(small_folder, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    code = train.main(["--data", f"folder:{small_folder}", "--arch", "efficientnet_lite0",
-                       "--output", str(blocker / "best.pth")])
+    code = train.main(
+        ["--data", f"folder:{small_folder}", "--arch", "efficientnet_lite0", "--output", str(blocker / "best.pth")]
+    )
     assert code == 2
     captured = capsys.readouterr()
     assert captured.err.startswith(f"error: cannot write {blocker / 'best.pth'}") and "epoch" not in captured.out
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--finetune", "last-x"], "argument --finetune: must be head, last-N (N >= 1) or all, not 'last-x'"),
-    (["--epochs", "0"], "argument --epochs: must be at least 1, not 0"),
-    (["--batch-size", "0"], "argument --batch-size: must be at least 1, not 0"),
-    (["--feature-batch-size", "-3"], "argument --feature-batch-size: must be at least 1, not -3"),
-    (["--lr", "0"], "argument --lr: must be over 0, not 0"),
-    (["--lr", "nan"], "argument --lr: must be over 0, not nan"),
-    (["--views", "-1"], "argument --views: must be at least 0, not -1"),
-    (["--label-smoothing", "1"], "argument --label-smoothing: must be from 0 up to (not including) 1, not 1"),
-    (["--epochs", "ten"], "argument --epochs: a whole number is needed, not 'ten'"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--finetune", "last-x"], "argument --finetune: must be head, last-N (N >= 1) or all, not 'last-x'"),
+        (["--epochs", "0"], "argument --epochs: must be at least 1, not 0"),
+        (["--batch-size", "0"], "argument --batch-size: must be at least 1, not 0"),
+        (["--feature-batch-size", "-3"], "argument --feature-batch-size: must be at least 1, not -3"),
+        (["--lr", "0"], "argument --lr: must be over 0, not 0"),
+        (["--lr", "nan"], "argument --lr: must be over 0, not nan"),
+        (["--views", "-1"], "argument --views: must be at least 0, not -1"),
+        (["--label-smoothing", "1"], "argument --label-smoothing: must be from 0 up to (not including) 1, not 1"),
+        (["--epochs", "ten"], "argument --epochs: a whole number is needed, not 'ten'"),
+    ],
+)
 def test_bad_arguments_are_one_line_before_any_work(capsys, args, says):
     with pytest.raises(SystemExit) as info:
         train.main(args + ["--data", "folder:/nonexistent"])
@@ -157,8 +232,9 @@ def test_the_default_output_is_a_new_folder_and_an_existing_file_needs_overwrite
     os.makedirs(os.path.dirname(first))
     assert train.output_path(train.DEFAULT_OUTPUT, "resnet50", False, day) == first  # an empty folder is reused
     (tmp_path / first).write_bytes(b"a model")
-    assert train.output_path(train.DEFAULT_OUTPUT, "resnet50", False, day) == \
-        os.path.join("runs", "2026-03-04-resnet50-2", "best_model.pth")
+    assert train.output_path(train.DEFAULT_OUTPUT, "resnet50", False, day) == os.path.join(
+        "runs", "2026-03-04-resnet50-2", "best_model.pth"
+    )
     assert train.output_path(first, "resnet50", True, day) == first
     with pytest.raises(dataset.DataError, match="^--output runs is a folder; give the checkpoint's file name"):
         train.output_path("runs", "resnet50", True, day)
@@ -171,7 +247,8 @@ def test_an_existing_output_is_refused_before_any_data_is_read(tmp_path, capsys)
     assert train.main(args) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"error: --output {shipped} exists; pass --overwrite to replace it, or leave --output out to write to a "
-        f"new runs/<date>-<arch>/ folder"]
+        f"new runs/<date>-<arch>/ folder"
+    ]
     assert shipped.read_bytes() == b"the shipped model"
     assert train.main(args + ["--overwrite"]) == 2  # allowed past the output check, stopped by the data
     assert capsys.readouterr().err.startswith(f"error: image folder not found: {tmp_path / 'absent'}")
@@ -185,15 +262,27 @@ def test_split_sizes_are_checked_before_any_work():
             labels += [dataset.MEDICAL] * medical + [dataset.NON_MEDICAL] * non_medical
             splits += [split] * (medical + non_medical)
         kinds = ["k"] * len(labels)
-        return dataset.Part("p", [f"{i}.png" for i in range(len(labels))], np.array(labels, int), kinds, kinds,
-                            np.array(splits, dtype=object), kinds)
+        return dataset.Part(
+            "p",
+            [f"{i}.png" for i in range(len(labels))],
+            np.array(labels, int),
+            kinds,
+            kinds,
+            np.array(splits, dtype=object),
+            kinds,
+        )
 
     assert dataset.check_split_sizes([part({"train": (70, 80), "val": (10, 15), "test": (12, 10)})], "x") == []
     warnings = dataset.check_split_sizes([part({"train": (70, 80), "val": (4, 15), "test": (12, 10)})], "x")
-    assert warnings == ["the val split has 4 images a class after balancing (medical 4, non-medical 15; fewer "
-                        "than 10): its figures will be noise; add images"]
-    with pytest.raises(dataset.DataError, match=r"^x: no non-medical images in the test split \(train 80, val 15, "
-                                                r"test 0\); each class needs images in train, val and test"):
+    assert warnings == [
+        "the val split has 4 images a class after balancing (medical 4, non-medical 15; fewer "
+        "than 10): its figures will be noise; add images"
+    ]
+    with pytest.raises(
+        dataset.DataError,
+        match=r"^x: no non-medical images in the test split \(train 80, val 15, "
+        r"test 0\); each class needs images in train, val and test",
+    ):
         dataset.check_split_sizes([part({"train": (70, 80), "val": (10, 15), "test": (12, 0)})], "x")
     with pytest.raises(dataset.DataError, match=r"^x: no medical images; both classes need images"):
         dataset.check_split_sizes([part({"train": (0, 80), "val": (0, 15), "test": (0, 10)})], "x")
@@ -213,15 +302,18 @@ def test_six_images_or_one_class_stop_with_one_line_before_any_work(tmp_path, ca
         path.unlink()
     assert train.main(["--data", f"folder:{tmp_path}", "--arch", "efficientnet_lite0", "--output", str(out)]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"error: folder:{tmp_path}: no non-medical images; both classes need images (in a folder: non_medical/...)"]
+        f"error: folder:{tmp_path}: no non-medical images; both classes need images (in a folder: non_medical/...)"
+    ]
     assert not out.exists()
 
 
 def test_nan_figures_are_named_in_a_warning():
     assert train.undefined_figures({"test_accuracy": 0.9, "best_epoch": 2}) is None
     said = train.undefined_figures({"test_accuracy": 0.9, "test_kind_macro_accuracy": float("nan")})
-    assert said.startswith("test_kind_macro_accuracy not a number (a kind-macro accuracy needs a kind with 5 or "
-                           "more images in its split); the model is saved")
+    assert said.startswith(
+        "test_kind_macro_accuracy not a number (a kind-macro accuracy needs a kind with 5 or "
+        "more images in its split); the model is saved"
+    )
 
 
 def test_auroc_and_kind_macro_accuracy():
@@ -267,8 +359,21 @@ def test_reference_recipe_runs_offline_on_files_in_the_real_formats(tmp_path, ca
     weights = tmp_path / "resnet50.pth"
     torch.save(resnet50().state_dict(), weights)
     out = tmp_path / "best_model.pth"
-    code = train.main(["--data-dir", str(data), "--no-download", "--backbone-weights", str(weights),
-                       "--epochs", "2", "--output", str(out), "--workers", "0"])
+    code = train.main(
+        [
+            "--data-dir",
+            str(data),
+            "--no-download",
+            "--backbone-weights",
+            str(weights),
+            "--epochs",
+            "2",
+            "--output",
+            str(out),
+            "--workers",
+            "0",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "train: 40 images" in printed and "medical/pathmnist" in printed and "non-medical/cifar10 20" in printed
@@ -294,19 +399,33 @@ def test_offline_without_data_names_every_missing_file_at_once(tmp_path, capsys)
 
 def test_help_answers_without_torch_and_shows_every_default(tmp_path):
     """`python train.py --help` in an interpreter where torch, torchvision and medmnist cannot be imported."""
-    code = ("import sys, runpy; [sys.modules.__setitem__(m, None) for m in ('torch', 'torchvision', 'medmnist')]; "
-            f"sys.path.insert(0, {str(ROOT)!r}); sys.argv = ['train.py', '--help']; "
-            f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60,
-                          env={**os.environ, "COLUMNS": "250"})
+    code = (
+        "import sys, runpy; [sys.modules.__setitem__(m, None) for m in ('torch', 'torchvision', 'medmnist')]; "
+        f"sys.path.insert(0, {str(ROOT)!r}); sys.argv = ['train.py', '--help']; "
+        f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "250"},
+    )
     assert done.returncode == 0 and done.stderr == "", done.stderr
     text = " ".join(done.stdout.split())
     shown = [a for a in train.build_parser()._actions if a.dest != "help"]
     assert len(shown) >= 25  # every option, none left out of the check
     for action in shown:
         assert f"(default: {action.default})" in text, action.dest
-    for default in ("(default: medmnist+cifar10)", "(default: resnet50)", "(default: 28)",
-                    "(default: runs/<date>-<arch>/best_model.pth)", "about 0.6 GB", "--overwrite"):
+    for default in (
+        "(default: medmnist+cifar10)",
+        "(default: resnet50)",
+        "(default: 28)",
+        "(default: runs/<date>-<arch>/best_model.pth)",
+        "about 0.6 GB",
+        "--overwrite",
+    ):
         assert default in text
 
 
@@ -314,12 +433,12 @@ def test_the_arch_names_shown_without_torch_are_the_backbones():
     assert sorted(train.ARCHES) == sorted(model.BACKBONES)
 
 
-def test_readme_gives_the_shipped_models_exact_command():
+def test_the_training_docs_give_the_shipped_models_exact_command():
     recorded = torch.load(ROOT / "best_model.pth", weights_only=True)["training"]["command"]
-    readme = (ROOT / "README.md").read_text()
-    retraining = readme[readme.index("## Retraining"):]
+    docs = (ROOT / "docs" / "training.md").read_text()
+    retraining = docs[docs.index("## Retraining") :]
     start = retraining.index("```\n") + 4
-    block = retraining[start:retraining.index("\n```", start)]
+    block = retraining[start : retraining.index("\n```", start)]
     assert " ".join(block.replace("\\\n", " ").split()) == recorded
     assert f"--model {recorded.split('--output ')[1].split()[0]}" in retraining
 
@@ -328,14 +447,27 @@ def test_a_stopped_run_resumes_from_its_last_whole_epoch_and_refuses_other_setti
     """The state after every epoch; --resume-training carries on to the same number of epochs; a state made with
     other options is one line naming what differs, exit 2."""
     out = tmp_path / "run" / "best_model.pth"
-    options = ["--data", f"folder:{small_folder}", "--arch", "efficientnet_lite0", "--workers", "0", "--quiet",
-               "--split-by", "group", "--output", str(out)]
+    options = [
+        "--data",
+        f"folder:{small_folder}",
+        "--arch",
+        "efficientnet_lite0",
+        "--workers",
+        "0",
+        "--quiet",
+        "--split-by",
+        "group",
+        "--output",
+        str(out),
+    ]
     real_fit = train.fit
 
     def stop_after_two(*args, **kwargs):  # Ctrl-C once epoch 2 is trained, before its state is saved
         log = kwargs.get("log", print)
-        kwargs["log"] = lambda line: (log(line), line.startswith("epoch   2") and (_ for _ in ()).throw(
-            KeyboardInterrupt))
+        kwargs["log"] = lambda line: (
+            log(line),
+            line.startswith("epoch   2") and (_ for _ in ()).throw(KeyboardInterrupt),
+        )
         return real_fit(*args, **kwargs)
 
     train.fit = stop_after_two
@@ -368,7 +500,22 @@ def test_a_stopped_run_resumes_from_its_last_whole_epoch_and_refuses_other_setti
 def test_resume_training_with_a_file_that_is_not_a_state_is_one_line(small_folder, tmp_path, capsys):
     bad = tmp_path / "notes.pt"
     bad.write_text("not a state")
-    code = train.main(["--data", f"folder:{small_folder}", "--arch", "efficientnet_lite0", "--workers", "0",
-                       "--quiet", "--split-by", "group", "--epochs", "1", "--resume-training", str(bad)])
+    code = train.main(
+        [
+            "--data",
+            f"folder:{small_folder}",
+            "--arch",
+            "efficientnet_lite0",
+            "--workers",
+            "0",
+            "--quiet",
+            "--split-by",
+            "group",
+            "--epochs",
+            "1",
+            "--resume-training",
+            str(bad),
+        ]
+    )
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning: ")]
     assert code == 2 and len(err) == 1 and "not a training state of train.py" in err[0]
