@@ -142,6 +142,50 @@ class Engine:
         return self.classes[MEDICAL] if p_medical >= self.threshold else self.classes[1 - MEDICAL]
 
 
+class HandoffEngine(Engine):
+    """`first` (ONNX Runtime, ready at once) classifies until `build_later` (torch on a GPU, which takes seconds to
+    start) is ready on its thread; then the GPU takes over. A run the CPU finishes sooner never waits for CUDA."""
+
+    def __init__(self, first: Engine, build_later: Callable[[], Engine | None], note: Callable[[str], None]):
+        super().__init__(first.arch, first.preprocess, first.threshold, first.classes)
+        self.first, self.later = first, None
+        self.default_batch_size = first.default_batch_size
+        self.thread = threading.Thread(target=self._start, args=(build_later, note), name="gpu start", daemon=True)
+        self.thread.start()
+        _handoffs.append(self)
+
+    def _start(self, build_later, note) -> None:
+        try:
+            self.later = build_later()
+        except Exception as exc:  # a GPU that fails to start: the CPU goes on, and says so once
+            note(
+                f"the GPU did not start ({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__}); classifying on the CPU"
+            )
+
+    @property
+    def name(self) -> str:
+        return f"{self.first.name}, then {self.later.name}" if self.later else self.first.name
+
+    @property
+    def starting(self) -> bool:
+        return self.thread.is_alive()
+
+    def predict(self, images, batch_size: int | None = None) -> list[float]:
+        engine = self.later or self.first
+        return engine.predict(images, batch_size if engine is self.first else None)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return (self.later or self.first).run(batch)
+
+
+_handoffs: list = []  # every HandoffEngine made in this process, so the CLI can leave without waiting for a GPU
+
+
+def still_starting() -> bool:
+    """Whether a GPU is still starting on its thread (the CLI then exits at once, not after CUDA's start-up)."""
+    return any(h.starting for h in _handoffs)
+
+
 def installed(module: str) -> bool:
     """Whether `module` can be imported, without importing it (torch alone takes 1-2 s)."""
     if module in sys.modules:
@@ -185,15 +229,18 @@ class OnnxEngine(Engine):
         return self.session.run([ONNX_PROBABILITIES], {ONNX_INPUT: batch})[0]
 
 
+STATIC_BATCHES = (4, 16)  # OpenVINO's shapes: a batch is padded to the next (a dynamic shape ran slower here)
+
+
 class OpenVinoEngine(Engine):
     """The same exported graph on OpenVINO's CPU plugin, in bf16 where the CPU computes it (AMX, AVX-512 BF16).
 
     About 2.5x ONNX Runtime's fp32 on this project's Xeon, but p moves by up to 0.07 (labels agree on 99.9% of
-    the source-held-out test split), more than `--engine auto` accepts: it runs only when asked for. Every batch
-    runs at one static shape (the last one padded): a new shape would mean a new compilation."""
+    the source-held-out test split), more than `--engine auto` accepts: it runs only when asked for. Batches run
+    at static shapes, padded up to the next (the CLI's model thread takes small batches when extraction is slower
+    than the model); each shape is compiled once, when first needed."""
 
     name = "openvino"
-    pad_batches = True
 
     def __init__(self, export: OnnxEngine, threads: int | None = None):
         import openvino
@@ -204,9 +251,10 @@ class OpenVinoEngine(Engine):
         capabilities = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         self.precision = "bf16" if "BF16" in capabilities else "f32"
         self.requests: dict[int, object] = {}
-        self._request(self.default_batch_size)  # compiled now, so an unreadable graph fails here, not mid-run
+        self._request(STATIC_BATCHES[0])  # compiled now, so an unreadable graph fails here, not mid-run
 
     def _request(self, batch_size: int):
+        """The infer request for one static batch size, compiled the first time it is asked for."""
         if batch_size not in self.requests:
             graph = self.core.read_model(self.path)
             crop = self.preprocess["crop"]
@@ -224,7 +272,11 @@ class OpenVinoEngine(Engine):
         return self.requests[batch_size]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self._request(len(batch)).infer({0: batch})[ONNX_PROBABILITIES]
+        n = len(batch)
+        size = next((s for s in STATIC_BATCHES if s >= n), n)
+        if size > n:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], size - n, axis=0)])
+        return self._request(size).infer({0: batch})[ONNX_PROBABILITIES][:n]
 
 
 def onnx_runner(
@@ -356,8 +408,8 @@ def open_engine(
 ) -> Engine:
     """The engine to classify with: a valid ONNX export on the CPU, else torch; `note` hears every fallback.
 
-    auto: torch where a CUDA/MPS device is asked for or found, ONNX Runtime otherwise; openvino only when asked for
-    (OpenVinoEngine says why). A checkpoint
+    auto: torch where a CUDA/MPS device is asked for; where one may be found, ONNX Runtime while torch starts on
+    it (HandoffEngine); ONNX Runtime otherwise; openvino only when asked for (OpenVinoEngine says why). A checkpoint
     without a valid export gets one made once (beside it, or in the user's cache folder) when torch
     is installed; if that fails, torch runs it.
     """
@@ -373,19 +425,23 @@ def open_engine(
     use_torch = engine == "torch" or device in ("cuda", "mps") or not onnxruntime_available()
     if engine == "auto" and device in ("auto", "cpu") and not onnxruntime_available():
         note("onnxruntime is not installed: running the model on torch, several times slower on a CPU")
-    if engine == "auto" and device == "auto" and torch_available() and gpu_likely():
-        import model as model_lib
-
-        use_torch = model_lib.select_device("auto").type != "cpu"
+    start_gpu = engine == "auto" and device == "auto" and torch_available() and gpu_likely()
     if use_torch:
         return _torch_engine(model_path, device, backbone_weights)
     digest = file_digest(model_path)
     reasons = []
     for candidate in (export_path(model_path), cached_export_path(digest)):
         found, why = open_export(candidate, digest)
+        if found and start_gpu:
+            return HandoffEngine(found, lambda: _gpu_engine(model_path, backbone_weights), note)
         if found:
             return _on_openvino(found) if engine == "openvino" else found
         reasons.append(why)
+    if start_gpu:
+        import model as model_lib
+
+        if model_lib.select_device("auto").type != "cpu":
+            return _torch_engine(model_path, "auto", backbone_weights)
     if not torch_available():
         raise EngineError(
             f"{model_path} has {reasons[0]} at {export_path(model_path)}, and torch, which makes one, "
@@ -416,6 +472,18 @@ def _on_openvino(export: OnnxEngine) -> OpenVinoEngine:
     except Exception as exc:  # a broken install, a graph its ONNX reader refuses: one line, not a traceback
         message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise EngineError(f"OpenVINO cannot run {export.path}: {message}; use --engine onnx") from exc
+
+
+def _gpu_engine(model_path: str, backbone_weights: str | None) -> Engine | None:
+    """The torch engine on the GPU `auto` finds, warmed up; None where torch finds none (the CPU engine stays)."""
+    import model as model_lib
+
+    device = model_lib.select_device("auto")
+    if device.type == "cpu":
+        return None
+    gpu = model_lib.TorchEngine(model_lib.load_model(model_path, device, backbone_weights))
+    gpu.run(np.zeros((gpu.default_batch_size, gpu.preprocess["crop"], gpu.preprocess["crop"], 3), np.uint8))
+    return gpu
 
 
 def _torch_engine(model_path: str, device: str, backbone_weights: str | None) -> Engine:

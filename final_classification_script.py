@@ -3,7 +3,8 @@
     python final_classification_script.py https://example.org/article paper.pdf scans/
     python final_classification_script.py --input-file urls.txt --jsonl -o out.jsonl --resume
 
-Results go to stdout (a table, --json, --csv or --jsonl) or -o FILE; progress, errors and the summary to stderr.
+Results go to stdout (a table, --json, --csv or --jsonl) or -o FILE; progress and errors to stderr, and the summary
+line too (after a table on stdout, to stdout).
 Exit status: 0 when every input was processed, 1 when any input failed, 2 for bad arguments or an unusable model
 or output path, 130 when stopped by Ctrl-C or SIGTERM (the inputs finished by then are written).
 """
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs",
         nargs="*",
         metavar="INPUT",
-        help="http(s) URL of a page, PDF or image; a PDF or image path; a saved page; or a folder",
+        help="http(s) URL of a page, PDF, image or DICOM file; a PDF, image or DICOM path; a saved page; or a folder",
     )
     p.add_argument(
         "--input-file",
@@ -278,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         default="auto",
         choices=["auto", "onnx", "openvino", "torch"],
-        help="auto: ONNX Runtime on the CPU, torch on CUDA/MPS; openvino: about 2.5x ONNX Runtime on a CPU with "
+        help="auto: ONNX Runtime, and torch on a GPU once it has started; openvino: about 2.5x ONNX Runtime on a CPU with "
         "AMX or AVX-512 BF16, p within about 0.07 of it (default: %(default)s)",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: %(default)s")
@@ -289,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="images per model batch (default: 16 on the CPU, 128 on CUDA)",
     )
     p.add_argument("--backbone-weights", help="local file of the backbone's ImageNet weights, for offline machines")
-    p.add_argument("--quiet", action="store_true", help="no progress bars (errors and the summary still go to stderr)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (errors and the summary still show)")
     return p
 
 
@@ -471,7 +472,12 @@ def classify(args) -> int:
 
 if __name__ == "__main__":
     code = main()
-    if code in (INTERRUPTED, STDOUT_CLOSED):  # threads still downloading must not hold the exit up
-        sys.stderr.flush()
+    if code in (INTERRUPTED, STDOUT_CLOSED) or engine.still_starting():  # threads still downloading, or a GPU
+        # still starting for a run the CPU has finished, must not hold the exit up
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a reader that has gone
+                pass
         os._exit(code)
     sys.exit(code)

@@ -341,7 +341,7 @@ class Sink:
         self.targets = targets or {}  # option -> Target, from check_outputs
         self.good_size = None  # the JSON lines file's size after its last whole line
         self.saving = bool(args.save_dir)  # off once --save-dir's disk is full
-        self.model_record = report.model_record(model, model_path)
+        self.model_path = model_path  # the model is described at the end: a GPU may have taken over by then
         self.resumed = resumed or Resumed()
         self.summary = self.resumed.summary  # a resumed file's counts come first
         self.open: dict[int, InputState] = {}  # inputs started and not ended
@@ -482,7 +482,7 @@ class Sink:
             if self.stream is None and not self.entries:
                 return summary
         entries = [self.entries[n] for n in sorted(self.entries)]
-        document = {"model": self.model_record, "inputs": entries, "summary": summary}
+        document = {"model": report.model_record(self.model, self.model_path), "inputs": entries, "summary": summary}
         if self.args.report:
             thumbnails = [self.thumbnails.get(n, []) for n in sorted(self.entries)]
             self.targets["--report"].write(report.to_html(document, thumbnails))

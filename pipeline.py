@@ -45,9 +45,9 @@ _END = object()  # an input's last item through the model queue, so it arrives a
 
 def image_key(image) -> bytes:
     """The same pixels (one logo on every page) get the same key, whatever their file name."""
-    digest = hashlib.blake2b(image.tobytes(), digest_size=16)
+    digest = hashlib.sha256(image.tobytes())  # SHA-NI: faster here than blake2b
     digest.update(f"{image.mode}{image.size}".encode())
-    return digest.digest()
+    return digest.digest()[:16]
 
 
 class Run:

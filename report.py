@@ -211,7 +211,7 @@ def to_table(report: dict) -> str:
                 f"{str(im['width']) + 'x' + str(im['height']):>11s}  {im['label']:11s} "
                 f"{im['p_medical']:10.3f}"
                 + (
-                    f"  {len(im['panels'])} panels, the most medical {max(q['p_medical'] for q in im['panels']):.3f}"
+                    f"  {len(im['panels'])} panels, the most medical {max(q['p_medical'] for q in im['panels']):.3f} on its own"
                     if im.get("panels")
                     else ""
                 )

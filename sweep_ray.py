@@ -435,6 +435,9 @@ def quiet_ray_loggers(level: int) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not engine.installed("ray"):
+        print("error: sweep_ray.py needs Ray: pip install -r requirements-ray.txt", file=sys.stderr)
+        return 2
     try:  # before any work: a run must never end with nowhere to write
         target = outputs.check_output_file(args.output, "--output")
         outputs.check_not_an_input(args.output, "--output", argparse.Namespace(inputs=[args.inputs], input_file=None))

@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -315,3 +316,79 @@ def test_a_graph_openvino_cannot_compile_is_one_clear_error(shipped_model_path, 
         engine.open_engine(shipped_model_path, "openvino", "cpu")
     assert str(caught.value).startswith("OpenVINO cannot run ") and str(caught.value).endswith("; use --engine onnx")
     assert "\n" not in str(caught.value)
+
+
+def test_where_a_gpu_may_be_auto_classifies_on_the_cpu_while_it_starts_then_hands_over(shipped_model_path, monkeypatch):
+    """CUDA takes about 8 s to start (H200): ONNX Runtime classifies meanwhile, torch on the GPU takes over once
+    warmed up. Torch on this CPU stands in for the GPU engine."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    stand_in = engine.open_engine(shipped_model_path, "torch", "cpu")
+
+    def slow_gpu(model_path, backbone_weights):
+        started.set()
+        release.wait(30)
+        return stand_in
+
+    monkeypatch.setattr(engine, "gpu_likely", lambda: True)
+    monkeypatch.setattr(engine, "_gpu_engine", slow_gpu)
+    net = engine.open_engine(shipped_model_path, "auto", "auto")
+    assert isinstance(net, engine.HandoffEngine) and started.wait(10)
+    images = corpus_spread(8)
+    p_first = net.predict(images)
+    assert net.name == "onnx" and engine.still_starting()
+    release.set()
+    net.thread.join(10)
+    p_later = net.predict(images)
+    assert net.name == "onnx, then torch" and not engine.still_starting()
+    assert np.abs(np.array(p_first) - np.array(p_later)).max() <= 1e-4
+
+
+@pytest.mark.parametrize("outcome", ["fails", "finds no GPU"])
+def test_a_gpu_that_does_not_start_leaves_the_cpu_classifying(shipped_model_path, monkeypatch, outcome):
+    def gpu(model_path, backbone_weights):
+        if outcome == "fails":
+            raise RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be reported asynchronously")
+        return None
+
+    notes = []
+    monkeypatch.setattr(engine, "gpu_likely", lambda: True)
+    monkeypatch.setattr(engine, "_gpu_engine", gpu)
+    net = engine.open_engine(shipped_model_path, "auto", "auto", note=notes.append)
+    net.thread.join(10)
+    assert net.name == "onnx" and len(net.predict(corpus_spread(2))) == 2
+    if outcome == "fails":
+        assert notes == ["the GPU did not start (CUDA error: out of memory); classifying on the CPU"]
+    else:
+        assert notes == []
+
+
+def test_the_cli_does_not_wait_for_a_gpu_still_starting_when_the_cpu_has_finished(tmp_path):
+    image = corpus_images("medical", "ct", 1)[0]
+    code = (
+        f"import sys, threading; sys.path.insert(0, {str(ROOT)!r}); import engine; "
+        "engine.gpu_likely = lambda: True; engine._gpu_engine = lambda *a: threading.Event().wait(300); "
+        f"sys.argv = ['final_classification_script.py', '--json', '--quiet', {str(image)!r}]; "
+        f"import runpy; runpy.run_path({str(ROOT / 'final_classification_script.py')!r}, run_name='__main__')"
+    )
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert time.perf_counter() - start < 60
+    report = json.loads(done.stdout)  # flushed whole before the quick exit
+    assert report["model"]["engine"] == "onnx" and report["summary"]["images"] == 1
+
+
+def test_the_sweep_without_ray_is_one_line_saying_what_to_install(tmp_path):
+    """The CPU-only install has no Ray: like every missing package, one line and exit 2, never a traceback."""
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text(str(corpus_images("medical", "ct", 1)[0]) + "\n")
+    code = (
+        f"import sys; sys.modules['ray'] = None; sys.path.insert(0, {str(ROOT)!r}); import sweep_ray; "
+        f"sys.exit(sweep_ray.main([{str(inputs)!r}, '-o', {str(tmp_path / 'out.parquet')!r}]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == "error: sweep_ray.py needs Ray: pip install -r requirements-ray.txt\n"
+    assert not (tmp_path / "out.parquet").exists()
