@@ -3,6 +3,7 @@
 import csv
 import io
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -22,6 +23,17 @@ def corpus_sample(n: int, label: str | None = None) -> list[Path]:
         rows = [r for r in csv.DictReader(f) if label is None or r["label"] == label]
     step = max(1, len(rows) // n)
     return [CORPUS / r["path"] for r in rows[::step][:n]]
+
+
+def cli_seconds(*args: str) -> float:
+    """Wall seconds of one whole `final_classification_script.py --quiet ARGS...` process (start-up included)."""
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, str(ROOT / "final_classification_script.py"), "--quiet", *args],
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - start
 
 
 @contextmanager

@@ -12,15 +12,12 @@ cost on a 200-image PDF through the whole CLI (`--whole-images` against the defa
 
 import argparse
 import random
-import subprocess
-import sys
 import tempfile
-import time
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from common import ROOT, corpus_sample, upscaled_jpeg, write_pdf
+from common import ROOT, cli_seconds, corpus_sample, upscaled_jpeg, write_pdf
 
 import dataset
 import engine
@@ -96,25 +93,6 @@ def classify(model, pictures: list, working_size: int, min_size: int = 32):
     ]
 
 
-def cli_seconds(pdf: str, flags: list, model: str) -> float:
-    start = time.perf_counter()
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "final_classification_script.py"),
-            pdf,
-            "--json",
-            "--quiet",
-            "--model",
-            model,
-            *flags,
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return time.perf_counter() - start
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT / "best_model.pth"), help="checkpoint (default: %(default)s)")
@@ -163,8 +141,8 @@ def main(argv=None) -> None:
         write_pdf(pdf, [upscaled_jpeg(x)[0] for x in corpus_sample(200)])
         times = {"whole": [], "panels": []}
         for _ in range(args.runs):
-            times["whole"].append(cli_seconds(pdf, ["--whole-images"], args.model))
-            times["panels"].append(cli_seconds(pdf, [], args.model))
+            times["whole"].append(cli_seconds(pdf, "--json", "--model", args.model, "--whole-images"))
+            times["panels"].append(cli_seconds(pdf, "--json", "--model", args.model))
         whole_s, panels_s = np.median(times["whole"]), np.median(times["panels"])
         print(
             f"200-image PDF through the CLI, median of {args.runs} alternated runs: --whole-images {whole_s:.1f} s, "

@@ -13,15 +13,13 @@ model) is timed too, to show what the model overlaps with.
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 from PIL import Image
 
-from common import CORPUS, DEFAULT_MODEL, ROOT, corpus_sample, upscaled_jpeg, write_pdf
+from common import CORPUS, DEFAULT_MODEL, cli_seconds, corpus_sample, upscaled_jpeg, write_pdf
 
 import engine
 import extract
@@ -38,17 +36,6 @@ def model_speed(net: engine.Engine, arrays: np.ndarray, batch: int, repeats: int
             net.run(arrays[i : i + batch])
         best = max(best, (len(arrays) // batch * batch) / (time.perf_counter() - start))
     return best
-
-
-def cli_seconds(name: str, inputs: list[str], model: str) -> float:
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, str(ROOT / "final_classification_script.py"), "--quiet", "--engine", name, "--model", model]
-        + inputs,
-        check=True,
-        capture_output=True,
-    )
-    return time.perf_counter() - start
 
 
 def main(argv=None) -> None:
@@ -96,8 +83,8 @@ def main(argv=None) -> None:
         runs = {n: {"pdf": [], "one": []} for n in names}
         for _ in range(args.repeats):  # alternated, so the machine's noise falls on every engine alike
             for n in names:
-                runs[n]["pdf"].append(cli_seconds(n, [pdf], args.model))
-                runs[n]["one"].append(cli_seconds(n, [one], args.model))
+                runs[n]["pdf"].append(cli_seconds("--engine", n, "--model", args.model, pdf))
+                runs[n]["one"].append(cli_seconds("--engine", n, "--model", args.model, one))
     print(f"\nthe whole CLI, median of {args.repeats} alternated runs:")
     base = {k: statistics.median(runs[names[0]][k]) for k in ("pdf", "one")}
     for n in names:

@@ -22,21 +22,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import DEFAULT_MODEL, ROOT, corpus_sample, upscaled_jpeg, write_pdf
+from common import DEFAULT_MODEL, cli_seconds, corpus_sample, upscaled_jpeg, write_pdf
 
 import engine
 
 HERE = Path(__file__).resolve().parent  # reference_recipe.py lies beside this script, also in a copy run elsewhere
-
-
-def cli_seconds(device: str, pdf: str) -> float:
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, str(ROOT / "final_classification_script.py"), "--quiet", "--json", "--device", device, pdf],
-        check=True,
-        capture_output=True,
-    )
-    return time.perf_counter() - start
 
 
 def main():
@@ -71,7 +61,10 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         pdf = os.path.join(folder, "200.pdf")
         write_pdf(pdf, [upscaled_jpeg(x)[0] for x in corpus_sample(200)])
-        seconds = {device: cli_seconds(device, pdf) for device in dict.fromkeys((args.device, "auto", "cpu"))}
+        seconds = {
+            device: cli_seconds("--json", "--device", device, pdf)
+            for device in dict.fromkeys((args.device, "auto", "cpu"))
+        }
     print(
         f"2. CLI on a 200-image PDF, whole process: --device {args.device} {seconds[args.device]:.1f} s, "
         f"--device auto {seconds['auto']:.1f} s (ONNX Runtime while the GPU starts), --device cpu "

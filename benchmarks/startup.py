@@ -5,25 +5,12 @@ python benchmarks/startup.py --repeats 5
 
 import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 from PIL import Image
 
-from common import ROOT, corpus_sample
-
-
-def run_once(engine: str, image: str) -> float:
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, str(ROOT / "final_classification_script.py"), "--quiet", "--engine", engine, image],
-        check=True,
-        capture_output=True,
-    )
-    return time.perf_counter() - start
+from common import cli_seconds, corpus_sample
 
 
 def main():
@@ -33,11 +20,11 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         image = str(Path(folder) / "one.png")
         Image.open(corpus_sample(1)[0]).save(image)
-        run_once("onnx", image)  # the first run warms the file cache for both
+        cli_seconds("--engine", "onnx", image)  # the first run warms the file cache for both
         times = {"onnx": [], "torch": []}
         for _ in range(args.repeats):
             for engine in times:
-                times[engine].append(run_once(engine, image))
+                times[engine].append(cli_seconds("--engine", engine, image))
     median = {engine: statistics.median(t) for engine, t in times.items()}
     print(f"final_classification_script.py one.png, whole process, median of {args.repeats} (interleaved):")
     for engine, t in median.items():
