@@ -158,9 +158,9 @@ class HandoffEngine(Engine):
         try:
             self.later = build_later()
         except Exception as exc:  # a GPU that fails to start: the CPU goes on, and says so once
-            note(
-                f"the GPU did not start ({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__}); classifying on the CPU"
-            )
+            import images
+
+            note(f"the GPU did not start ({images.first_line(exc)}); classifying on the CPU")
 
     @property
     def name(self) -> str:
@@ -426,6 +426,7 @@ def open_engine(
     if engine == "auto" and device in ("auto", "cpu") and not onnxruntime_available():
         note("onnxruntime is not installed: running the model on torch, several times slower on a CPU")
     start_gpu = engine == "auto" and device == "auto" and torch_available() and gpu_likely()
+    on_engine = _on_openvino if engine == "openvino" else lambda export: export  # the export on the engine asked for
     if use_torch:
         return _torch_engine(model_path, device, backbone_weights)
     digest = file_digest(model_path)
@@ -435,7 +436,7 @@ def open_engine(
         if found and start_gpu:
             return HandoffEngine(found, lambda: _gpu_engine(model_path, backbone_weights), note)
         if found:
-            return _on_openvino(found) if engine == "openvino" else found
+            return on_engine(found)
         reasons.append(why)
     if start_gpu:
         import model as model_lib
@@ -460,7 +461,7 @@ def open_engine(
         found, why = open_export(target, digest)
         if found:
             note(f"wrote {target}")
-            return _on_openvino(found) if engine == "openvino" else found
+            return on_engine(found)
         note(f"the export at {target} does not load ({why})")
     note("running the model on torch instead of ONNX Runtime")
     return model_lib.TorchEngine(classifier)
@@ -470,8 +471,9 @@ def _on_openvino(export: OnnxEngine) -> OpenVinoEngine:
     try:
         return OpenVinoEngine(export)
     except Exception as exc:  # a broken install, a graph its ONNX reader refuses: one line, not a traceback
-        message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise EngineError(f"OpenVINO cannot run {export.path}: {message}; use --engine onnx") from exc
+        import images
+
+        raise EngineError(f"OpenVINO cannot run {export.path}: {images.first_line(exc)}; use --engine onnx") from exc
 
 
 def _gpu_engine(model_path: str, backbone_weights: str | None) -> Engine | None:
@@ -481,7 +483,7 @@ def _gpu_engine(model_path: str, backbone_weights: str | None) -> Engine | None:
     device = model_lib.select_device("auto")
     if device.type == "cpu":
         return None
-    gpu = model_lib.TorchEngine(model_lib.load_model(model_path, device, backbone_weights))
+    gpu = _torch_engine(model_path, device.type, backbone_weights)
     gpu.run(np.zeros((gpu.default_batch_size, gpu.preprocess["crop"], gpu.preprocess["crop"], 3), np.uint8))
     return gpu
 
