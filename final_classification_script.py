@@ -19,12 +19,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import engine
 import extract
+import phi
 import report
 from outputs import OutputClosed, OutputError, Sink, WriteFailed, check_outputs, read_resume
 from pipeline import Run, drain
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "best_model.pth")
-LABEL_CHOICES = ("medical", "non-medical")
+LABEL_CHOICES = ("medical", "non-medical", "phi")
 INTERRUPTED = 130
 STDOUT_CLOSED = 141  # as a shell reports a command ended by SIGPIPE
 
@@ -254,7 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only",
         choices=LABEL_CHOICES,
-        help="print and save only the images given this label (the summary still counts all)",
+        help="print and save only the images given this label, or (phi, which turns --phi on) the medical "
+        "images whose PHI risk is possible or likely (the summary still counts all)",
+    )
+    p.add_argument(
+        "--phi",
+        action="store_true",
+        help="say for each medical image (and each DICOM) what may identify a patient: DICOM patient attributes, "
+        "burned-in text (OCR), EXIF/XMP/PNG text; a phi object with its risk: none, possible, likely, unknown",
+    )
+    p.add_argument(
+        "--phi-values",
+        action="store_true",
+        help="with --phi: write the text found (names, IDs) into the results too; by default only its kind",
     )
     p.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML page of thumbnails")
     p.add_argument(
@@ -301,6 +314,13 @@ def parse_args(argv=None):
         p.error("no input: give at least one INPUT or --input-file FILE")
     if args.resume and not (args.jsonl and args.output and args.output != "-"):
         p.error("--resume needs --jsonl and -o FILE: the file it resumes")
+    if args.only == "phi":
+        args.phi = True
+    if args.phi_values and not args.phi:
+        p.error("--phi-values writes what --phi finds: give --phi too")
+    if args.phi and not phi.ocr_available():
+        print(f"error: {phi.INSTALL_HINT}", file=sys.stderr)
+        sys.exit(2)
     if args.by_label and not args.save_dir:
         p.error("--by-label sorts what --save-dir saves: give --save-dir DIR too")
     return args
@@ -368,6 +388,7 @@ def extract_options(args, model: engine.Engine) -> extract.Options:
         pages=args.pages,
         password=args.password,
         all_frames=args.all_frames,
+        phi=getattr(args, "phi", False),  # sweep_ray.py has no --phi
         retries=args.retries,
         user_agent=args.user_agent,
         headers=dict(args.header),

@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+import phi
 from version import __version__
 
 # Names that claim an image (or a document of ours): in a folder, such a file whose content is not
@@ -62,6 +63,7 @@ class Options:
     working_size: int = 1024  # decoded images are reduced to this shorter side (the CLI: the model's resize);
     # width/height stay the original's, and JPEGs are decoded at the smallest DCT scale that still covers it
     all_frames: bool = False  # every frame of a multi-frame DICOM, not only the middle one
+    phi: bool = False  # --phi: read what a file's header and metadata say of a person (phi.py)
     pages: tuple | None = None  # PDF pages to read: ((first, last or None), ...), 1-based; None for all
     password: str | None = field(default=None, repr=False)  # tried on a PDF the empty password does not open
     user_agent: str = USER_AGENT
@@ -101,6 +103,7 @@ class Found:
     inline: bool = False  # a PDF inline image (BI ... ID ... EI)
     found_on: str | None = None  # in a crawl: the page that shows the image, or links to the file it came from
     panels: list | None = None  # a compound figure's panel boxes (x0, y0, x1, y1) in `image`'s pixels
+    phi: dict | None = None  # --phi: what the file's DICOM header or metadata may say of a patient (phi.py)
 
 
 @dataclass
@@ -108,6 +111,7 @@ class Skipped:
     source: str
     reason: str
     undecodable: bool = False  # content that claims an image format but does not decode (a damaged file)
+    phi: dict | None = None  # --phi: a DICOM not classified still has its header read
 
 
 @dataclass
@@ -357,6 +361,7 @@ def _frame(
     if problem := size_problem(width, height, options):
         return Skipped(source, problem)
     fmt = (image.format or "png").lower()
+    metadata = phi.metadata_phi(image) if options.phi else None
     if image.format == "JPEG":
         image.draft("RGB", (options.working_size, options.working_size))
     image.load()
@@ -372,9 +377,10 @@ def _frame(
                 data if options.keep_encoded else None,
                 FILE_EXTENSIONS.get(fmt, fmt),
                 format=fmt,
+                phi=metadata,
             )
         )
-    return full_size_found(pixels.copy(), source, page, options, format=fmt, frame=frame)
+    return full_size_found(pixels.copy(), source, page, options, format=fmt, frame=frame, phi=metadata)
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -474,22 +480,29 @@ def dicom_images(data: bytes, source: str, options: Options) -> Iterator[Found |
     except ImportError:
         yield Skipped(source, "DICOM (pydicom is not installed: pip install pydicom)")
         return
+    header = None
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
+        if options.phi:
+            try:
+                header = phi.dicom_phi(ds)
+            except Exception as exc:
+                header = phi.verdict([], error=f"DICOM header could not be read ({first_line(exc)})")
         syntax = ds.file_meta.get("TransferSyntaxUID")
         syntax_name = getattr(syntax, "name", None) or str(syntax or "no transfer syntax")
         if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
             kind = ds.get("Modality") or ds.get("SOPClassUID", "")
-            yield Skipped(source, f"DICOM without pixel data ({getattr(kind, 'name', kind) or 'no image'})")
+            yield Skipped(source, f"DICOM without pixel data ({getattr(kind, 'name', kind) or 'no image'})", phi=header)
             return
         if "Rows" not in ds or "Columns" not in ds:
-            yield Skipped(source, "DICOM image without Rows and Columns")
+            yield Skipped(source, "DICOM image without Rows and Columns", phi=header)
             return
         width, height = int(ds.Columns), int(ds.Rows)
         declared = ds.get("NumberOfFrames")  # pydicom reads 0 as 1; a file that says 0 has no image to show
         frames = int(declared) if declared not in (None, "") else 1
     except Exception as exc:
-        yield Skipped(source, f"DICOM that cannot be read ({first_line(exc)})")
+        problem = f"DICOM that cannot be read ({first_line(exc)})"
+        yield Skipped(source, problem, phi=phi.verdict([], error=problem) if options.phi else None)
         return
     if frames < 1:
         yield Skipped(source, f"DICOM with {frames} frames (transfer syntax {syntax_name})")
@@ -509,10 +522,11 @@ def dicom_images(data: bytes, source: str, options: Options) -> Iterator[Found |
             yield Skipped(
                 frame_source,
                 f"DICOM whose pixel data cannot be decoded (transfer syntax {syntax_name}: {first_line(exc)})",
+                phi=header,
             )
             continue
         yield full_size_found(
-            image, frame_source, None, options, format="dicom", frame=index + 1 if frames > 1 else None
+            image, frame_source, None, options, format="dicom", frame=index + 1 if frames > 1 else None, phi=header
         )
     if frames > 1 and not options.all_frames:
         yield Skipped(

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 import engine
 import extract
+import phi as phi_module
 import report
 from atomic import replace_file
 from pipeline import InputState
@@ -383,16 +384,20 @@ class Sink:
         except OSError:
             pass  # the buffer that could not be written is dropped with it
 
-    def image(self, state: InputState, found: extract.Found, p: float, panel_ps: list = ()) -> None:
+    def image(self, state: InputState, found: extract.Found, p: float, panel_ps: list = (), phi=None) -> None:
         label = self.model.label(p)
         if label == "medical":
             state.medical += 1
         else:
             state.non_medical += 1
-        if self.args.only and label != self.args.only:
+        phi = self.public_phi(phi)
+        report.count_phi(self.summary, phi)
+        if self.args.only == "phi" and not phi_module.flagged(phi):
+            return
+        if self.args.only not in (None, "phi") and label != self.args.only:
             return
         saved = self._save(found, label) if self.args.save_dir else None
-        record = report.image_record(found, p, label, saved, panel_ps)
+        record = report.image_record(found, p, label, saved, panel_ps, phi)
         state.shown += 1
         if self.args.jsonl:
             self.line(report.image_line(state.text, record))
@@ -421,6 +426,12 @@ class Sink:
             )
             return None
 
+    def public_phi(self, phi: dict | None) -> dict | None:
+        """--phi: a verdict as written, where the results go and nowhere else (values only with --phi-values)."""
+        if not phi:
+            return None
+        return phi if getattr(self.args, "phi_values", False) else phi_module.without_values(phi)
+
     def start(self, state: InputState) -> None:
         """An input resumed mid-way counts what the earlier run wrote of it."""
         self.open[state.number] = state
@@ -434,7 +445,9 @@ class Sink:
             self.line(report.file_line(state.text, finished))
 
     def skipped(self, state: InputState, item: extract.Skipped) -> None:
-        record = report.skipped_record(item)
+        phi = self.public_phi(item.phi)
+        report.count_phi(self.summary, phi)
+        record = report.skipped_record(item, phi)
         state.n_skipped += 1
         state.downloads_failed += report.is_download_failure(item.reason)
         state.over_budget += item.reason.startswith("over --max-images")

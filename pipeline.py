@@ -15,6 +15,7 @@ from tqdm import tqdm
 import engine
 import extract
 import panels
+import phi
 import report
 
 SEEN_IMAGES = 65536  # results remembered per run by image content, so a logo on every page is classified once
@@ -70,6 +71,7 @@ class Run:
         self.stop = threading.Event()
         self.known: OrderedDict = OrderedDict()  # image key -> p_medical, bounded
         self.classified = self.reused = 0
+        self.reader = phi.TextReader() if options.phi else None  # --phi: burned-in text, read after classifying
         self.model_thread = threading.Thread(target=self._model_loop, name="model", daemon=True)
         self.model_thread.start()
 
@@ -97,6 +99,14 @@ class Run:
             if event[0] == "end":
                 active -= 1
             yield event
+
+    def phi_of(self, found: extract.Found, p: float) -> dict | None:
+        """--phi: a medical image's (and any DICOM's) verdict: its header or metadata, and the text in its pixels,
+        read only here, so OCR never runs on what the model calls non-medical."""
+        if self.reader is None or (self.model.label(p) != "medical" and found.format != "dicom"):
+            return None
+        pixels = phi.pixels_phi(found.image, self.reader, found.width / found.image.width)
+        return phi.merge(found.phi, pixels)
 
     def close(self, wait: bool = True):
         """The model thread ends before the interpreter does (torch's threads abort the process otherwise)."""
@@ -215,7 +225,10 @@ def drain(run: Run, sink, args, texts, total: int | None, done: set) -> None:
             elif kind == "file":
                 sink.file(state, event[2])
             elif kind in ("skipped", "image"):
-                sink.skipped(state, event[2]) if kind == "skipped" else sink.image(state, event[2], event[3], event[4])
+                if kind == "skipped":
+                    sink.skipped(state, event[2])
+                else:
+                    sink.image(state, *event[2:5], phi=run.phi_of(event[2], event[3]))
                 state.seen += 1
                 if state.seen > state.expected:  # more than announced, or nothing announced
                     images_bar.total += 1

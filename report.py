@@ -19,7 +19,7 @@ THUMBNAIL = 160
 UNCERTAIN = 0.1  # p_medical within this of the threshold is marked uncertain in the report
 
 
-def image_record(found, p: float, label: str, saved_path: str | None = None, panel_ps=()) -> dict:
+def image_record(found, p: float, label: str, saved_path: str | None = None, panel_ps=(), phi=None) -> dict:
     """One classified image, as README's schema names its fields (p_medical to 4 places); a compound figure's
     `panels` give each panel's box in the original's pixels and its own p_medical."""
     return {
@@ -34,6 +34,7 @@ def image_record(found, p: float, label: str, saved_path: str | None = None, pan
         **({"thumbnail": found.thumbnail} if found.thumbnail else {}),
         **({"found_on": found.found_on} if found.found_on else {}),
         **({"panels": panel_records(found, panel_ps)} if panel_ps else {}),
+        **({"phi": phi} if phi else {}),
     }
 
 
@@ -42,8 +43,8 @@ def panel_records(found, panel_ps) -> list[dict]:
     return [{"box": [round(v * scale) for v in box], "p_medical": round(float(p), 4)} for box, p in panel_ps]
 
 
-def skipped_record(skipped) -> dict:
-    return {"source": skipped.source, "reason": skipped.reason}
+def skipped_record(skipped, phi=None) -> dict:
+    return {"source": skipped.source, "reason": skipped.reason, **({"phi": phi} if phi else {})}
 
 
 def thumbnail(image) -> str:
@@ -87,6 +88,13 @@ def all_downloads_failed(images: int, downloads_failed: int) -> str | None:
 
 def new_summary() -> dict:
     return {"inputs": 0, "images": 0, "medical": 0, "non-medical": 0, "skipped": 0, "failed_inputs": 0}
+
+
+def count_phi(summary: dict, phi: dict | None) -> None:
+    """--phi: the summary counts images (and unclassified DICOM) per risk."""
+    if phi:
+        counts = summary.setdefault("phi", {risk: 0 for risk in ("none", "possible", "likely", "unknown")})
+        counts[phi["risk"]] += 1
 
 
 def add_to_summary(summary: dict, medical: int, non_medical: int, skipped: int, error: str | None) -> dict:
@@ -154,7 +162,22 @@ CSV_FIELDS = [
     "format",
     "thumbnail",
     "found_on",
+    "phi_risk",
+    "phi_found",
 ]
+
+
+def phi_columns(record: dict) -> dict:
+    """CSV's two PHI columns: the risk, and each finding as where:kind[:attribute or field] (values, when
+    --phi-values gives them, after =), parted by |."""
+    if not (phi := record.get("phi")):
+        return {}
+    found = [
+        ":".join([f["in"], f["kind"]] + [str(f[k]) for k in ("attribute", "field") if k in f])
+        + (f"={f['value']}" if "value" in f else "")
+        for f in phi["found"]
+    ]
+    return {"phi_risk": phi["risk"], "phi_found": " | ".join(found) or phi.get("error", "")}
 
 
 def to_csv(report: dict) -> str:
@@ -166,9 +189,9 @@ def to_csv(report: dict) -> str:
         if entry["error"]:
             writer.writerow({**base, "status": "error", "reason": entry["error"]})
         for image in entry["images"]:
-            writer.writerow({**base, "status": "classified", **image})
+            writer.writerow({**base, "status": "classified", **image, **phi_columns(image)})
         for skipped in entry["skipped"]:
-            writer.writerow({**base, "status": "skipped", **skipped})
+            writer.writerow({**base, "status": "skipped", **skipped, **phi_columns(skipped)})
     return buffer.getvalue()
 
 
@@ -184,12 +207,24 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def phi_text(phi: dict) -> str:
+    """likely (name, id in pixels; date in dicom)"""
+    kinds: dict = {}
+    for f in phi["found"]:
+        kinds.setdefault(f["in"], []).append(f["kind"]) if f["kind"] not in kinds.get(f["in"], []) else None
+    where = "; ".join(f"{', '.join(k)} in {w}" for w, k in kinds.items())
+    extra = where or phi.get("error") or (f"de-identified by {phi['deidentified']}" if phi.get("deidentified") else "")
+    return phi["risk"] + (f" ({extra})" if extra else "")
+
+
 def summary_line(summary: dict, n_inputs: int) -> str:
     line = (
         f"{plural(summary['images'], 'image')}: {summary['medical']} medical, {summary['non-medical']} "
         f"non-medical; {summary['skipped']} skipped; {summary['failed_inputs']} of {plural(n_inputs, 'input')} "
         "failed"
     )
+    if counts := summary.get("phi"):
+        line += "; PHI " + ", ".join(f"{n} {risk}" for risk, n in counts.items() if n)
     return line + ("; interrupted" if summary.get("interrupted") else "")
 
 
@@ -215,6 +250,7 @@ def to_table(report: dict) -> str:
                     if im.get("panels")
                     else ""
                 )
+                + (f"  PHI {phi_text(im['phi'])}" if im.get("phi") else "")
             )
         reasons: dict = {}
         for sk in entry["skipped"]:
@@ -274,7 +310,8 @@ a{color:#1a5276} [hidden]{display:none!important} .muted{color:#666}
 .medical{border-color:#c0392b;background:#fdecea} .non-medical{border-color:#2e86c1;background:#eaf2fb}
 .uncertain{border-style:dashed;background:#fef5e7} .swatch.uncertain{border-color:#888}
 .medical .verdict{color:#922b21} .non-medical .verdict{color:#1b4f72}
-.verdict{font-weight:bold;font-size:14px} .mark{background:#d68910;color:#fff;border-radius:3px;padding:0 4px;
+.verdict{font-weight:bold;font-size:14px} .phi{border-radius:3px;padding:0 4px;font-size:11px;color:#fff;background:#7f8c8d}
+.phi.likely{background:#c0392b} .phi.possible{background:#d68910} .mark{background:#d68910;color:#fff;border-radius:3px;padding:0 4px;
 font-size:11px;margin-left:4px}
 .gauge{position:relative;height:6px;background:#ddd;border-radius:3px}
 .gauge span{position:absolute;left:0;top:0;bottom:0;background:#555;border-radius:3px}
@@ -348,7 +385,13 @@ def _card(image: dict, order: int, thumb: str | None, threshold: float) -> str:
             else f'<div class="pic{"" if thumb else " noimg"}">{picture}</div>'
         )
         + f'<div class="verdict">{esc(image["label"])}{" <span class=mark>uncertain</span>" if uncertain else ""}'
-        f'</div><div class="p">p(medical) {p:.3f}</div>'
+        + (
+            f' <span class="phi {esc(image["phi"]["risk"])}" title="{esc(phi_text(image["phi"]))}">'
+            f"PHI {esc(image['phi']['risk'])}</span>"
+            if image.get("phi")
+            else ""
+        )
+        + f'</div><div class="p">p(medical) {p:.3f}</div>'
         f'<div class="gauge" title="p(medical) {p:.3f}, threshold {threshold:.3f}">'
         f'<span style="width:{100 * min(max(p, 0), 1):.1f}%"></span>'
         f'<i style="left:{100 * min(max(threshold, 0), 1):.1f}%"></i></div>'
