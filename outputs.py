@@ -430,7 +430,7 @@ class Sink:
         """--phi: a verdict as written, where the results go and nowhere else (values only with --phi-values)."""
         if not phi:
             return None
-        return phi if getattr(self.args, "phi_values", False) else phi_module.without_values(phi)
+        return phi if self.args.phi_values else phi_module.without_values(phi)
 
     def start(self, state: InputState) -> None:
         """An input resumed mid-way counts what the earlier run wrote of it."""

@@ -303,7 +303,8 @@ def text_finding(text: str) -> tuple[str, str] | None:
         return None
     if _LABEL_BIRTH.search(line):
         return "birth date", LIKELY
-    if _DICOM_NAME.search(line) or _COMMA_NAME.search(line) and not _words_are_terms(_COMMA_NAME.search(line)[0]):
+    comma_name = _COMMA_NAME.search(line)
+    if _DICOM_NAME.search(line) or comma_name and not _words_are_terms(comma_name[0]):
         return "name", LIKELY
     if _LABEL_NAME.search(line) and re.search(r"[A-Za-z]{2,}", _LABEL_NAME.sub(" ", line)):
         return "name", LIKELY

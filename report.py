@@ -13,6 +13,7 @@ import pathlib
 import re
 
 import engine
+import phi as phi_module
 from pages import is_http_url
 
 THUMBNAIL = 160
@@ -93,7 +94,7 @@ def new_summary() -> dict:
 def count_phi(summary: dict, phi: dict | None) -> None:
     """--phi: the summary counts images (and unclassified DICOM) per risk."""
     if phi:
-        counts = summary.setdefault("phi", {risk: 0 for risk in ("none", "possible", "likely", "unknown")})
+        counts = summary.setdefault("phi", dict.fromkeys(phi_module.RISKS, 0))
         counts[phi["risk"]] += 1
 
 
@@ -211,7 +212,7 @@ def phi_text(phi: dict) -> str:
     """likely (name, id in pixels; date in dicom)"""
     kinds: dict = {}
     for f in phi["found"]:
-        kinds.setdefault(f["in"], []).append(f["kind"]) if f["kind"] not in kinds.get(f["in"], []) else None
+        kinds.setdefault(f["in"], {})[f["kind"]] = None  # each kind once per place, in the order found
     where = "; ".join(f"{', '.join(k)} in {w}" for w, k in kinds.items())
     extra = where or phi.get("error") or (f"de-identified by {phi['deidentified']}" if phi.get("deidentified") else "")
     return phi["risk"] + (f" ({extra})" if extra else "")
