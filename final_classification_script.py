@@ -218,6 +218,30 @@ def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_phi_arguments(p: argparse.ArgumentParser) -> None:
+    """--phi and --phi-values, the same in sweep_ray.py."""
+    p.add_argument(
+        "--phi",
+        action="store_true",
+        help="say for each medical image (and each DICOM) what may identify a patient: DICOM patient attributes, "
+        "burned-in text (OCR), EXIF/XMP/PNG text; a phi object with its risk: none, possible, likely, unknown",
+    )
+    p.add_argument(
+        "--phi-values",
+        action="store_true",
+        help="with --phi: write the text found (names, IDs) into the results too; by default only its kind",
+    )
+
+
+def check_phi_arguments(p: argparse.ArgumentParser, args) -> None:
+    """--phi-values needs --phi; --phi needs the OCR package (exit 2 saying what to install)."""
+    if args.phi_values and not args.phi:
+        p.error("--phi-values writes what --phi finds: give --phi too")
+    if args.phi and not phi.ocr_available():
+        print(f"error: {phi.INSTALL_HINT}", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every option, with its default in --help (docs/cli.md lists the same options)."""
     p = OneLineParser(
@@ -258,17 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print and save only the images given this label, or (phi, which turns --phi on) the medical "
         "images whose PHI risk is possible or likely (the summary still counts all)",
     )
-    p.add_argument(
-        "--phi",
-        action="store_true",
-        help="say for each medical image (and each DICOM) what may identify a patient: DICOM patient attributes, "
-        "burned-in text (OCR), EXIF/XMP/PNG text; a phi object with its risk: none, possible, likely, unknown",
-    )
-    p.add_argument(
-        "--phi-values",
-        action="store_true",
-        help="with --phi: write the text found (names, IDs) into the results too; by default only its kind",
-    )
+    add_phi_arguments(p)
     p.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML page of thumbnails")
     p.add_argument(
         "--threshold",
@@ -316,11 +330,7 @@ def parse_args(argv=None):
         p.error("--resume needs --jsonl and -o FILE: the file it resumes")
     if args.only == "phi":
         args.phi = True
-    if args.phi_values and not args.phi:
-        p.error("--phi-values writes what --phi finds: give --phi too")
-    if args.phi and not phi.ocr_available():
-        print(f"error: {phi.INSTALL_HINT}", file=sys.stderr)
-        sys.exit(2)
+    check_phi_arguments(p, args)
     if args.by_label and not args.save_dir:
         p.error("--by-label sorts what --save-dir saves: give --save-dir DIR too")
     return args
@@ -388,7 +398,7 @@ def extract_options(args, model: engine.Engine) -> extract.Options:
         pages=args.pages,
         password=args.password,
         all_frames=args.all_frames,
-        phi=getattr(args, "phi", False),  # sweep_ray.py has no --phi
+        phi=args.phi,
         retries=args.retries,
         user_agent=args.user_agent,
         headers=dict(args.header),

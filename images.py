@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 import phi
+from messages import first_line  # noqa: F401 (re-exported)
 from version import __version__
 
 # Names that claim an image (or a document of ours): in a folder, such a file whose content is not
@@ -146,20 +147,6 @@ class ImageBudget:
                 return Skipped(item.source, self.reason)
             self.used += 1
         return item
-
-
-def clip(text: str, width: int = 160) -> str:
-    """At most `width` characters, cut at a word's end (never mid-word) with an ellipsis."""
-    if len(text) <= width:
-        return text
-    cut = text[: width - 1]
-    space = cut.rfind(" ")
-    return (cut[:space] if space > width // 2 else cut).rstrip(" ,;:(") + "…"
-
-
-def first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return clip(text.splitlines()[0] if text else type(exc).__name__)
 
 
 def read_file(path: str, options: Options) -> bytes:

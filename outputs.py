@@ -250,6 +250,8 @@ def read_resume(path: str) -> Resumed:
             if not record or record.get("type") == "summary" or "input" not in record:
                 continue
             text = record["input"]
+            if text in resumed.done or number <= last_file.get(text, -1):
+                report.count_phi(resumed.summary, record.get("phi"))  # counted per image of the whole file
             if text in resumed.done:
                 _count_line(resumed.summary, record)
                 if record["type"] == "input":
@@ -390,7 +392,7 @@ class Sink:
             state.medical += 1
         else:
             state.non_medical += 1
-        phi = self.public_phi(phi)
+        phi = phi_module.public(phi, self.args.phi_values)
         report.count_phi(self.summary, phi)
         if self.args.only == "phi" and not phi_module.flagged(phi):
             return
@@ -426,12 +428,6 @@ class Sink:
             )
             return None
 
-    def public_phi(self, phi: dict | None) -> dict | None:
-        """--phi: a verdict as written, where the results go and nowhere else (values only with --phi-values)."""
-        if not phi:
-            return None
-        return phi if self.args.phi_values else phi_module.without_values(phi)
-
     def start(self, state: InputState) -> None:
         """An input resumed mid-way counts what the earlier run wrote of it."""
         self.open[state.number] = state
@@ -445,7 +441,7 @@ class Sink:
             self.line(report.file_line(state.text, finished))
 
     def skipped(self, state: InputState, item: extract.Skipped) -> None:
-        phi = self.public_phi(item.phi)
+        phi = phi_module.public(item.phi, self.args.phi_values)
         report.count_phi(self.summary, phi)
         record = report.skipped_record(item, phi)
         state.n_skipped += 1

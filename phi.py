@@ -12,6 +12,8 @@ import re
 
 from PIL import Image
 
+from messages import first_line
+
 LIKELY, POSSIBLE, NONE, UNKNOWN = "likely", "possible", "none", "unknown"
 RISKS = (NONE, POSSIBLE, LIKELY, UNKNOWN)
 OCR_PACKAGE = "rapidocr_onnxruntime"
@@ -90,6 +92,13 @@ def verdict(found: list, deidentified=None, error: str | None = None) -> dict:
 def without_values(phi: dict) -> dict:
     """What is written unless --phi-values: the kinds and places, never the text itself."""
     return {**phi, "found": [{k: v for k, v in f.items() if k != "value"} for f in phi["found"]]}
+
+
+def public(phi: dict | None, values: bool) -> dict | None:
+    """A verdict as written where the results go, and nowhere else: its values only when asked (--phi-values)."""
+    if not phi:
+        return None
+    return phi if values else without_values(phi)
 
 
 def merge(*parts: dict | None) -> dict:
@@ -385,8 +394,6 @@ def pixels_phi(image: Image.Image, reader: TextReader, scale: float = 1.0) -> di
     try:
         lines = reader.read(image)
     except Exception as exc:
-        from images import first_line
-
         return verdict([], error=f"text could not be read ({type(exc).__name__}: {first_line(exc)})")
     found = []
     for box, text in lines:

@@ -51,6 +51,28 @@ def image_key(image) -> bytes:
     return digest.digest()[:16]
 
 
+class PhiReader:
+    """--phi: a classified image's verdict: its header or metadata, and the text in its pixels, read only after
+    classifying, so OCR never runs on what the model calls non-medical (DICOM always), and once per image content
+    (the same scan on every page of a report), as it is classified once."""
+
+    def __init__(self):
+        self.reader = phi.TextReader()
+        self.texts_read: OrderedDict = OrderedDict()  # (image key, original width) -> its pixels' verdict, bounded
+
+    def __call__(self, found: extract.Found, label: str, key: bytes) -> dict | None:
+        if label != "medical" and found.format != "dicom":
+            return None
+        seen = (key, found.width)  # boxes are in the original's pixels
+        if (pixels := self.texts_read.get(seen)) is None:
+            pixels = phi.pixels_phi(found.image, self.reader, found.width / found.image.width)
+            self.texts_read[seen] = pixels
+            while len(self.texts_read) > SEEN_IMAGES:
+                self.texts_read.popitem(last=False)
+        self.texts_read.move_to_end(seen)
+        return phi.merge(found.phi, pixels)
+
+
 class Run:
     """Inputs extracted `jobs` at a time on threads; their images meet in one queue, so the model thread always
     takes full batches across inputs; results come back to the calling thread in order, per input."""
@@ -71,14 +93,14 @@ class Run:
         self.stop = threading.Event()
         self.known: OrderedDict = OrderedDict()  # image key -> p_medical, bounded
         self.classified = self.reused = 0
-        self.reader = phi.TextReader() if options.phi else None  # --phi: burned-in text, read after classifying
+        self.phi = PhiReader() if options.phi else None  # --phi: burned-in text, read after classifying
         self.model_thread = threading.Thread(target=self._model_loop, name="model", daemon=True)
         self.model_thread.start()
 
     def results(self, texts):
-        """Yield ("start", state), ("expect", state, n), ("skipped", state, Skipped), ("image", state, Found, p, panels),
-        ("file", state, Finished) and ("end", state) as they come; an input's items come in the order they were
-        found (all through the model's queue), and "end" after all of them."""
+        """Yield ("start", state), ("expect", state, n), ("skipped", state, Skipped), ("image", state, Found, p,
+        panels, image key), ("file", state, Finished) and ("end", state) as they come; an input's items come in the
+        order they were found (all through the model's queue), and "end" after all of them."""
         active, texts = 0, iter(texts)
         number = 0
         exhausted = False
@@ -100,13 +122,8 @@ class Run:
                 active -= 1
             yield event
 
-    def phi_of(self, found: extract.Found, p: float) -> dict | None:
-        """--phi: a medical image's (and any DICOM's) verdict: its header or metadata, and the text in its pixels,
-        read only here, so OCR never runs on what the model calls non-medical."""
-        if self.reader is None or (self.model.label(p) != "medical" and found.format != "dicom"):
-            return None
-        pixels = phi.pixels_phi(found.image, self.reader, found.width / found.image.width)
-        return phi.merge(found.phi, pixels)
+    def phi_of(self, found: extract.Found, p: float, key: bytes) -> dict | None:
+        return self.phi(found, self.model.label(p), key) if self.phi else None
 
     def close(self, wait: bool = True):
         """The model thread ends before the interpreter does (torch's threads abort the process otherwise)."""
@@ -177,7 +194,7 @@ class Run:
                 elif key in self.known:
                     self.known.move_to_end(key)
                     p, panel_ps = self.known[key]
-                    self.events.put(("image", state, item, p, panel_ps))
+                    self.events.put(("image", state, item, p, panel_ps, key))
                 else:
                     state.error = state.error or failure
             self.classified += len(todo)
@@ -228,7 +245,7 @@ def drain(run: Run, sink, args, texts, total: int | None, done: set) -> None:
                 if kind == "skipped":
                     sink.skipped(state, event[2])
                 else:
-                    sink.image(state, *event[2:5], phi=run.phi_of(event[2], event[3]))
+                    sink.image(state, *event[2:5], phi=run.phi_of(event[2], event[3], event[5]))
                 state.seen += 1
                 if state.seen > state.expected:  # more than announced, or nothing announced
                     images_bar.total += 1

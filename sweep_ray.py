@@ -26,6 +26,8 @@ import extract
 import final_classification_script as cli
 import outputs
 import panels
+import phi
+import pipeline
 import report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,6 +56,8 @@ PARQUET_FIELDS = [
     ("images", "int64"),
     ("skipped", "int64"),
     ("downloads_failed", "int64"),
+    ("phi_risk", "string"),  # --phi: as the CLI's CSV columns
+    ("phi_found", "string"),
 ]
 
 
@@ -107,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backbone-weights", help="local file of the backbone's ImageNet weights, for offline machines")
     cli.add_extraction_arguments(p)
+    cli.add_phi_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars (errors and the summary still show)")
     p.add_argument("--verbose", action="store_true", help="also Ray's own logs, warnings and up, and the actors'")
     p.set_defaults(save_dir=None, strict=False)  # the extracted files stay where they are; no --save-dir on a cluster
@@ -120,6 +125,7 @@ def parse_args(argv=None):
         p.error("--num-gpus-per-actor must be 0 or more")
     if os.path.splitext(args.output)[1].lower() not in (".parquet", ".jsonl"):
         p.error(f"--output {args.output}: name it .parquet or .jsonl")
+    cli.check_phi_arguments(p, args)
     return args
 
 
@@ -161,6 +167,7 @@ def _found_fields(found: extract.Found) -> dict:
         "index": found.index,
         "frame": found.frame,
         "panels": found.panels,
+        "phi": found.phi,  # --phi: the header's or metadata's part, read at extraction
     }
 
 
@@ -183,7 +190,7 @@ def extraction_rows(row: dict, options: extract.Options) -> Iterator[dict]:
                 yield {
                     **common,
                     "type": "skipped",
-                    "line": json.dumps(report.skipped_line(text, report.skipped_record(item))),
+                    "line": json.dumps(report.skipped_line(text, report.skipped_record(item, item.phi))),
                     "pixels": b"",
                     "size": "",
                 }
@@ -218,7 +225,13 @@ class Classifier:
     """A Ray actor: loads the model once, then classifies the image rows of every batch it is given."""
 
     def __init__(
-        self, model_path: str, gpu: bool, backbone_weights: str | None, threshold: float | None, batch_size: int | None
+        self,
+        model_path: str,
+        gpu: bool,
+        backbone_weights: str | None,
+        threshold: float | None,
+        batch_size: int | None,
+        phi: bool = False,
     ):
         self.model = engine.open_engine(
             model_path, "torch" if gpu else "onnx", "cuda" if gpu else "cpu", backbone_weights
@@ -226,6 +239,7 @@ class Classifier:
         if threshold is not None:
             self.model.threshold = threshold
         self.batch_size = batch_size
+        self.phi = pipeline.PhiReader() if phi else None  # --phi: OCR in the actor, after classifying
 
     def __call__(self, batch: dict) -> dict:
         from PIL import Image
@@ -245,7 +259,9 @@ class Classifier:
             self.model, [f.image for f in found], [f.panels or [] for f in found], batch_size=self.batch_size
         )
         for i, item, (p, panel_ps, _) in zip(at, found, results):
-            record = report.image_record(item, p, self.model.label(p), None, panel_ps)
+            label = self.model.label(p)
+            verdict = self.phi(item, label, pipeline.image_key(item.image)) if self.phi else None
+            record = report.image_record(item, p, label, None, panel_ps, verdict)
             lines[i] = json.dumps(report.image_line(str(batch["input"][i]), record))
         return {"n": batch["n"], "type": batch["type"], "line": lines}
 
@@ -296,6 +312,7 @@ def sweep(inputs: list[str], options: extract.Options, args) -> Iterator[dict]:
                 args.backbone_weights,
                 args.threshold,
                 args.batch_size,
+                args.phi,
             ),
             batch_size=args.batch_size or (128 if gpu else 16),
             compute=ray.data.ActorPoolStrategy(size=args.actors),
@@ -376,7 +393,8 @@ class Writer:
         import pyarrow as pa
 
         if self.rows:
-            columns = {name: [row.get(name) for row in self.rows] for name, _ in PARQUET_FIELDS}
+            rows = [{**row, **report.phi_columns(row)} for row in self.rows]
+            columns = {name: [row.get(name) for row in rows] for name, _ in PARQUET_FIELDS}
             self.file.write_table(pa.Table.from_pydict(columns, schema=self.schema))
             self.rows = []
 
@@ -486,6 +504,8 @@ def _sweep_main(args, target: outputs.Target, inputs: list[str], model: engine.E
     writer = Writer(target)
     try:
         for line in sweep(inputs, cli.extract_options(args, model), args):
+            if "phi" in line:  # values only where the results go, and only with --phi-values
+                line["phi"] = phi.public(line["phi"], args.phi_values)
             writer.write(line)
             if line["type"] == "input":
                 written += 1

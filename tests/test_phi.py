@@ -179,3 +179,23 @@ def test_cli_without_the_ocr_package(files, capsys, monkeypatch):
         cli.main(["--phi", str(files / "named.jpg")])
     assert exit_info.value.code == 2
     assert "pip install -r requirements-phi.txt" in capsys.readouterr().err
+
+
+def test_resume_counts_earlier_verdicts_and_text_is_read_once_per_image(files, capsys, monkeypatch):
+    reads = []
+    read = phi.TextReader.read
+    monkeypatch.setattr(phi.TextReader, "read", lambda self, image: reads.append(image.size) or read(self, image))
+    out = files / "out.jsonl"
+    named, harmless, ct = (str(files / n) for n in ("named.jpg", "harmless.png", "ct.dcm"))
+    copy_of_named = files / "again.jpg"
+    copy_of_named.write_bytes((files / "named.jpg").read_bytes())
+    code, _, _ = run(["--jsonl", "--phi", "-o", str(out), named, str(copy_of_named)], capsys)
+    assert code == 0 and len(reads) == 1  # the same pixels under two names: read once, reported twice
+    first = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["phi"]["risk"] for line in first if line["type"] == "image"] == ["likely", "likely"]
+
+    code, _, _ = run(["--jsonl", "--phi", "--resume", "-o", str(out), named, str(copy_of_named), harmless, ct], capsys)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert code == 0 and lines[-1]["type"] == "summary"
+    assert lines[-1]["phi"] == {"none": 1, "possible": 0, "likely": 3, "unknown": 0}, lines[-1]
+    assert sum(line["type"] == "image" for line in lines) == 4

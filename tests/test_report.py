@@ -381,13 +381,13 @@ def test_long_sources_are_cut_in_the_middle_keeping_the_file_name():
 
 
 def test_reasons_are_never_cut_mid_word():
-    import images
+    import messages
 
     reason = "DICOM pixel data could not be decoded: " + "the transfer syntax needs a decoder plugin " * 8
-    cut = images.clip(reason)
+    cut = messages.clip(reason)
     assert len(cut) <= 160 and cut.endswith("…")
     assert cut[:-1].split()[-1] in reason.split(), "the last word is whole"
-    assert images.first_line(ValueError(reason + "\nsecond line")) == cut
+    assert messages.first_line(ValueError(reason + "\nsecond line")) == cut
 
 
 def test_one_failed_input_is_singular_in_the_report():

@@ -54,7 +54,7 @@ def cli_result(inputs, tmp_path_factory):
     return code, json.loads(out.read_text())
 
 
-def ray_lines(inputs, folder, output_name, ray_session, as_parquet_input=False):
+def ray_lines(inputs, folder, output_name, ray_session, as_parquet_input=False, options=()):
     if as_parquet_input:
         import pyarrow as pa
 
@@ -64,7 +64,7 @@ def ray_lines(inputs, folder, output_name, ray_session, as_parquet_input=False):
         listing = folder / "inputs.txt"
         listing.write_text("# inputs\n\n" + "\n".join(inputs) + "\n")
     out = folder / output_name
-    code = sweep_ray.main([str(listing), "-o", str(out), "--quiet", "--timeout", "10"])
+    code = sweep_ray.main([str(listing), "-o", str(out), "--quiet", "--timeout", "10", *options])
     if output_name.endswith(".parquet"):
         return code, pq.read_table(out).to_pylist()
     return code, [json.loads(line) for line in out.read_text().splitlines()]
@@ -113,6 +113,29 @@ def test_parquet_in_and_out_hold_the_same_rows_as_json_lines(inputs, ray_session
     assert code == code_jsonl == 1
     assert sorted(rows, key=key) == sorted(padded, key=key)
     assert len(rows) == 8 + 1 + len(inputs)  # 8 images, gone.png skipped, an input row each
+
+
+def test_phi_on_ray_as_in_the_cli(ray_session, tmp_path):
+    """--phi in the actors: the same verdicts as the CLI's, values only with --phi-values, Parquet's two columns."""
+    from pydicom.data import get_testdata_file
+
+    from test_phi import drawn
+
+    drawn(MEDICAL[0], ["DOE^JOHN", "ID 00482913"]).save(tmp_path / "named.png")
+    (tmp_path / "ct.dcm").write_bytes(open(get_testdata_file("CT_small.dcm"), "rb").read())
+    inputs = [str(tmp_path / "named.png"), str(tmp_path / "ct.dcm"), str(NON_MEDICAL[0])]
+    out = tmp_path / "cli.jsonl"
+    assert cli.main(["--jsonl", "--phi", "-o", str(out), "--quiet", *inputs]) == 0
+    expected = {line["source"]: line.get("phi") for line in map(json.loads, out.open()) if line["type"] == "image"}
+    assert expected[inputs[0]]["risk"] == expected[inputs[1]]["risk"] == "likely" and expected[inputs[2]] is None
+
+    code, lines = ray_lines(inputs, tmp_path, "out.jsonl", ray_session, options=["--phi"])
+    assert code == 0 and {line["source"]: line.get("phi") for line in lines if line["type"] == "image"} == expected
+    code, rows = ray_lines(inputs, tmp_path, "out.parquet", ray_session, options=["--phi", "--phi-values"])
+    risks = {row["source"]: (row["phi_risk"], row["phi_found"]) for row in rows if row["type"] == "image"}
+    assert code == 0 and risks[inputs[2]] == (None, None)
+    assert risks[inputs[0]][0] == "likely" and "pixels:name=DOE^JOHN" in risks[inputs[0]][1]
+    assert "dicom:name:PatientName=CompressedSamples^CT1" in risks[inputs[1]][1]
 
 
 def test_an_input_ray_never_finished_is_a_failed_row_never_dropped():
