@@ -21,7 +21,7 @@ import engine
 import extract
 import phi
 import report
-from outputs import OutputClosed, OutputError, Sink, WriteFailed, check_outputs, read_resume
+from outputs import OutputClosed, OutputError, ResumeMismatch, Sink, WriteFailed, check_outputs, read_resume
 from pipeline import Run, drain
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "best_model.pth")
@@ -443,7 +443,11 @@ def classify(args) -> int:
         return 2
     if args.threshold is not None:
         model.threshold = args.threshold
-    resumed = read_resume(args.output) if args.resume else None
+    try:
+        resumed = read_resume(args.output, args.phi, args.phi_values) if args.resume else None
+    except ResumeMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     done = resumed.done if resumed else set()
     if done:
         note(f"resuming {args.output}: skipping the {report.plural(len(done), 'input')} it has finished")

@@ -6,6 +6,7 @@ here knows about the model or imports torch.
 """
 
 import io
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ class Found:
     found_on: str | None = None  # in a crawl: the page that shows the image, or links to the file it came from
     panels: list | None = None  # a compound figure's panel boxes (x0, y0, x1, y1) in `image`'s pixels
     phi: dict | None = None  # --phi: what the file's DICOM header or metadata may say of a patient (phi.py)
+    text_detail: Image.Image | None = None  # --phi: a large original at the size its small text is read at
 
 
 @dataclass
@@ -350,21 +352,23 @@ def _frame(
     fmt = (image.format or "png").lower()
     metadata = phi.metadata_phi(image) if options.phi else None
     if image.format == "JPEG":
-        image.draft("RGB", (options.working_size, options.working_size))
+        image.draft("RGB", _draft_size(width, height, options))
     image.load()
     pixels = to_8bit(image, _bits_per_sample(data, image))
     if pixels is image and frame is None:  # the file as it is
+        kept = reduce(pixels, options.working_size)
         return _shown(
             Found(
                 source,
                 page,
-                reduce(pixels, options.working_size),
+                kept,
                 width,
                 height,
                 data if options.keep_encoded else None,
                 FILE_EXTENSIONS.get(fmt, fmt),
                 format=fmt,
                 phi=metadata,
+                text_detail=phi.text_detail(pixels, kept) if options.phi else None,
             )
         )
     return full_size_found(pixels.copy(), source, page, options, format=fmt, frame=frame, phi=metadata)
@@ -383,7 +387,16 @@ def full_size_found(image: Image.Image, source: str, page: int | None, options: 
     if problem := blank_problem(reduced):
         return Skipped(source, problem)
     encoded = png_bytes(image) if options.keep_encoded else None
-    return Found(source, page, reduced, image.width, image.height, encoded, "png", **fields)
+    detail = phi.text_detail(image, reduced) if options.phi else None
+    return Found(source, page, reduced, image.width, image.height, encoded, "png", text_detail=detail, **fields)
+
+
+def _draft_size(width: int, height: int, options: Options) -> tuple[int, int]:
+    """The size a JPEG must at least decode to: the working size, and with --phi the size its text is read at."""
+    if not options.phi:
+        return options.working_size, options.working_size
+    ratio = min(1.0, max(options.working_size / min(width, height), phi.TEXT_SIDE / max(width, height)))
+    return math.ceil(width * ratio), math.ceil(height * ratio)
 
 
 def _not_read(kind: str, source: str) -> Skipped:
@@ -472,7 +485,7 @@ def dicom_images(data: bytes, source: str, options: Options) -> Iterator[Found |
         ds = pydicom.dcmread(io.BytesIO(data))
         if options.phi:
             try:
-                header = phi.dicom_phi(ds)
+                header = phi.dicom_phi(ds, dicom_header_cut(ds, len(data)))
             except Exception as exc:
                 header = phi.verdict([], error=f"DICOM header could not be read ({first_line(exc)})")
         syntax = ds.file_meta.get("TransferSyntaxUID")
@@ -519,6 +532,25 @@ def dicom_images(data: bytes, source: str, options: Options) -> Iterator[Found |
         yield Skipped(
             source, f"{frames - 1} other frames of a multi-frame DICOM not classified (--all-frames classifies each)"
         )
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"  # the dataset is zlib-compressed: its offsets are not the file's
+
+
+def dicom_header_cut(ds, size: int) -> str | None:
+    """Why a parsed DICOM was not read to its end, or None. pydicom stops silently where a file is cut, keeping
+    a short last value; a file with neither pixels nor patient attributes (group 0010) says too little to judge."""
+    tags = list(ds.keys())
+    if not tags:
+        return "DICOM header cut before its first attribute"
+    last = ds.get_item(tags[-1])
+    tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
+    deflated = str(ds.file_meta.get("TransferSyntaxUID", "")) == DEFLATED
+    if not deflated and tell is not None and length not in (None, 0xFFFFFFFF) and tell + length != size:
+        return f"DICOM cut at byte {size}, in {last.tag}: what follows was not read"
+    if "PixelData" not in ds and not any(tag.group == 0x0010 for tag in tags):
+        return "DICOM header without pixel data or patient attributes (a cut file?): what may follow was not read"
+    return None
 
 
 def dicom_frame_to_image(ds, index: int) -> Image.Image:

@@ -230,15 +230,46 @@ def _count_line(counts: dict, record: dict) -> None:
         )
 
 
-def read_resume(path: str) -> Resumed:
+class ResumeMismatch(ValueError):
+    """The file to resume was written with other --phi options: its lines and the new ones would not agree."""
+
+
+def _phi_written(record: dict) -> tuple[bool | None, bool | None]:
+    """A line -> (was it written with --phi, with --phi-values), None where the line cannot tell."""
+    if record.get("type") not in ("image", "skipped"):
+        return None, None
+    if "phi" in record:
+        found = (record["phi"] or {}).get("found") or []
+        return True, any("value" in f for f in found) if found else None
+    return (False if record.get("type") == "image" and record.get("label") == "medical" else None), None
+
+
+def _check_phi_options(path: str, record: dict, phi: bool, phi_values: bool) -> None:
+    written, values = _phi_written(record)
+    if written is not None and written != phi:
+        raise ResumeMismatch(
+            f"{path} was written {'with' if written else 'without'} --phi ({record['source']}): resume it "
+            f"{'with' if written else 'without'} --phi, or write a new file, so that every line says the same"
+        )
+    if phi and values is not None and values != phi_values:
+        raise ResumeMismatch(
+            f"{path} was written {'with' if values else 'without'} --phi-values ({record['source']}): resume it "
+            f"{'with' if values else 'without'} --phi-values, or write a new file"
+        )
+
+
+def read_resume(path: str, phi: bool = False, phi_values: bool = False) -> Resumed:
     """Resume: rewrite FILE keeping the lines of the inputs it finished (those with their "input" line) and, of an
     input cut off mid-way, the lines up to its last "file" line (the files of a folder, the pages of a crawl that
-    it finished), so a half-written line and the lines of a file cut off mid-way are redone, never doubled."""
+    it finished), so a half-written line and the lines of a file cut off mid-way are redone, never doubled.
+    A file written with other --phi / --phi-values options is ResumeMismatch, before anything is rewritten."""
     resumed = Resumed()
     if not os.path.exists(path):
         return resumed
     last_file: dict[str, int] = {}
     for number, (_, record) in enumerate(_lines(path)):
+        if record:
+            _check_phi_options(path, record, phi, phi_values)
         if record and record.get("type") == "input":
             resumed.done.add(record["input"])
         elif record and record.get("type") == "file":
@@ -347,6 +378,8 @@ class Sink:
         self.model_path = model_path  # the model is described at the end: a GPU may have taken over by then
         self.resumed = resumed or Resumed()
         self.summary = self.resumed.summary  # a resumed file's counts come first
+        if args.phi:  # counted per risk, zeros included, even when no image is medical
+            self.summary.setdefault("phi", dict.fromkeys(phi_module.RISKS, 0))
         self.open: dict[int, InputState] = {}  # inputs started and not ended
         self.entries: dict[int, dict] = {}
         self.thumbnails: dict[int, list] = {}

@@ -123,25 +123,52 @@ def _text(value) -> str:
     return str(value)
 
 
-def _walk(dataset, path: str = ""):
-    for element in dataset:
-        if element.VR == "SQ":
-            for item in element.value or []:
-                yield from _walk(item, f"{path}{element.keyword or element.tag} > ")
-        else:
+def _walk(dataset, unreadable: list, path: str = ""):
+    """(path, element) of every element, into sequences; what pydicom cannot convert (a value cut short inside a
+    sequence) goes to `unreadable` instead."""
+    for tag in list(dataset.keys()):
+        try:
+            element = dataset[tag]
+            items = (element.value or []) if element.VR == "SQ" else None
+        except Exception:  # noqa: BLE001 - any conversion error: the attribute is not known
+            unreadable.append(f"{path}{tag}")
+            continue
+        if items is None:
             yield path, element
+        for number, item in enumerate(items or [], 1):
+            place = f"[{number}]" if len(items) > 1 else ""  # every item of OtherPatientIDsSequence counts
+            yield from _walk(item, unreadable, f"{path}{element.keyword or element.tag}{place} > ")
 
 
-def dicom_phi(ds) -> dict:
+def _age_risk(value: str) -> str:
+    """PatientAge is `possible`; over 89 years it is `likely` (HIPAA: so few people are that old)."""
+    match = re.fullmatch(r"0*(\d+)Y", value.strip().upper())
+    return LIKELY if match and int(match[1]) > 89 else POSSIBLE
+
+
+def dicom_phi(ds, incomplete: str | None = None) -> dict:
     """A parsed DICOM header -> its phi verdict. A file that says it was de-identified (PatientIdentityRemoved
     YES, or a DeidentificationMethod) holds the de-identifier's replacements, not the patient's: nothing is
-    reported from it, and `deidentified` names the method."""
+    reported from it, and `deidentified` names the method. `incomplete`: why the header was not read to its end
+    (a cut file); what was read is listed, and the risk is `unknown` unless what was read is already `likely`
+    (the same when an attribute cannot be converted)."""
+    unreadable: list = []
+    result = _header_verdict(ds, unreadable)
+    problems = [incomplete] if incomplete else []
+    if unreadable:
+        problems.append(f"DICOM attributes that could not be read: {', '.join(unreadable[:3])}")
+    if not problems:
+        return result
+    return {**result, "risk": result["risk"] if result["risk"] == LIKELY else UNKNOWN, "error": "; ".join(problems)}
+
+
+def _header_verdict(ds, unreadable: list) -> dict:
     removed = str(ds.get("PatientIdentityRemoved", "") or "").upper()
     method = _text(ds.get("DeidentificationMethod", "") or "").strip()
     if removed == "YES" or (removed != "NO" and (method or ds.get("DeidentificationMethodCodeSequence"))):
         return verdict([], method or "PatientIdentityRemoved YES")
     found, seen = [], set()
-    for path, element in _walk(ds):
+    for path, element in _walk(ds, unreadable):
         keyword = element.keyword
         if element.tag.is_private or element.VR in ("OB", "OW", "OF", "OD", "OL", "OV", "UN", "UI"):
             continue
@@ -149,14 +176,16 @@ def dicom_phi(ds) -> dict:
             kind, risk = _PATIENT[keyword], LIKELY
         elif keyword in _OTHER:
             kind, risk = _OTHER[keyword], POSSIBLE
+        elif keyword == "PatientAge":
+            kind, risk = "age", _age_risk(_text(element.value or ""))
         elif element.VR == "PN":
             kind, risk = "name", LIKELY if element.tag.group == 0x0010 else POSSIBLE
         elif element.VR in ("DA", "DT", "TM"):
-            kind, risk = "date", POSSIBLE
+            kind, risk = "time" if element.VR == "TM" else "date", POSSIBLE
         else:
             continue
         value = _text(element.value).strip() if element.value is not None else ""
-        if not value or (path + keyword) in seen:
+        if not re.search(r"[^\W_]", value) or (path + keyword) in seen:  # empty, or a placeholder: ----, ***
             continue
         seen.add(path + keyword)
         found.append(
@@ -280,7 +309,8 @@ _LABEL_NAME = re.compile(r"\b(?:patient|pt|name|nom|nombre)\b\s*[:#.]?", re.IGNO
 _LABEL_ID = re.compile(
     r"\b(?:mrn|id|acc|accession|pid|hosp(?:ital)? ?(?:no|#)|record|chart|ssn)\b\s*[:#.]?", re.IGNORECASE
 )
-_LABEL_BIRTH = re.compile(r"\b(?:dob|d\.o\.b|birth|born|geb)\b", re.IGNORECASE)
+# OCR reads DOB as D0B, and may join it to the date (DOB03/12/1961)
+_LABEL_BIRTH = re.compile(r"\b(?:(?:d[o0]b|d\.[o0]\.b)(?![a-z])|(?:birth|born|geb)\b)", re.IGNORECASE)
 _DICOM_NAME = re.compile(r"\b[A-Za-z][A-Za-z'-]+\^[A-Za-z][A-Za-z'-]*")
 _COMMA_NAME = re.compile(r"\b[A-Z][A-Za-z'-]+, ?[A-Z][A-Za-z'-]+")
 # Words of anatomy, imaging and figure labels: capitalised, they are still not names.
@@ -387,18 +417,52 @@ class TextReader:
         return lines
 
 
-def pixels_phi(image: Image.Image, reader: TextReader, scale: float = 1.0) -> dict:
-    """Burned-in text of an image -> its verdict; boxes in the original's pixels (`scale`: original / image)."""
+TEXT_SIDE = 1280  # a large image's long side when its top and bottom are read again for small text
+TEXT_BANDS = 0.2  # the share of the height, at the top and at the bottom, where scanners put a patient's text
+
+
+def text_detail(image: Image.Image, kept: Image.Image) -> Image.Image | None:
+    """A large original at a size its scanner's text can be read at (long side TEXT_SIDE), when the kept image
+    (reduced for the model) is so much smaller that 40 px text in a 3000 px X-ray would be a few pixels high."""
+    if max(image.size) <= 1.5 * max(kept.size) or max(kept.size) >= TEXT_SIDE:
+        return None
+    ratio = TEXT_SIDE / max(image.size)
+    return image.resize((round(image.width * ratio), round(image.height * ratio)), Image.Resampling.BILINEAR)
+
+
+def _lines(image: Image.Image, reader: TextReader, scale: float, top: int = 0) -> list[tuple[list, str]]:
+    return [([round(v * scale) for v in (x0, y0 + top, x1, y1 + top)], t) for (x0, y0, x1, y1), t in reader.read(image)]
+
+
+def read_text(image: Image.Image, reader: TextReader, scale: float, detail: Image.Image | None, width: int) -> list:
+    """Every line of text, boxes in the original's pixels (`width` wide). With `detail`, its top and bottom bands
+    are read at its resolution and replace what the whole image's pass read there."""
+    lines = _lines(image, reader, scale)
+    if detail is None:
+        return lines
+    band = max(MIN_OCR_SIDE, round(detail.height * TEXT_BANDS))
+    detail_scale = width / detail.width
+    read_again = [(0, band), (detail.height - band, detail.height)]
+    inside = [(y0 * detail_scale, y1 * detail_scale) for y0, y1 in read_again]
+    kept = [(box, t) for box, t in lines if not any(y0 <= (box[1] + box[3]) / 2 < y1 for y0, y1 in inside)]
+    for y0, y1 in read_again:
+        kept += _lines(detail.crop((0, y0, detail.width, y1)), reader, detail_scale, y0)
+    return kept
+
+
+def pixels_phi(image: Image.Image, reader: TextReader, scale: float = 1.0, detail: Image.Image | None = None) -> dict:
+    """Burned-in text of an image -> its verdict; boxes in the original's pixels (`scale`: original / image).
+    `detail`: the original at TEXT_SIDE (text_detail), when the image is much smaller than it."""
     if min(image.size) < MIN_OCR_SIDE:
         return verdict([], error=f"too small to read text ({image.width}x{image.height})")
     try:
-        lines = reader.read(image)
+        lines = read_text(image, reader, scale, detail, round(image.width * scale))
     except Exception as exc:
         return verdict([], error=f"text could not be read ({type(exc).__name__}: {first_line(exc)})")
     found = []
     for box, text in lines:
         if kind := text_finding(text):
-            found.append(finding("pixels", kind[0], kind[1], text, box=[round(v * scale) for v in box]))
+            found.append(finding("pixels", kind[0], kind[1], text, box=box))
     return verdict(found)
 
 

@@ -61,11 +61,12 @@ class PhiReader:
         self.texts_read: OrderedDict = OrderedDict()  # (image key, original width) -> its pixels' verdict, bounded
 
     def __call__(self, found: extract.Found, label: str, key: bytes) -> dict | None:
+        detail, found.text_detail = found.text_detail, None  # read once here, then not held on to
         if label != "medical" and found.format != "dicom":
             return None
         seen = (key, found.width)  # boxes are in the original's pixels
         if (pixels := self.texts_read.get(seen)) is None:
-            pixels = phi.pixels_phi(found.image, self.reader, found.width / found.image.width)
+            pixels = phi.pixels_phi(found.image, self.reader, found.width / found.image.width, detail)
             self.texts_read[seen] = pixels
             while len(self.texts_read) > SEEN_IMAGES:
                 self.texts_read.popitem(last=False)

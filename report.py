@@ -170,7 +170,7 @@ CSV_FIELDS = [
 
 def phi_columns(record: dict) -> dict:
     """CSV's two PHI columns: the risk, and each finding as where:kind[:attribute or field] (values, when
-    --phi-values gives them, after =), parted by |."""
+    --phi-values gives them, after =), parted by " | " (space, bar, space)."""
     if not (phi := record.get("phi")):
         return {}
     found = [
@@ -218,14 +218,19 @@ def phi_text(phi: dict) -> str:
     return phi["risk"] + (f" ({extra})" if extra else "")
 
 
+def phi_counts(counts: dict) -> str:
+    """The summary's PHI part: `PHI 3 likely, 1 possible, 8 none`."""
+    return "PHI " + (", ".join(f"{n} {risk}" for risk, n in counts.items() if n) or "0 checked")
+
+
 def summary_line(summary: dict, n_inputs: int) -> str:
     line = (
         f"{plural(summary['images'], 'image')}: {summary['medical']} medical, {summary['non-medical']} "
         f"non-medical; {summary['skipped']} skipped; {summary['failed_inputs']} of {plural(n_inputs, 'input')} "
         "failed"
     )
-    if counts := summary.get("phi"):
-        line += "; PHI " + ", ".join(f"{n} {risk}" for risk, n in counts.items() if n)
+    if (counts := summary.get("phi")) is not None:
+        line += "; " + phi_counts(counts)
     return line + ("; interrupted" if summary.get("interrupted") else "")
 
 
@@ -266,7 +271,7 @@ def to_table(report: dict) -> str:
 # ---------------------------------------------------------------- HTML
 
 SINGULAR = {"images": "image", "failed inputs": "failed input"}
-FILTERS = ("all", "medical", "non-medical", "uncertain")
+FILTERS = ("all", "medical", "non-medical", "uncertain", "phi")  # phi: only with --phi
 # The part of a source the tool appended to name one image of a file: a PDF page and image, a frame, a data: URI.
 NAMED_PART = re.compile(r"#(?:page=(\d+)(?:&image=\d+)?|frame=\d+|data-uri-\d+)$")
 
@@ -330,7 +335,7 @@ const keys = {found: c => +c.dataset.order, p: c => -c.dataset.p, near: c => Mat
 function apply() {
   const state = new URLSearchParams(location.hash.slice(1)), filter = state.get('filter') || 'all';
   const sort = keys[state.get('sort')] ? state.get('sort') : 'found';
-  for (const c of cards) c.hidden = !(filter === 'all' || (filter === 'uncertain' ? 'uncertain' in c.dataset
+  for (const c of cards) c.hidden = !(filter === 'all' || (['uncertain', 'phi'].includes(filter) ? filter in c.dataset
                                                               : c.dataset.label === filter));
   for (const s of document.querySelectorAll('section.input'))
     s.hidden = filter !== 'all' && !s.querySelector('.card:not([hidden])');
@@ -379,7 +384,7 @@ def _card(image: dict, order: int, thumb: str | None, threshold: float) -> str:
     )
     return (
         f'<article class="{esc(classes)}" data-label="{esc(image["label"])}" data-p="{p}" data-order="{order}"'
-        f"{' data-uncertain' if uncertain else ''}>"
+        f"{' data-uncertain' if uncertain else ''}{' data-phi' if phi_module.flagged(image.get('phi')) else ''}>"
         + (
             f'<a class="pic" href="{esc(opened)}">{picture}</a>'
             if opened
@@ -416,11 +421,13 @@ def to_html(report: dict, thumbnails: list[list[str]]) -> str:
         "uncertain": sum(is_uncertain(im["p_medical"], threshold) for im in images),
         "skipped": summary["skipped"],
         "failed inputs": summary["failed_inputs"],
+        **{f"PHI {risk}": n for risk, n in summary.get("phi", {}).items() if risk != phi_module.NONE},
     }
     shown = {
         "all": len(images),
         "uncertain": counts["uncertain"],
         **{label: sum(im["label"] == label for im in images) for label in ("medical", "non-medical")},
+        "phi": sum(phi_module.flagged(im.get("phi")) for im in images),
     }
     shown_note = (
         f" Showing {len(images)} of the {summary['images']} images (--only); the counts are of all of them,"
@@ -449,7 +456,12 @@ of the threshold: look for yourself</span>
 <span><span class="gauge" style="display:inline-block;width:60px"><span style="width:70%"></span>
 <i style="left:{100 * threshold:.0f}%"></i></span> bar: p(medical), tick: threshold</span></div>
 <div id="controls" hidden>show """
-        + "".join(f'<button type="button" data-filter="{f}">{f} ({shown[f]})</button>' for f in FILTERS)
+        + "".join(
+            f'<button type="button" data-filter="{f}">{"PHI possible or likely" if f == "phi" else f} ({shown[f]})'
+            "</button>"
+            for f in FILTERS
+            if f != "phi" or "phi" in summary
+        )
         + """ &nbsp; sort <select><option value="found">order found</option>
 <option value="p">p(medical), highest first</option><option value="near">nearest the threshold first</option>
 </select></div>"""

@@ -26,6 +26,8 @@ IDENTIFYING = [
     "ID 00482913",
     "Acc# A1234567",
     "DOB 03/12/1961",
+    "D0B 03/12/1961",  # as OCR reads it
+    "DOB03/12/1961",  # joined by OCR
 ]
 HARMLESS = ["L", "R", "5 cm", "AP", "T1", "W:400 L:40", "A", "B", "SAGITTAL T2 FLAIR", "10 mm", "x40", "PA ERECT"]
 
@@ -59,7 +61,13 @@ def test_dicom_header_every_identifying_attribute_and_none_after_dicognito():
     result = phi.dicom_phi(ds)
     attributes = {f["attribute"] for f in result["found"]}
     assert result["risk"] == phi.LIKELY
-    assert {"PatientName", "PatientID", "OtherPatientIDsSequence > PatientID", "InstitutionName"} <= attributes
+    assert {
+        "PatientName",
+        "PatientID",
+        "OtherPatientIDsSequence[1] > PatientID",
+        "OtherPatientIDsSequence[2] > PatientID",  # every item
+        "InstitutionName",
+    } <= attributes
     assert "PatientBirthDate" not in attributes  # present but empty
     anonymized = copy.deepcopy(ds)
     Anonymizer().anonymize(anonymized)
@@ -81,6 +89,64 @@ def test_dicom_without_patient_attributes_is_at_most_possible():
     result = phi.dicom_phi(ds)
     assert result["risk"] == phi.POSSIBLE
     assert all(f["risk"] == phi.POSSIBLE for f in result["found"])
+
+
+def test_dicom_age_placeholders_and_times():
+    ds = pydicom.Dataset()
+    ds.PatientName, ds.PatientAge, ds.StudyTime, ds.ReferringPhysicianName = "----", "092Y", "120000", "***"
+    found = {f["attribute"]: (f["kind"], f["risk"]) for f in phi.dicom_phi(ds)["found"]}
+    assert found == {"PatientAge": ("age", phi.LIKELY), "StudyTime": ("time", phi.POSSIBLE)}  # no placeholders
+    ds.PatientAge = "045Y"
+    assert phi.dicom_phi(ds)["risk"] == phi.POSSIBLE
+
+
+@pytest.mark.parametrize(
+    "cut, risk",
+    [(400, phi.UNKNOWN), (900, phi.UNKNOWN), (1000, phi.LIKELY), (1200, phi.LIKELY), (None, phi.LIKELY)],
+)
+def test_a_cut_dicom_is_unknown_unless_what_was_read_is_likely(tmp_path, capsys, cut, risk):
+    """pydicom reads a truncated file without a word: the cut is found from the last value's length."""
+    data = open(get_testdata_file("CT_small.dcm"), "rb").read()
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(data[:cut])
+    code, out, _ = run(["--jsonl", "--phi", str(path)], capsys)
+    line = next(json.loads(x) for x in out.splitlines() if json.loads(x)["type"] in ("image", "skipped"))
+    assert line["phi"]["risk"] == risk, line
+    assert ("error" in line["phi"]) == (cut is not None), line
+    if cut:
+        assert f"byte {cut}" in line["phi"]["error"] or "patient attributes" in line["phi"]["error"]
+        assert line["phi"]["found"], "what was read before the cut is listed"
+
+
+def test_small_text_in_a_large_original_is_read(tmp_path, capsys):
+    """A 3000 px X-ray is kept at 512 px for the model, where 40 px text is 7 px: its top and bottom are read
+    again at 1280 px."""
+    image = Image.open(corpus_images("medical", "xray", 1)[0]).convert("RGB").resize((3000, 3000))
+    draw = ImageDraw.Draw(image)
+    for i, text in enumerate(["DOE^JOHN", "MRN 5834021"]):
+        draw.text((20, 20 + 56 * i), text, font=font(40), fill="white")
+    draw.text((2500, 2920), "DOB 03/12/1961", font=font(40), fill="white")
+    image.save(tmp_path / "large.jpg", quality=92)
+    code, out, _ = run(["--json", "--phi", str(tmp_path / "large.jpg")], capsys)
+    found = json.loads(out)["inputs"][0]["images"][0]["phi"]["found"]
+    kinds = {f["kind"]: f["box"] for f in found if f["in"] == "pixels"}
+    assert {"name", "id", "birth date"} <= set(kinds), found
+    assert kinds["name"][2] < 600 and kinds["birth date"][1] > 2800  # boxes in the original's pixels
+
+
+def test_resume_refuses_a_file_written_with_other_phi_options(files, capsys):
+    out, named = files / "out.jsonl", str(files / "named.jpg")
+    run(["--jsonl", "-o", str(out), named], capsys)
+    before = out.read_text()
+    code, _, err = run(["--jsonl", "--phi", "--resume", "-o", str(out), named, str(files / "ct.dcm")], capsys)
+    assert code == 2 and "written without --phi" in err and out.read_text() == before
+    run(["--jsonl", "--phi", "-o", str(out), named], capsys)
+    code, _, err = run(["--jsonl", "--phi", "--phi-values", "--resume", "-o", str(out), named], capsys)
+    assert code == 2 and "without --phi-values" in err
+    code, _, err = run(["--jsonl", "--resume", "-o", str(out), named], capsys)
+    assert code == 2 and "written with --phi" in err
+    code, _, _ = run(["--jsonl", "--phi", "--resume", "-o", str(out), named, str(files / "harmless.png")], capsys)
+    assert code == 0
 
 
 def test_exif_and_png_text():
