@@ -140,6 +140,11 @@ def _walk(dataset, unreadable: list, path: str = ""):
             yield from _walk(item, unreadable, f"{path}{element.keyword or element.tag}{place} > ")
 
 
+def placeholder(value: str) -> bool:
+    """Empty, or no letter nor digit (----, ***, DICOM's empty name ^^^^): says nothing of anyone."""
+    return not re.search(r"[^\W_]", value)
+
+
 def _age_risk(value: str) -> str:
     """PatientAge is `possible`; over 89 years it is `likely` (HIPAA: so few people are that old)."""
     match = re.fullmatch(r"0*(\d+)Y", value.strip().upper())
@@ -185,7 +190,7 @@ def _header_verdict(ds, unreadable: list) -> dict:
         else:
             continue
         value = _text(element.value).strip() if element.value is not None else ""
-        if not re.search(r"[^\W_]", value) or (path + keyword) in seen:  # empty, or a placeholder: ----, ***
+        if placeholder(value) or (path + keyword) in seen:
             continue
         seen.add(path + keyword)
         found.append(
@@ -417,8 +422,8 @@ class TextReader:
         return lines
 
 
-TEXT_SIDE = 1280  # a large image's long side when its top and bottom are read again for small text
-TEXT_BANDS = 0.2  # the share of the height, at the top and at the bottom, where scanners put a patient's text
+TEXT_SIDE = 1152  # a large image's long side when its top and bottom are read again for small text
+TEXT_BANDS = 0.15  # the share of the height, at the top and at the bottom, where scanners put a patient's text
 
 
 def text_detail(image: Image.Image, kept: Image.Image) -> Image.Image | None:

@@ -163,12 +163,15 @@ def dicom_headers() -> dict:
         if header.get("deidentified"):  # says so itself: its values are pseudonyms, and none is reported
             flagged += 1
             continue
-        before = {(path, e.tag): e for path, e in phi._walk(ds)}
-        replaced = {(path, e.tag): e.value for path, e in phi._walk(anonymized)}
+        before = {(path, e.tag): e for path, e in phi._walk(ds, [])}
+        replaced = {(path, e.tag): e.value for path, e in phi._walk(anonymized, [])}
         changed = {
             e.keyword
             for key, e in before.items()
-            if e.keyword and e.VR != "UI" and str(e.value).strip() and key in replaced and replaced[key] != e.value
+            if e.keyword
+            and e.VR != "UI"
+            and not phi.placeholder(phi._text(e.value))
+            and replaced.get(key, e.value) != e.value
         }
         missed += bool(changed - reported)
         missing |= changed - reported
