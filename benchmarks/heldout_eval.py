@@ -10,6 +10,7 @@ existed never saw any of them, whatever split it used, so that subset is fair to
 
 import argparse
 import csv
+import os
 
 import numpy as np
 from PIL import Image
@@ -64,6 +65,7 @@ def main(argv=None) -> None:
     p.add_argument("models", nargs="+", help="checkpoints (.pth) to compare")
     p.add_argument("--corpus", default=str(CORPUS), help="the corpus folder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="the split's seed, as train.py's (default: %(default)s)")
+    p.add_argument("--wrong", action="store_true", help="list each model's misclassified test images by kind, with p")
     args = p.parse_args(argv)
     test, batch4 = test_split(args.corpus, args.seed)
     print(
@@ -90,6 +92,19 @@ def main(argv=None) -> None:
                 f"{path} [{name}, n={len(sub)}, threshold {model.threshold:.3f}]: "
                 + ", ".join(f"{k} {result[k]:.4f}" for k in keys if k in result)
             )
+        if args.wrong:
+            print_wrong(test, p_colour, model.threshold)
+
+
+def print_wrong(test: dataset.Part, p: np.ndarray, threshold: float) -> None:
+    """The misclassified test images, grouped by kind: what to look at (a wrong label, or a real weakness)."""
+    wrong = np.flatnonzero((p >= threshold) != (np.asarray(test.labels) == dataset.MEDICAL))
+    for kind in sorted({test.kinds[i] for i in wrong}):
+        rows = [i for i in wrong if test.kinds[i] == kind]
+        print(
+            f"  {kind} ({len(rows)} wrong): "
+            + ", ".join(f"{os.path.basename(test.images[i])} {p[i]:.2f}" for i in rows)
+        )
 
 
 if __name__ == "__main__":
