@@ -352,7 +352,7 @@ def _frame(
     fmt = (image.format or "png").lower()
     metadata = phi.metadata_phi(image) if options.phi else None
     if image.format == "JPEG":
-        image.draft("RGB", _draft_size(width, height, options))
+        image.draft("RGB", (options.working_size, options.working_size))
     image.load()
     pixels = to_8bit(image, _bits_per_sample(data, image))
     if pixels is image and frame is None:  # the file as it is
@@ -368,7 +368,7 @@ def _frame(
                 FILE_EXTENSIONS.get(fmt, fmt),
                 format=fmt,
                 phi=metadata,
-                text_detail=phi.text_detail(pixels, kept) if options.phi else None,
+                text_detail=_text_detail(pixels, data, (width, height), kept, options) if options.phi else None,
             )
         )
     return full_size_found(pixels.copy(), source, page, options, format=fmt, frame=frame, phi=metadata)
@@ -387,16 +387,21 @@ def full_size_found(image: Image.Image, source: str, page: int | None, options: 
     if problem := blank_problem(reduced):
         return Skipped(source, problem)
     encoded = png_bytes(image) if options.keep_encoded else None
-    detail = phi.text_detail(image, reduced) if options.phi else None
+    detail = phi.text_detail(image) if options.phi and phi.wants_detail(image.size, reduced.size) else None
     return Found(source, page, reduced, image.width, image.height, encoded, "png", text_detail=detail, **fields)
 
 
-def _draft_size(width: int, height: int, options: Options) -> tuple[int, int]:
-    """The size a JPEG must at least decode to: the working size, and with --phi the size its text is read at."""
-    if not options.phi:
-        return options.working_size, options.working_size
-    ratio = min(1.0, max(options.working_size / min(width, height), phi.TEXT_SIDE / max(width, height)))
-    return math.ceil(width * ratio), math.ceil(height * ratio)
+def _text_detail(pixels: Image.Image, data: bytes, original: tuple, kept: Image.Image, options: Options):
+    """--phi: a large file at the size its small text is read at, or None. A JPEG that draft decoded small is
+    decoded again, larger, for the text alone: the kept pixels, and so p, stay what they are without --phi."""
+    if not phi.wants_detail(original, kept.size):
+        return None
+    if pixels.size == original:
+        return phi.text_detail(pixels)
+    with Image.open(io.BytesIO(data)) as again:
+        ratio = phi.TEXT_SIDE / max(original)
+        again.draft("RGB", (math.ceil(original[0] * ratio), math.ceil(original[1] * ratio)))
+        return phi.text_detail(again.convert("RGB"))
 
 
 def _not_read(kind: str, source: str) -> Skipped:

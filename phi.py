@@ -426,12 +426,15 @@ TEXT_SIDE = 1152  # a large image's long side when its top and bottom are read a
 TEXT_BANDS = 0.15  # the share of the height, at the top and at the bottom, where scanners put a patient's text
 
 
-def text_detail(image: Image.Image, kept: Image.Image) -> Image.Image | None:
-    """A large original at a size its scanner's text can be read at (long side TEXT_SIDE), when the kept image
-    (reduced for the model) is so much smaller that 40 px text in a 3000 px X-ray would be a few pixels high."""
-    if max(image.size) <= 1.5 * max(kept.size) or max(kept.size) >= TEXT_SIDE:
-        return None
-    ratio = TEXT_SIDE / max(image.size)
+def wants_detail(original: tuple[int, int], kept: tuple[int, int]) -> bool:
+    """Whether the kept image (reduced for the model) is so much smaller than the original that its scanner's
+    text is lost: 40 px text in a 3000 px X-ray is 7 px at 512."""
+    return max(original) > 1.5 * max(kept) and max(kept) < TEXT_SIDE
+
+
+def text_detail(image: Image.Image) -> Image.Image:
+    """A large original at the size its small text is read at (long side TEXT_SIDE)."""
+    ratio = min(1.0, TEXT_SIDE / max(image.size))
     return image.resize((round(image.width * ratio), round(image.height * ratio)), Image.Resampling.BILINEAR)
 
 

@@ -128,7 +128,10 @@ def test_small_text_in_a_large_original_is_read(tmp_path, capsys):
     draw.text((2500, 2920), "DOB 03/12/1961", font=font(40), fill="white")
     image.save(tmp_path / "large.jpg", quality=92)
     code, out, _ = run(["--json", "--phi", str(tmp_path / "large.jpg")], capsys)
-    found = json.loads(out)["inputs"][0]["images"][0]["phi"]["found"]
+    result = json.loads(out)["inputs"][0]["images"][0]
+    found = result["phi"]["found"]
+    _, plain, _ = run(["--json", str(tmp_path / "large.jpg")], capsys)
+    assert json.loads(plain)["inputs"][0]["images"][0]["p_medical"] == result["p_medical"]  # p as without --phi
     kinds = {f["kind"]: f["box"] for f in found if f["in"] == "pixels"}
     assert {"name", "id", "birth date"} <= set(kinds), found
     assert kinds["name"][2] < 600 and kinds["birth date"][1] > 2800  # boxes in the original's pixels
