@@ -368,7 +368,7 @@ def _frame(
                 FILE_EXTENSIONS.get(fmt, fmt),
                 format=fmt,
                 phi=metadata,
-                text_detail=_text_detail(pixels, data, (width, height), kept, options) if options.phi else None,
+                text_detail=_text_detail(pixels, data, (width, height), kept, options),
             )
         )
     return full_size_found(pixels.copy(), source, page, options, format=fmt, frame=frame, phi=metadata)
@@ -387,14 +387,15 @@ def full_size_found(image: Image.Image, source: str, page: int | None, options: 
     if problem := blank_problem(reduced):
         return Skipped(source, problem)
     encoded = png_bytes(image) if options.keep_encoded else None
-    detail = phi.text_detail(image) if options.phi and phi.wants_detail(image.size, reduced.size) else None
+    detail = _text_detail(image, None, image.size, reduced, options)
     return Found(source, page, reduced, image.width, image.height, encoded, "png", text_detail=detail, **fields)
 
 
-def _text_detail(pixels: Image.Image, data: bytes, original: tuple, kept: Image.Image, options: Options):
-    """--phi: a large file at the size its small text is read at, or None. A JPEG that draft decoded small is
-    decoded again, larger, for the text alone: the kept pixels, and so p, stay what they are without --phi."""
-    if not phi.wants_detail(original, kept.size):
+def _text_detail(pixels: Image.Image, data: bytes | None, original: tuple, kept: Image.Image, options: Options):
+    """--phi: a large file at the size its small text is read at, or None. A JPEG that draft decoded small
+    (`pixels` smaller than `original`) is decoded again from `data`, larger, for the text alone: the kept pixels,
+    and so p, stay what they are without --phi."""
+    if not (options.phi and phi.wants_detail(original, kept.size)):
         return None
     if pixels.size == original:
         return phi.text_detail(pixels)

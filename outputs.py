@@ -378,8 +378,8 @@ class Sink:
         self.model_path = model_path  # the model is described at the end: a GPU may have taken over by then
         self.resumed = resumed or Resumed()
         self.summary = self.resumed.summary  # a resumed file's counts come first
-        if args.phi:  # counted per risk, zeros included, even when no image is medical
-            self.summary.setdefault("phi", dict.fromkeys(phi_module.RISKS, 0))
+        if args.phi:  # counted per risk even when no image is medical
+            report.phi_tally(self.summary)
         self.open: dict[int, InputState] = {}  # inputs started and not ended
         self.entries: dict[int, dict] = {}
         self.thumbnails: dict[int, list] = {}

@@ -442,14 +442,14 @@ def _lines(image: Image.Image, reader: TextReader, scale: float, top: int = 0) -
     return [([round(v * scale) for v in (x0, y0 + top, x1, y1 + top)], t) for (x0, y0, x1, y1), t in reader.read(image)]
 
 
-def read_text(image: Image.Image, reader: TextReader, scale: float, detail: Image.Image | None, width: int) -> list:
-    """Every line of text, boxes in the original's pixels (`width` wide). With `detail`, its top and bottom bands
-    are read at its resolution and replace what the whole image's pass read there."""
+def read_text(image: Image.Image, reader: TextReader, scale: float, detail: Image.Image | None) -> list:
+    """Every line of text, boxes in the original's pixels (`scale`: original / image). With `detail`, its top and
+    bottom bands are read at its resolution and replace what the whole image's pass read there."""
     lines = _lines(image, reader, scale)
     if detail is None:
         return lines
     band = max(MIN_OCR_SIDE, round(detail.height * TEXT_BANDS))
-    detail_scale = width / detail.width
+    detail_scale = image.width * scale / detail.width
     read_again = [(0, band), (detail.height - band, detail.height)]
     inside = [(y0 * detail_scale, y1 * detail_scale) for y0, y1 in read_again]
     kept = [(box, t) for box, t in lines if not any(y0 <= (box[1] + box[3]) / 2 < y1 for y0, y1 in inside)]
@@ -464,7 +464,7 @@ def pixels_phi(image: Image.Image, reader: TextReader, scale: float = 1.0, detai
     if min(image.size) < MIN_OCR_SIDE:
         return verdict([], error=f"too small to read text ({image.width}x{image.height})")
     try:
-        lines = read_text(image, reader, scale, detail, round(image.width * scale))
+        lines = read_text(image, reader, scale, detail)
     except Exception as exc:
         return verdict([], error=f"text could not be read ({type(exc).__name__}: {first_line(exc)})")
     found = []

@@ -91,11 +91,14 @@ def new_summary() -> dict:
     return {"inputs": 0, "images": 0, "medical": 0, "non-medical": 0, "skipped": 0, "failed_inputs": 0}
 
 
+def phi_tally(summary: dict) -> dict:
+    """--phi: the summary's images (and unclassified DICOM) per risk, zeros included."""
+    return summary.setdefault("phi", dict.fromkeys(phi_module.RISKS, 0))
+
+
 def count_phi(summary: dict, phi: dict | None) -> None:
-    """--phi: the summary counts images (and unclassified DICOM) per risk."""
     if phi:
-        counts = summary.setdefault("phi", dict.fromkeys(phi_module.RISKS, 0))
-        counts[phi["risk"]] += 1
+        phi_tally(summary)[phi["risk"]] += 1
 
 
 def add_to_summary(summary: dict, medical: int, non_medical: int, skipped: int, error: str | None) -> dict:

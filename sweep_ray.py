@@ -501,13 +501,13 @@ def _sweep_main(args, target: outputs.Target, inputs: list[str], model: engine.E
         return 2
     ray.data.DataContext.get_current().enable_progress_bars = not args.quiet
     written = failed = 0
-    risks = dict.fromkeys(phi.RISKS, 0)
+    totals: dict = {}
     writer = Writer(target)
     try:
         for line in sweep(inputs, cli.extract_options(args, model), args):
             if "phi" in line:  # values only where the results go, and only with --phi-values
                 line["phi"] = phi.public(line["phi"], args.phi_values)
-                risks[line["phi"]["risk"]] += 1
+                report.count_phi(totals, line["phi"])
             writer.write(line)
             if line["type"] == "input":
                 written += 1
@@ -521,7 +521,7 @@ def _sweep_main(args, target: outputs.Target, inputs: list[str], model: engine.E
     print(
         f"{written} of {len(inputs)} inputs written to {args.output}, {failed} failed"
         + ("" if written == len(inputs) else f"; {len(inputs) - written} not written (the sweep stopped)")
-        + (f"; {report.phi_counts(risks)}" if args.phi else ""),
+        + (f"; {report.phi_counts(report.phi_tally(totals))}" if args.phi else ""),
         file=sys.stderr,
     )
     return 1 if failed or written != len(inputs) else 0

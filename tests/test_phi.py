@@ -120,7 +120,7 @@ def test_a_cut_dicom_is_unknown_unless_what_was_read_is_likely(tmp_path, capsys,
 
 def test_small_text_in_a_large_original_is_read(tmp_path, capsys):
     """A 3000 px X-ray is kept at 512 px for the model, where 40 px text is 7 px: its top and bottom are read
-    again at 1280 px."""
+    again at 1152 px."""
     image = Image.open(corpus_images("medical", "xray", 1)[0]).convert("RGB").resize((3000, 3000))
     draw = ImageDraw.Draw(image)
     for i, text in enumerate(["DOE^JOHN", "MRN 5834021"]):
