@@ -429,7 +429,13 @@ PLACEHOLDER_NAME = re.compile(
 def is_placeholder(url: str) -> bool:
     """A data: URI or a placeholder file: what a lazy-loading page shows before its real image."""
     url = url.strip()
-    return url.lower().startswith("data:") or bool(PLACEHOLDER_NAME.search(urlsplit(url).path))
+    if url.lower().startswith("data:"):
+        return True
+    try:
+        path = urlsplit(url).path
+    except ValueError:  # an unbalanced IPv6 bracket ("a://["): no path to judge; reported later as an invalid URL
+        return False
+    return bool(PLACEHOLDER_NAME.search(path))
 
 
 def _element_candidates(elements: list[dict]) -> list[str]:

@@ -810,6 +810,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fold", type=number(int, 0), default=0, help="with --folds K: the fold validated on, 0..K-1")
     p.add_argument(
+        "--evaluate-test",
+        action="store_true",
+        help="look at the test split: print its figures and store them in the checkpoint; do it once, for the model "
+        "chosen on validation (without it, only validation is measured)",
+    )
+    p.add_argument(
         "--cv-summary",
         default=None,
         metavar="FILE",
@@ -1182,81 +1188,76 @@ def main(argv=None):
     )
     val_p = probabilities(trainable, val_x, device)
     net.threshold = choose_threshold(val_p, val_y)
-    val = evaluate(val_p, val_y, val_kinds, net.threshold, apart)
-    test_x, test_y, test_kinds = cached["test"]
-    test_p = probabilities(trainable, test_x, device)
-    test = evaluate(test_p, test_y, test_kinds, net.threshold, apart)
+    measured = {"val": (val_p, evaluate(val_p, val_y, val_kinds, net.threshold, apart))}
+    if args.evaluate_test:
+        test_x, test_y, test_kinds = cached["test"]
+        test_p = probabilities(trainable, test_x, device)
+        measured["test"] = (test_p, evaluate(test_p, test_y, test_kinds, net.threshold, apart))
     grey_input = as_is if trained_blocks is None else None
 
-    def grey_probabilities(parts):
-        run = grey_input or feature_function(net, args.engine, trained_blocks)
-        x = compute_features(
-            net,
-            parts,
-            args.feature_batch_size,
-            args.workers,
-            0,
-            args.seed,
-            "greyed test images",
-            run,
-            transform=lambda im: im.convert("L").convert("RGB"),
-        )[0]
-        return probabilities(trainable, x, device)
+    def grey_probabilities(split):
+        def run_on(parts):
+            run = grey_input or feature_function(net, args.engine, trained_blocks)
+            x = compute_features(
+                net,
+                parts,
+                args.feature_batch_size,
+                args.workers,
+                0,
+                args.seed,
+                f"greyed {split} images",
+                run,
+                transform=lambda im: im.convert("L").convert("RGB"),
+            )[0]
+            return probabilities(trainable, x, device)
 
-    flips = grey_flips(splits["test"], test_p, net.threshold, grey_probabilities)
+        return run_on
+
     print(f"best epoch {best_epoch}, threshold {net.threshold:.3f}")
-    for name, m in (("val", val), ("test", test)):
+    metrics = {"split_by": args.split_by, "best_epoch": best_epoch, "test_evaluated": args.evaluate_test}
+    for name, (p, m) in measured.items():
+        flips = grey_flips(splits[name], p, net.threshold, grey_probabilities(name))
         print(
             f"{name}: {m['n']} images, accuracy {m['accuracy']:.4f}, kind-macro accuracy "
             f"{m['kind_macro_accuracy']:.4f}, AUROC {m['auroc']:.4f}, recall medical {m['recall_medical']:.4f}, "
             f"recall non-medical {m['recall_non_medical']:.4f}"
         )
-    print(
-        f"greyed colour test images that change label: non-medical -> medical {flips['grey_flip_non_medical']:.3f} "
-        f"of {flips['grey_flip_n']['non_medical']}, medical -> non-medical {flips['grey_flip_medical']:.3f} "
-        f"of {flips['grey_flip_n']['medical']}"
-    )
-    if apart:
         print(
-            "kinds of a single source (reported apart): "
-            + (
-                ", ".join(f"{k} {v['accuracy']:.2f}/{v['n']}" for k, v in test["single_source_kinds"].items())
-                or "none in test"
-            )
+            f"greyed colour {name} images that change label: non-medical -> medical "
+            f"{flips['grey_flip_non_medical']:.3f} of {flips['grey_flip_n']['non_medical']}, medical -> non-medical "
+            f"{flips['grey_flip_medical']:.3f} of {flips['grey_flip_n']['medical']}"
         )
-    print("test confusion (rows true, columns predicted; medical, non-medical):")
-    for name, row in zip(model_lib.CLASSES, test["confusion"]):
-        print(f"  {name:12s} {row[0]:6d} {row[1]:6d}")
+        if apart:
+            print(
+                f"kinds of a single source (reported apart, {name}): "
+                + (
+                    ", ".join(f"{k} {v['accuracy']:.2f}/{v['n']}" for k, v in m["single_source_kinds"].items())
+                    or "none"
+                )
+            )
+        print(f"{name} confusion (rows true, columns predicted; medical, non-medical):")
+        for label, row in zip(model_lib.CLASSES, m["confusion"]):
+            print(f"  {label:12s} {row[0]:6d} {row[1]:6d}")
+        figures = ("accuracy", "balanced_accuracy", "recall_medical", "recall_non_medical", "auroc")
+        figures += ("kind_macro_accuracy", "per_kind", "confusion", "n", "single_source_kinds")
+        metrics.update({f"{name}_{k}": m[k] for k in figures})
+        metrics.update({f"{name}_{k}": v for k, v in flips.items()})
     print(
-        "per kind (val | test): "
+        "per kind (accuracy/images, "
+        + " | ".join(measured)
+        + "): "
         + "; ".join(
-            f"{k} {val['per_kind'].get(k, {}).get('accuracy', float('nan')):.2f}/{val['per_kind'].get(k, {}).get('n', 0)}"
-            f" | {v['accuracy']:.2f}/{v['n']}"
-            for k, v in test["per_kind"].items()
+            k
+            + " "
+            + " | ".join(
+                f"{m['per_kind'].get(k, {}).get('accuracy', float('nan')):.2f}/{m['per_kind'].get(k, {}).get('n', 0)}"
+                for _, m in measured.values()
+            )
+            for k in sorted(set().union(*(m["per_kind"] for _, m in measured.values())))
         )
     )
-    metrics = {
-        "test_accuracy": test["accuracy"],
-        "test_recall_medical": test["recall_medical"],
-        "test_recall_non_medical": test["recall_non_medical"],
-        "test_auroc": test["auroc"],
-        "test_kind_macro_accuracy": test["kind_macro_accuracy"],
-        "test_per_kind": test["per_kind"],
-        "test_confusion": test["confusion"],
-        "test_n": test["n"],
-        "val_accuracy": val["accuracy"],
-        "val_auroc": val["auroc"],
-        "val_kind_macro_accuracy": val["kind_macro_accuracy"],
-        "val_per_kind": val["per_kind"],
-        "test_balanced_accuracy": test["balanced_accuracy"],
-        "val_balanced_accuracy": val["balanced_accuracy"],
-        "val_recall_medical": val["recall_medical"],
-        "val_recall_non_medical": val["recall_non_medical"],
-        "test_single_source_kinds": test["single_source_kinds"],
-        "split_by": args.split_by,
-        **{f"test_{k}": v for k, v in flips.items()},
-        "best_epoch": best_epoch,
-    }
+    if not args.evaluate_test:
+        print("test split not looked at: --evaluate-test measures it, once, for the model you choose")
     if cv_summary:
         metrics.update({f"cv_{k}": v for k, v in cv_summary.items()})
     problem = undefined_figures(metrics)

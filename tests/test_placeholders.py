@@ -97,3 +97,14 @@ def test_blank_images_in_a_pdf_and_a_folder_are_skipped_not_classified(tmp_path)
         ("grey.png", "blank image (one colour)"),
         ("paper.pdf#page=1&image=1", "blank image (one colour)"),
     ]
+
+
+def test_a_url_with_an_unbalanced_bracket_is_no_placeholder_and_no_crash():
+    """Found by the fuzz test: urlsplit raises on "A://[", which must not stop a page's other images."""
+    import pages
+
+    assert not pages.is_placeholder("A://[")
+    assert pages.is_placeholder("data:image/gif;base64,R0lGOD")
+    html = '<img src="" src=""><img src="A://["><img data-src="0"><img src="/real.png">'
+    found = pages.find_image_urls(html, "https://example.org/a/b.html")
+    assert "https://example.org/real.png" in found

@@ -3,6 +3,7 @@
 import csv
 import datetime
 import os
+import re
 import subprocess
 import sys
 
@@ -58,11 +59,15 @@ def test_train_on_an_image_folder_end_to_end(small_folder, tmp_path, capsys, mon
         "--split-by",
         "group",
     ]
-    code = train.main(options + ["--epochs", "4"])
+    code = train.main(options + ["--epochs", "4", "--evaluate-test"])
     assert code == 0
     captured = capsys.readouterr()
     printed = captured.out
-    assert "epoch   4" in printed and "confusion" in printed and "test:" in printed
+    assert (
+        "epoch   4" in printed
+        and "test confusion" in printed
+        and re.search(r"^test: \d+ images, accuracy", printed, re.M)
+    )
     run = os.path.join("runs", f"{datetime.date.today().isoformat()}-efficientnet_lite0")
     out = tmp_path / run / "best_model.pth"
     assert out.is_file() and (tmp_path / run / "best_model.onnx").is_file()
@@ -113,6 +118,15 @@ def test_train_on_an_image_folder_end_to_end(small_folder, tmp_path, capsys, mon
     assert (tmp_path / f"{run}-2" / "best_model.pth").is_file()  # the first model is still there, unchanged
     assert torch.load(out, weights_only=True)["training"]["history"][-1]["epoch"] == 4
     assert "frozen pass: none run; features of" in printed and "images/s" not in printed
+    # without --evaluate-test the test split is not looked at: validation figures only, printed and stored
+    assert not re.search(r"^test: \d+ images, accuracy", printed, re.M) and "test confusion" not in printed
+    assert (
+        re.search(r"^val: \d+ images, accuracy", printed, re.M)
+        and "test split not looked at: --evaluate-test" in printed
+    )
+    again = torch.load(tmp_path / f"{run}-2" / "best_model.pth", weights_only=True)["training"]["metrics"]
+    assert not [k for k in again if k.startswith("test_") and k != "test_evaluated"] and not again["test_evaluated"]
+    assert {"val_grey_flip_non_medical", "val_confusion", "val_n"} <= set(again)
 
 
 def test_finetune_last_blocks_on_cached_activations(small_folder, tmp_path):
@@ -189,7 +203,7 @@ def test_finetune_all_trains_every_layer_from_streamed_images(small_folder, tmp_
     assert {int(k.split(".")[1]) for k in raw["state_dict"]} == set(range(18))  # stem, 16 blocks, final conv
     rebuilt, fresh = model.load_model(str(out)), model.build_model("efficientnet_lite0")
     assert not torch.equal(rebuilt.backbone[0][0].weight, fresh.backbone[0][0].weight)  # the stem was trained
-    assert raw["training"]["metrics"]["test_n"] > 0
+    assert raw["training"]["metrics"]["val_n"] > 0 and "test_n" not in raw["training"]["metrics"]
 
 
 def test_an_unwritable_output_is_refused_before_any_work(small_folder, tmp_path, capsys):
@@ -486,7 +500,8 @@ def test_a_stopped_run_resumes_from_its_last_whole_epoch_and_refuses_other_setti
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning: ")]
     assert len(err) == 1 and "made with other settings: epochs (4 there, 5 now)" in err[0]
 
-    assert train.main(options + ["--epochs", "4", "--resume-training", str(state)]) == 0
+    # --evaluate-test is not part of the state's settings: the test split may be looked at on the resumed run
+    assert train.main(options + ["--epochs", "4", "--resume-training", str(state), "--evaluate-test"]) == 0
     printed = capsys.readouterr().out
     assert "resumed from" in printed and "1 of 4 epochs done" in printed and "epoch   2" in printed
     assert "epoch   1 " not in printed
