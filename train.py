@@ -12,6 +12,7 @@ from __future__ import (
 
 import argparse
 import datetime
+import functools
 import hashlib
 import io
 import os
@@ -1195,28 +1196,25 @@ def main(argv=None):
         measured["test"] = (test_p, evaluate(test_p, test_y, test_kinds, net.threshold, apart))
     grey_input = as_is if trained_blocks is None else None
 
-    def grey_probabilities(split):
-        def run_on(parts):
-            run = grey_input or feature_function(net, args.engine, trained_blocks)
-            x = compute_features(
-                net,
-                parts,
-                args.feature_batch_size,
-                args.workers,
-                0,
-                args.seed,
-                f"greyed {split} images",
-                run,
-                transform=lambda im: im.convert("L").convert("RGB"),
-            )[0]
-            return probabilities(trainable, x, device)
-
-        return run_on
+    def grey_probabilities(split, parts):
+        run = grey_input or feature_function(net, args.engine, trained_blocks)
+        x = compute_features(
+            net,
+            parts,
+            args.feature_batch_size,
+            args.workers,
+            0,
+            args.seed,
+            f"greyed {split} images",
+            run,
+            transform=lambda im: im.convert("L").convert("RGB"),
+        )[0]
+        return probabilities(trainable, x, device)
 
     print(f"best epoch {best_epoch}, threshold {net.threshold:.3f}")
     metrics = {"split_by": args.split_by, "best_epoch": best_epoch, "test_evaluated": args.evaluate_test}
     for name, (p, m) in measured.items():
-        flips = grey_flips(splits[name], p, net.threshold, grey_probabilities(name))
+        flips = grey_flips(splits[name], p, net.threshold, functools.partial(grey_probabilities, name))
         print(
             f"{name}: {m['n']} images, accuracy {m['accuracy']:.4f}, kind-macro accuracy "
             f"{m['kind_macro_accuracy']:.4f}, AUROC {m['auroc']:.4f}, recall medical {m['recall_medical']:.4f}, "
@@ -1242,19 +1240,15 @@ def main(argv=None):
         figures += ("kind_macro_accuracy", "per_kind", "confusion", "n", "single_source_kinds")
         metrics.update({f"{name}_{k}": m[k] for k in figures})
         metrics.update({f"{name}_{k}": v for k, v in flips.items()})
+
+    def kind_cell(m, kind):
+        cell = m["per_kind"].get(kind, {"accuracy": float("nan"), "n": 0})
+        return f"{cell['accuracy']:.2f}/{cell['n']}"
+
+    kinds = sorted(set().union(*(m["per_kind"] for _, m in measured.values())))
     print(
-        "per kind (accuracy/images, "
-        + " | ".join(measured)
-        + "): "
-        + "; ".join(
-            k
-            + " "
-            + " | ".join(
-                f"{m['per_kind'].get(k, {}).get('accuracy', float('nan')):.2f}/{m['per_kind'].get(k, {}).get('n', 0)}"
-                for _, m in measured.values()
-            )
-            for k in sorted(set().union(*(m["per_kind"] for _, m in measured.values())))
-        )
+        f"per kind (accuracy/images, {' | '.join(measured)}): "
+        + "; ".join(f"{k} " + " | ".join(kind_cell(m, k) for _, m in measured.values()) for k in kinds)
     )
     if not args.evaluate_test:
         print("test split not looked at: --evaluate-test measures it, once, for the model you choose")
