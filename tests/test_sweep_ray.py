@@ -121,7 +121,8 @@ def test_phi_on_ray_as_in_the_cli(ray_session, tmp_path):
 
     from test_phi import drawn
 
-    drawn(MEDICAL[0], ["DOE^JOHN", "ID 00482913"]).save(tmp_path / "named.png")
+    xray = corpus_images("medical", "xray", 1)[0]  # drawn() squares it: a radiograph stays one (a slice may not)
+    drawn(xray, ["DOE^JOHN", "ID 00482913"]).save(tmp_path / "named.png")
     (tmp_path / "ct.dcm").write_bytes(open(get_testdata_file("CT_small.dcm"), "rb").read())
     inputs = [str(tmp_path / "named.png"), str(tmp_path / "ct.dcm"), str(NON_MEDICAL[0])]
     out = tmp_path / "cli.jsonl"

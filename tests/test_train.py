@@ -2,6 +2,7 @@
 
 import csv
 import datetime
+import json
 import os
 import re
 import subprocess
@@ -16,6 +17,9 @@ import model
 import train
 from conftest import ROOT, corpus_images
 from fake_data import write_cifar10, write_medmnist
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import source_cv  # noqa: E402  (a benchmark script: its summary is what --cv-summary reads)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +131,27 @@ def test_train_on_an_image_folder_end_to_end(small_folder, tmp_path, capsys, mon
     again = torch.load(tmp_path / f"{run}-2" / "best_model.pth", weights_only=True)["training"]["metrics"]
     assert not [k for k in again if k.startswith("test_") and k != "test_evaluated"] and not again["test_evaluated"]
     assert {"val_grey_flip_non_medical", "val_confusion", "val_n"} <= set(again)
+    val_images = int(re.search(r"^val: (\d+) images", printed, re.M).group(1))
+
+    # the final model: the validation sources trained on too (with their views), the last epoch kept, the threshold
+    # the median of the cross-validation folds' own, test measured
+    folds = [{"fold": i, "val_balanced_accuracy": 0.9, "threshold": t} for i, t in enumerate((0.7, 0.3, 0.4))]
+    (tmp_path / "cv.json").write_text(json.dumps(source_cv.summarize(folds)))
+    final_options = ["--epochs", "2", "--train-on", "train+val", "--cv-summary", "cv.json", "--evaluate-test"]
+    assert train.main(options + final_options) == 0
+    printed = capsys.readouterr().out
+    assert f"frozen pass: {2 * val_images} images in" in printed  # val's plain and augmented copies; the rest cached
+    assert "last epoch 2, threshold 0.400 (the cross-validation folds' median)" in printed and "val acc" not in printed
+    assert re.search(r"^test: \d+ images, accuracy", printed, re.M)
+    assert not re.search(r"^val: \d+ images, acc", printed, re.M)
+    final = torch.load(tmp_path / f"{run}-3" / "best_model.pth", weights_only=True)
+    metrics = final["training"]["metrics"]
+    assert final["threshold"] == 0.4 and metrics["trained_on"] == "train+val" and metrics["cv_threshold_median"] == 0.4
+    assert not [k for k in metrics if k.startswith("val_")]
+    history = final["training"]["history"]
+    assert [row["epoch"] for row in history] == [1, 2] and "val_accuracy" not in history[0]
+    assert train.main(options + ["--epochs", "1", "--train-on", "train+val", "--threshold", "0.7"]) == 0
+    assert "threshold 0.700 (--threshold)" in capsys.readouterr().out  # a threshold given wins
 
 
 def test_finetune_last_blocks_on_cached_activations(small_folder, tmp_path):
@@ -225,6 +250,8 @@ def test_an_unwritable_output_is_refused_before_any_work(small_folder, tmp_path,
         (["--batch-size", "0"], "argument --batch-size: must be at least 1, not 0"),
         (["--feature-batch-size", "-3"], "argument --feature-batch-size: must be at least 1, not -3"),
         (["--lr", "0"], "argument --lr: must be over 0, not 0"),
+        (["--threshold", "1"], "argument --threshold: must be over 0 up to (not including) 1, not 1"),
+        (["--train-on", "val"], "argument --train-on: invalid choice: 'val' (choose from 'train', 'train+val')"),
         (["--lr", "nan"], "argument --lr: must be over 0, not nan"),
         (["--views", "-1"], "argument --views: must be at least 0, not -1"),
         (["--label-smoothing", "1"], "argument --label-smoothing: must be from 0 up to (not including) 1, not 1"),
@@ -451,7 +478,7 @@ def test_the_training_docs_give_the_shipped_models_exact_command():
     recorded = torch.load(ROOT / "best_model.pth", weights_only=True)["training"]["command"]
     docs = (ROOT / "docs" / "training.md").read_text()
     retraining = docs[docs.index("## Retraining") :]
-    start = retraining.index("```\n") + 4
+    start = retraining.index("```\npython train.py") + 4
     block = retraining[start : retraining.index("\n```", start)]
     assert " ".join(block.replace("\\\n", " ").split()) == recorded
     assert f"--model {recorded.split('--output ')[1].split()[0]}" in retraining
