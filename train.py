@@ -364,7 +364,9 @@ class TrainingState:
         if not isinstance(saved, dict) or "key" not in saved:
             raise dataset.DataError(f"--resume-training {self.path}: not a training state of train.py")
         differs = [
-            f"{k} ({saved['key'].get(k)!r} there, {v!r} now)" for k, v in key.items() if saved["key"].get(k) != v
+            f"{k} ({saved['key'].get(k, KEY_DEFAULTS.get(k))!r} there, {v!r} now)"
+            for k, v in key.items()
+            if saved["key"].get(k, KEY_DEFAULTS.get(k)) != v
         ]
         if differs:
             raise dataset.DataError(
@@ -880,10 +882,13 @@ def parse_args(argv=None):
         parser.error(f"--fold {args.fold}: must be below --folds {args.folds}")
     if args.fold and not args.folds:
         parser.error("--fold needs --folds K")
+    if args.folds and args.train_on == "train+val":
+        parser.error("--folds validates on a fold; --train-on train+val trains on it (the final model): choose one")
     return args
 
 
 STATE_FILE = "training_state.pt"
+KEY_DEFAULTS = {"train_on": "train"}  # what a state written before an option existed was made with
 # what a resumed run must share with the run that wrote the state; other options (--workers, --quiet) may differ
 STATE_KEY_ARGS = (
     "data",
@@ -1047,6 +1052,9 @@ def read_cv_summary(path: str) -> dict:
         raise dataset.DataError(f"--cv-summary {path}: unreadable ({getattr(exc, 'strerror', None) or exc})") from None
     if not isinstance(summary, dict) or "folds" not in summary:
         raise dataset.DataError(f"--cv-summary {path}: not a summary written by benchmarks/source_cv.py")
+    threshold = summary.get("threshold_median", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise dataset.DataError(f"--cv-summary {path}: threshold_median {threshold!r} is not a number between 0 and 1")
     return summary
 
 
@@ -1230,8 +1238,16 @@ def main(argv=None):
         net.threshold, threshold_from = choose_threshold(measured["val"][0], measured["val"][1]), "validation"
     elif cv_summary and "threshold_median" in cv_summary:
         net.threshold, threshold_from = cv_summary["threshold_median"], "the cross-validation folds' median"
+        if any(f.get("best_epoch") not in (None, args.epochs) for f in cv_summary["folds"]):
+            warn(
+                "the folds' thresholds were chosen at their best epochs ("
+                + ", ".join(str(f.get("best_epoch")) for f in cv_summary["folds"])
+                + f"), this model keeps epoch {args.epochs}: the threshold may sit off for it"
+            )
     else:
         net.threshold, threshold_from = 0.5, "no validation: 0.5"
+        if cv_summary:
+            warn(f"--cv-summary {args.cv_summary} has no threshold_median (an older summary): the threshold is 0.5")
     measured = {name: (p, evaluate(p, y, k, net.threshold, apart)) for name, (p, y, k) in measured.items()}
     grey_input = as_is if trained_blocks is None else None
 

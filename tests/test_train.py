@@ -252,6 +252,10 @@ def test_an_unwritable_output_is_refused_before_any_work(small_folder, tmp_path,
         (["--lr", "0"], "argument --lr: must be over 0, not 0"),
         (["--threshold", "1"], "argument --threshold: must be over 0 up to (not including) 1, not 1"),
         (["--train-on", "val"], "argument --train-on: invalid choice: 'val' (choose from 'train', 'train+val')"),
+        (
+            ["--folds", "3", "--train-on", "train+val"],
+            "--folds validates on a fold; --train-on train+val trains on it (the final model): choose one",
+        ),
         (["--lr", "nan"], "argument --lr: must be over 0, not nan"),
         (["--views", "-1"], "argument --views: must be at least 0, not -1"),
         (["--label-smoothing", "1"], "argument --label-smoothing: must be from 0 up to (not including) 1, not 1"),
@@ -561,3 +565,17 @@ def test_resume_training_with_a_file_that_is_not_a_state_is_one_line(small_folde
     )
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning: ")]
     assert code == 2 and len(err) == 1 and "not a training state of train.py" in err[0]
+
+
+def test_a_state_from_before_train_on_existed_resumes_and_a_bad_cv_threshold_is_one_line(tmp_path, capsys):
+    """A state whose key predates --train-on was made with its default; a summary's threshold is checked on reading."""
+    path = tmp_path / "training_state.pt"
+    torch.save({"key": {"arch": "efficientnet_lite0"}, "epoch": 1}, path)
+    state = train.TrainingState(str(path), {}, resume=True)
+    assert state.load({"arch": "efficientnet_lite0", "train_on": "train"})["epoch"] == 1
+    with pytest.raises(dataset.DataError, match=r"train_on \('train' there, 'train\+val' now\)"):
+        state.load({"arch": "efficientnet_lite0", "train_on": "train+val"})
+    summary = tmp_path / "cv.json"
+    summary.write_text(json.dumps({"folds": [], "threshold_median": 1.5}))
+    with pytest.raises(dataset.DataError, match="threshold_median 1.5 is not a number between 0 and 1"):
+        train.read_cv_summary(str(summary))
