@@ -44,7 +44,7 @@ def open_pdf(data: bytes, password: str | None = None):
             raise InputError(
                 "encrypted PDF: the --password given does not open it"
                 if password
-                else "encrypted PDF that needs a password"
+                else "encrypted PDF that needs a password (--password PASSWORD opens it)"
             )
     try:
         pages = doc.page_count

@@ -198,7 +198,7 @@ def test_hostile_inputs_each_fail_clearly_and_the_good_one_completes(server, tmp
         or "longer" in by_input[server.url + "/endless"]["error"]
     )
     assert by_input[server.url + "/loop"]["error"] == "more than 5 redirects"
-    assert by_input[str(locked)]["error"] == "encrypted PDF that needs a password"
+    assert by_input[str(locked)]["error"] == "encrypted PDF that needs a password (--password PASSWORD opens it)"
     assert by_input["file:///etc/passwd"]["error"].startswith("unsupported URL scheme file")
     assert by_input["gopher://x/"]["error"].startswith("unsupported URL scheme gopher")
     assert [s["reason"].split(":")[0] for s in by_input[server.url + "/passwd.html"]["skipped"]] == [
