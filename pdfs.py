@@ -311,6 +311,73 @@ def _page_images(doc, page) -> tuple[list[tuple[int, int, int, int, str]], set]:
     return list(images.values()), visited - {page.xref}
 
 
+# How a draw's matrix (a, b, c, d: where the image's columns and rows go on the page, y down) shows the stored
+# pixels: the transpose that turns them the way a reader sees them.
+ORIENTATIONS = {
+    (True, True): None,  # columns right, rows down: as stored
+    (False, True): Image.Transpose.FLIP_LEFT_RIGHT,
+    (True, False): Image.Transpose.FLIP_TOP_BOTTOM,
+    (False, False): Image.Transpose.ROTATE_180,
+}
+SWAPPED_ORIENTATIONS = {  # columns run down or up the page
+    (True, True): Image.Transpose.TRANSPOSE,  # columns down, rows right
+    (False, True): Image.Transpose.ROTATE_90,  # columns up, rows right
+    (True, False): Image.Transpose.ROTATE_270,  # columns down, rows left
+    (False, False): Image.Transpose.TRANSVERSE,
+}
+
+
+def orientation(a: float, b: float, c: float, d: float) -> Image.Transpose | None:
+    """The transpose that shows an image as a draw with this matrix does (None: as stored)."""
+    if abs(a) >= abs(b):
+        return ORIENTATIONS[(a > 0, d > 0)]
+    return SWAPPED_ORIENTATIONS[(b > 0, c > 0)]
+
+
+def _may_turn_images(streams: list[bytes]) -> bool:
+    """Whether a `cm` in these streams flips or turns what it draws: only then are the draws' matrices read
+    (get_image_info runs the whole page). Each `cm`'s six operands are read just before it, no regex over the
+    whole stream (megabytes of numbers in some PDFs)."""
+    for stream in streams:
+        at = stream.find(b"cm")
+        while at != -1:
+            after = stream[at + 2 : at + 3]
+            if at and stream[at - 1 : at].isspace() and not (after.isalnum() or after == b"_"):
+                try:
+                    a, b, c, d = map(float, stream[max(0, at - 160) : at].split()[-6:-2])
+                except ValueError:  # not six numbers: not a matrix
+                    pass
+                else:
+                    if a < 0 or d < 0 or b != 0 or c != 0:
+                        return True
+            at = stream.find(b"cm", at + 2)
+    return False
+
+
+def _orientations(doc, page, forms: set) -> dict:
+    """(width, height) -> the transpose of the images of that size the page draws flipped or turned, where every
+    draw of that size agrees (an image drawn both ways is kept as stored)."""
+    streams = [page.read_contents()] + [doc.xref_stream(x) or b"" for x in forms if doc.xref_is_stream(x)]
+    if not _may_turn_images(streams):
+        return {}
+    by_size: dict = {}
+    for info in page.get_image_info():
+        by_size.setdefault((info["width"], info["height"]), set()).add(orientation(*info["transform"][:4]))
+    return {size: ops.pop() for size, ops in by_size.items() if len(ops) == 1 and None not in ops}
+
+
+def turned(found: Found, op: Image.Transpose | None) -> Found:
+    """The image as the page shows it (its --save-dir file stays as the PDF stores it)."""
+    if op is None:
+        return found
+    found.image = found.image.transpose(op)
+    if found.text_detail is not None:
+        found.text_detail = found.text_detail.transpose(op)
+    if op in SWAPPED_ORIENTATIONS.values():
+        found.width, found.height = found.height, found.width
+    return found
+
+
 INLINE_IMAGE_OPERATOR = re.compile(rb"(?:^|[\s>\]])BI[\s/]")
 
 
@@ -369,6 +436,10 @@ def pdf_images(
                 yield Skipped(page_source, f"page could not be read ({first_line(exc)})")
                 continue
             smasks.update(item[1] for item in listed if item[1])
+            try:
+                turns = _orientations(doc, page, forms)
+            except Exception:  # the draws could not be traced: images as stored
+                turns = {}
             for xref, smask, width, height, filters in _draw_order(page, listed):
                 if xref in seen_xrefs or xref in smasks:
                     continue
@@ -393,6 +464,8 @@ def pdf_images(
                     continue
                 try:
                     item = _xref_image(doc, xref, smask, filters, page_source, number + 1, options)
+                    if isinstance(item, Found):
+                        item = turned(item, turns.get((width, height)))
                 except Exception as exc:
                     item = Skipped(page_source, f"image {xref} could not be decoded ({first_line(exc)})")
                 yield numbered(item)

@@ -383,3 +383,40 @@ def test_a_page_out_of_time_skips_its_other_images_and_says_so():
     found, skipped = run(doc.tobytes(), pdf_page_time_limit=0)
     assert found == [] and len(skipped) == 3
     assert all(s.reason == "page 1 ran past 0 s: its other images are not read" for s in skipped)
+
+
+DIHEDRAL = [(1, 0, 0, 1), (-1, 0, 0, 1), (1, 0, 0, -1), (-1, 0, 0, -1), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, -1, 0)]
+DIHEDRAL.append((0, -1, -1, 0))
+
+
+def test_images_drawn_flipped_or_turned_come_out_as_the_page_shows_them():
+    """A web capture stores pictures upside down and flips them with its `cm` (a face then read as medical): each
+    image is turned the way the page shows it, checked against MuPDF's own rendering of the page, for all eight
+    flips and quarter turns; a turned image's size is the shown one."""
+    doc = pymupdf.open()
+    for k, (a, b, c, d) in enumerate(DIHEDRAL):
+        picture = Image.open(corpus_images("non_medical", "photo", 8)[k]).convert("RGB").resize((90, 60))
+        picture.paste((255, 0, 0), (0, 0, 60, 12))  # marks no flip or turn leaves where they were
+        picture.paste((0, 0, 255), (70, 40, 90, 60))
+        buffer = io.BytesIO()
+        picture.save(buffer, "PNG")
+        page = doc.new_page(width=400, height=400)
+        page.insert_image(pymupdf.Rect(0, 0, 90, 60), stream=buffer.getvalue())
+        name = page.get_images(full=True)[0][7]
+        a, b, c, d = (150 * v for v in (a, b, c, d))  # drawn 150 pt square, centred on the page
+        e, f = 200 - (a + c) / 2, 200 - (b + d) / 2
+        doc.update_stream(page.get_contents()[0], f"q {a} {b} {c} {d} {e} {f} cm /{name} Do Q".encode())
+    data = doc.tobytes()
+    found, _ = run(data)
+    assert len(found) == 8
+    shown_doc = pymupdf.open(stream=data)
+    for k, item in enumerate(found):
+        page = shown_doc[k]
+        pix = page.get_pixmap(clip=pymupdf.Rect(page.get_image_info()[0]["bbox"]), dpi=72)
+        shown = np.asarray(Image.frombytes("RGB", (pix.width, pix.height), pix.samples).resize((32, 32)), float)
+        stored = Image.open(io.BytesIO(shown_doc.extract_image(page.get_images()[0][0])["image"]))
+        as_stored = np.asarray(stored.convert("RGB").resize((32, 32)), float)
+        assert np.abs(np.asarray(item.image.convert("RGB").resize((32, 32)), float) - shown).mean() < 8, DIHEDRAL[k]
+        if k:  # the stored pixels are not what the page shows
+            assert np.abs(as_stored - shown).mean() > 20, DIHEDRAL[k]
+        assert (item.width, item.height) == ((90, 60) if k < 4 else (60, 90))
