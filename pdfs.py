@@ -354,10 +354,14 @@ def _may_turn_images(streams: list[bytes]) -> bool:
     return False
 
 
-def _orientations(doc, page, forms: set) -> dict:
+def _content_streams(doc, page, forms: set) -> list[bytes]:
+    """The page's content and its forms' streams, decompressed: what draws its images."""
+    return [page.read_contents()] + [doc.xref_stream(x) or b"" for x in forms if doc.xref_is_stream(x)]
+
+
+def _orientations(page, streams: list[bytes]) -> dict:
     """(width, height) -> the transpose of the images of that size the page draws flipped or turned, where every
     draw of that size agrees (an image drawn both ways is kept as stored)."""
-    streams = [page.read_contents()] + [doc.xref_stream(x) or b"" for x in forms if doc.xref_is_stream(x)]
     if not _may_turn_images(streams):
         return {}
     by_size: dict = {}
@@ -381,10 +385,9 @@ def turned(found: Found, op: Image.Transpose | None) -> Found:
 INLINE_IMAGE_OPERATOR = re.compile(rb"(?:^|[\s>\]])BI[\s/]")
 
 
-def _draws_inline_images(doc, page, forms: set) -> bool:
+def _draws_inline_images(streams: list[bytes]) -> bool:
     """Whether the page or one of its forms has a BI operator: only then are inline images looked for,
     since listing them decodes every image of the page."""
-    streams = [page.read_contents()] + [doc.xref_stream(x) or b"" for x in forms if doc.xref_is_stream(x)]
     return any(INLINE_IMAGE_OPERATOR.search(s) for s in streams)
 
 
@@ -437,9 +440,10 @@ def pdf_images(
                 continue
             smasks.update(item[1] for item in listed if item[1])
             try:
-                turns = _orientations(doc, page, forms)
+                streams = _content_streams(doc, page, forms)  # read once: for turned images and inline ones
+                turns = _orientations(page, streams)
             except Exception:  # the draws could not be traced: images as stored
-                turns = {}
+                streams, turns = None, {}
             for xref, smask, width, height, filters in _draw_order(page, listed):
                 if xref in seen_xrefs or xref in smasks:
                     continue
@@ -470,7 +474,7 @@ def pdf_images(
                     item = Skipped(page_source, f"image {xref} could not be decoded ({first_line(exc)})")
                 yield numbered(item)
             try:
-                if _draws_inline_images(doc, page, forms):
+                if _draws_inline_images(streams if streams is not None else _content_streams(doc, page, forms)):
                     xobject_sizes = {(w, h) for _, _, w, h, _ in listed}
                     for item in _inline_images(page, seen_digests, xobject_sizes, options, page_source):
                         yield numbered(item, inline=True)

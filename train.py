@@ -403,8 +403,9 @@ def fit(
     """Adam + (weighted) cross-entropy; keeps the epoch with the best validation kind-macro accuracy.
 
     epoch_batches(epoch) yields (inputs, labels, weights) on the device; val_probabilities() gives
-    p_medical of the validation set with the current weights (None: no validation, the last epoch is kept). After each epoch the training state goes to
-    `state`, and a resumed state carries on from its next epoch. Returns the best epoch and the history.
+    p_medical of the validation set with the current weights (None: no validation, the last epoch is kept). After
+    each epoch the training state goes to `state`, and a resumed state carries on from its next epoch. Returns the
+    best epoch and the history.
     """
     import torch
     from torch import nn
@@ -1058,6 +1059,26 @@ def read_cv_summary(path: str) -> dict:
     return summary
 
 
+def decision_threshold(args, val, cv_summary: dict | None) -> tuple[float, str]:
+    """The threshold and where it came from: --threshold; else the one validation (p, labels, kinds) chooses; with no
+    validation (--train-on train+val) the median of the cross-validation folds' own, else 0.5."""
+    if args.threshold is not None:
+        return args.threshold, "--threshold"
+    if val is not None:
+        return choose_threshold(val[0], val[1]), "validation"
+    if cv_summary and "threshold_median" in cv_summary:
+        if any(f.get("best_epoch") not in (None, args.epochs) for f in cv_summary["folds"]):
+            warn(
+                "the folds' thresholds were chosen at their best epochs ("
+                + ", ".join(str(f.get("best_epoch")) for f in cv_summary["folds"])
+                + f"), this model keeps epoch {args.epochs}: the threshold may sit off for it"
+            )
+        return cv_summary["threshold_median"], "the cross-validation folds' median"
+    if cv_summary:
+        warn(f"--cv-summary {args.cv_summary} has no threshold_median (an older summary): the threshold is 0.5")
+    return 0.5, "no validation: 0.5"
+
+
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
@@ -1232,22 +1253,7 @@ def main(argv=None):
     measured = {
         name: (probabilities(trainable, cached[name][0], device), *cached[name][1:]) for name in measured_splits
     }
-    if args.threshold is not None:
-        net.threshold, threshold_from = args.threshold, "--threshold"
-    elif not train_on_val:
-        net.threshold, threshold_from = choose_threshold(measured["val"][0], measured["val"][1]), "validation"
-    elif cv_summary and "threshold_median" in cv_summary:
-        net.threshold, threshold_from = cv_summary["threshold_median"], "the cross-validation folds' median"
-        if any(f.get("best_epoch") not in (None, args.epochs) for f in cv_summary["folds"]):
-            warn(
-                "the folds' thresholds were chosen at their best epochs ("
-                + ", ".join(str(f.get("best_epoch")) for f in cv_summary["folds"])
-                + f"), this model keeps epoch {args.epochs}: the threshold may sit off for it"
-            )
-    else:
-        net.threshold, threshold_from = 0.5, "no validation: 0.5"
-        if cv_summary:
-            warn(f"--cv-summary {args.cv_summary} has no threshold_median (an older summary): the threshold is 0.5")
+    net.threshold, threshold_from = decision_threshold(args, measured.get("val"), cv_summary)
     measured = {name: (p, evaluate(p, y, k, net.threshold, apart)) for name, (p, y, k) in measured.items()}
     grey_input = as_is if trained_blocks is None else None
 
