@@ -306,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         default="auto",
         choices=["auto", "onnx", "openvino", "torch"],
-        help="auto: ONNX Runtime, and torch on a GPU once it has started; openvino: about 2.5x ONNX Runtime on a CPU with "
-        "AMX or AVX-512 BF16, p within about 0.07 of it (default: %(default)s)",
+        help="auto: ONNX Runtime, and torch on a GPU once it has started; openvino: OpenVINO in fp32, the same p, "
+        "faster on the model alone but not through the CLI on 2 cores (default: %(default)s)",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: %(default)s")
     p.add_argument(

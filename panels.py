@@ -5,9 +5,9 @@ Gutters are found from the image itself: full-width (or full-height) runs of uni
 cut recursively, rows then columns (an XY cut). Pieces too small to be a panel (a caption line, an axis label, a
 band under `min_size`) are never split off: they stay with their neighbour, so a chart with a title is one image.
 
-The image is medical when its whole view is, or when a panel is by a stricter bar that grows with the number of
-panels (1 - p of a panel is multiplied by the square root of their number), so a nine-panel mosaic of non-medical
-photos is not nine chances of a false alarm.
+The image is medical when one of its views (the whole and each panel) is, by a stricter bar that grows with their
+number (1 - p of a view is multiplied by the square root of their number), so a nine-panel mosaic of non-medical
+photos is not ten chances of a false alarm.
 """
 
 from typing import NamedTuple
@@ -113,14 +113,15 @@ def find_panels(image: Image.Image, min_size: int = 32, width: int | None = None
 
 
 def combine(p_whole: float, panel_ps: list[float]) -> float:
-    """The figure's p_medical: its whole view's, or its most medical panel's after the correction for their
-    number (1 - p times the square root of the number of panels), whichever is higher, so the model's threshold
-    applies unchanged. On mosaics of held-out images the square root kept 0.97 of all-non-medical mosaics
-    non-medical and found 0.82 of single medical panels among non-medical ones; the number itself (Bonferroni)
-    0.99 and 0.60; no correction 0.94 and 0.85 (benchmarks/compound_figures.py)."""
+    """The figure's p_medical: the most medical of its views (the whole and each panel) after a correction for
+    their number n (1 - p times sqrt(n)), so the model's threshold applies unchanged; an image not split keeps
+    its own p. Chosen on validation mosaics, each fold's model on its own held-out sources
+    (benchmarks/compound_figures.py --cv): a mosaic's shrunken whole view is a false alarm of its own as often
+    as a panel is, so it is corrected like one (kept apart, at the plain threshold, it cost 9 points of
+    all-non-medical mosaics for 2 of one-medical-panel ones)."""
     if not panel_ps:
         return p_whole
-    return max(p_whole, max(1 - len(panel_ps) ** 0.5 * (1 - p) for p in panel_ps))
+    return 1 - (len(panel_ps) + 1) ** 0.5 * (1 - max(p_whole, *panel_ps))
 
 
 class Figure(NamedTuple):

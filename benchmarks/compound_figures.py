@@ -3,24 +3,29 @@
 Three kinds of mosaic, as papers lay them out (grids and strips, white or black gutters of varying width, panel
 letters, a caption band): one medical panel among non-medical ones (medical), all non-medical (must stay
 non-medical), all medical. Each is reduced to the CLI's working size first, as extraction does. Rules compared:
-the whole image alone, a panel by the model's threshold as it is, a panel's 1 - p times the number of panels
-(Bonferroni), and the shipped rule (times its square root). Then the test split's single images (split or not, accuracy with and without panels), and the
+the whole image alone, any view by the model's threshold as it is, and three corrections for the number of
+views (1 - p times its square root): panels only, the whole view apart at the plain threshold (the rule before),
+and every view corrected alike (shipped). `--cv runs/cv` measures them on validation mosaics instead, each fold's
+model on its own held-out sources: the rule is chosen there, and the test split is looked at once. Then the test split's single images (split or not, accuracy with and without panels), and the
 cost on a 200-image PDF through the whole CLI (`--whole-images` against the default, alternated).
 
     python benchmarks/compound_figures.py [--model best_model.pth] [--mosaics 60]
+    python benchmarks/compound_figures.py --cv runs/cv --mosaics 100
 """
 
 import argparse
+import os
 import random
 import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from common import ROOT, cli_seconds, corpus_sample, upscaled_jpeg, write_pdf
+from common import CORPUS, ROOT, cli_seconds, corpus_sample, upscaled_jpeg, write_pdf
 
 import dataset
 import engine
+import final_classification_script as cli
 import images
 import panels
 import train
@@ -75,13 +80,56 @@ def build(test, n: int, seed: int) -> list[tuple[Image.Image, int, str, int]]:
 
 
 def rules(p_whole: float, panel_ps: list[float], threshold: float) -> dict:
+    sqrt_panels = [1 - len(panel_ps) ** 0.5 * (1 - q) for q in panel_ps]
     return {
         "whole image": p_whole >= threshold,
-        "panel at the threshold": max([p_whole] + panel_ps) >= threshold,
-        "panel, 1 - p times panels (Bonferroni)": max([p_whole] + [1 - len(panel_ps) * (1 - q) for q in panel_ps])
-        >= threshold,
-        "panel, 1 - p times sqrt(panels) (shipped)": panels.combine(p_whole, panel_ps) >= threshold,
+        "any view at the threshold": max([p_whole] + panel_ps) >= threshold,
+        "panels only, 1 - p times sqrt(panels)": max(sqrt_panels or [p_whole]) >= threshold,
+        "whole apart, panels 1 - p times sqrt(panels) (before)": max([p_whole] + sqrt_panels) >= threshold,
+        "every view 1 - p times sqrt(views) (shipped)": panels.combine(p_whole, panel_ps) >= threshold,
     }
+
+
+KINDS = (("one medical among non-medical", 1), ("all non-medical", 0), ("all medical", 1))
+
+
+def mosaic_rates(model, part, n: int, seed: int, working_size: int) -> dict:
+    """{(kind, rule): share of mosaics called right} and {kind: share split into the laid-out panels}."""
+    built = build(part, n, seed)
+    results = classify(model, [m for m, *_ in built], working_size)
+    rates, split = {}, {}
+    for what, label in KINDS:
+        chosen = [(r, b) for r, b in zip(results, built) if b[2] == what]
+        split[what] = float(np.mean([r[2] == b[3] for r, b in chosen]))
+        for rule in rules(0.5, [], model.threshold):
+            called = np.mean([rules(r[0], r[1], model.threshold)[rule] for r, _ in chosen])
+            rates[what, rule] = float(called if label else 1 - called)
+    return rates, split
+
+
+def print_rates(rates: dict, split: dict | None = None, n: int | None = None) -> None:
+    for what, label in KINDS:
+        head = f"  {what}" + (f" (n={n}): split into the laid-out panels {split[what]:.2f}" if split else "")
+        called = "medical" if label else "non-medical"
+        print(head + "".join(f"; {rule}: called {called} {rates[what, rule]:.3f}" for w, rule in rates if w == what))
+
+
+def cross_validated(cv_dir: str, n: int) -> None:
+    """The rules on validation mosaics: each fold's model (benchmarks/source_cv.py) on mosaics of its own
+    validation sources, at its own threshold; where a rule is chosen, before the test split is looked at."""
+    folds = sorted(d for d in os.listdir(cv_dir) if d.startswith("fold-"))
+    per_fold = []
+    for fold, name in enumerate(folds):
+        model = engine.open_engine(os.path.join(cv_dir, name, "best_model.pth"), "onnx", "cpu")
+        part = dataset.folder_source(str(CORPUS), seed=0, split_by="source", folds=len(folds), fold=fold)
+        val = part.subset(np.flatnonzero(part.splits == "val"))
+        working = max(model.preprocess["resize"], model.preprocess["crop"]) * cli.PANEL_DETAIL
+        rates, _ = mosaic_rates(model, val, n, fold, working)
+        per_fold.append(rates)
+        print(f"fold {fold} (threshold {model.threshold:.3f}, {len(val.images)} validation images):")
+        print_rates(rates)
+    print(f"mean over the {len(folds)} folds:")
+    print_rates({key: float(np.mean([r[key] for r in per_fold])) for key in per_fold[0]})
 
 
 def classify(model, pictures: list, working_size: int, min_size: int = 32):
@@ -99,25 +147,18 @@ def main(argv=None) -> None:
     p.add_argument("--mosaics", type=int, default=60, help="mosaics of each kind (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--runs", type=int, default=3, help="CLI runs of each kind on the PDF (default: %(default)s)")
+    p.add_argument("--cv", help="source_cv.py's folder: measure the rules on each fold's validation mosaics instead")
     args = p.parse_args(argv)
+    if args.cv:
+        cross_validated(args.cv, args.mosaics)
+        return
     model = engine.open_engine(args.model, "onnx", "cpu")
     t = model.threshold
-    test, _ = test_split(str(ROOT.parent / "shared" / "corpus"), args.seed)
-    built = build(test, args.mosaics, args.seed)
+    test, _ = test_split(str(CORPUS), args.seed)
     base = max(model.preprocess["resize"], model.preprocess["crop"])
-    for working_size in (base, 2 * base):
-        results = classify(model, [m for m, *_ in built], working_size)
+    for working_size in (base, cli.PANEL_DETAIL * base):
         print(f"mosaics at working size {working_size} (threshold {t:.3f}):")
-        for what, label in (("one medical among non-medical", 1), ("all non-medical", 0), ("all medical", 1)):
-            chosen = [(r, b) for r, b in zip(results, built) if b[2] == what]
-            right_count = np.mean([r[2] == b[3] for r, b in chosen])
-            line = [f"  {what} (n={len(chosen)}): split into the laid-out panels {right_count:.2f}"]
-            for rule in rules(0.5, [], t):
-                called = np.mean([rules(r[0], r[1], t)[rule] for r, _ in chosen])
-                line.append(
-                    f"{rule}: called {'medical' if label else 'non-medical'} {called if label else 1 - called:.3f}"
-                )
-            print("; ".join(line))
+        print_rates(*mosaic_rates(model, test, args.mosaics, args.seed, working_size), args.mosaics)
     pictures = []
     for path in test.images:
         with Image.open(path) as image:

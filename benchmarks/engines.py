@@ -6,8 +6,8 @@
 For each engine: model-only images/s at batch 1, 16 and 32 (prepared arrays, after a warm-up); predict() with
 preparation over corpus images; the whole CLI on a 200-image PDF and on one image (median of alternated runs,
 start-up, import and compilation included); and against ONNX Runtime fp32, over the whole source-held-out test
-split: the share of labels that agree and max |dp|. The extraction stage alone (the PDF's images decoded, no
-model) is timed too, to show what the model overlaps with.
+split: the share of labels that agree and max |dp|. The CLI's stages on the PDF are timed one by one too, to
+show what the model overlaps with.
 """
 
 import argparse
@@ -19,10 +19,13 @@ import time
 import numpy as np
 from PIL import Image
 
-from common import CORPUS, DEFAULT_MODEL, cli_seconds, corpus_sample, upscaled_jpeg, write_pdf
+from common import CORPUS, DEFAULT_MODEL, cli_seconds, corpus_sample, timed, upscaled_jpeg, write_pdf
 
 import engine
 import extract
+import final_classification_script as cli
+import panels
+import pipeline
 from heldout_eval import test_split
 
 
@@ -36,6 +39,32 @@ def model_speed(net: engine.Engine, arrays: np.ndarray, batch: int, repeats: int
             net.run(arrays[i : i + batch])
         best = max(best, (len(arrays) // batch * batch) / (time.perf_counter() - start))
     return best
+
+
+def where_time_goes(pdf: str, net: engine.Engine) -> None:
+    """The CLI's stages on the 200-image PDF one after another, each alone on the machine: what the model overlaps
+    with, and what is left when it is faster."""
+    working = max(net.preprocess["resize"], net.preprocess["crop"]) * cli.PANEL_DETAIL
+    seconds = {}
+    with timed(seconds, "extraction and decoding"):
+        found = [
+            i for i in extract.open_input(pdf, extract.Options(working_size=working))[1] if isinstance(i, extract.Found)
+        ]
+    with timed(seconds, "panel search"):
+        boxes = [panels.find_panels(f.image, 32, f.width) for f in found]
+    with timed(seconds, "image keys"):
+        for f in found:
+            pipeline.image_key(f.image)
+    crops = [f.image.crop(box) for f, bs in zip(found, boxes) for box in bs]
+    with timed(seconds, "preparation"):
+        arrays = np.stack([engine.prepare(image, net.preprocess) for image in [f.image for f in found] + crops])
+    with timed(seconds, "model (onnx)"):
+        for i in range(0, len(arrays), 16):
+            net.run(arrays[i : i + 16])
+    total = sum(seconds.values())
+    print(f"\nwhere the time goes, the 200-image PDF's stages one after another ({len(arrays)} model inputs):")
+    for stage, s in seconds.items():
+        print(f"  {stage:24s} {s:5.2f} s  {s / total:4.0%}")
 
 
 def main(argv=None) -> None:
@@ -74,12 +103,7 @@ def main(argv=None) -> None:
         write_pdf(pdf, [upscaled_jpeg(path)[0] for path in corpus_sample(200)])
         one = os.path.join(folder, "one.png")
         images[0].save(one)
-        start = time.perf_counter()
-        decoded = sum(1 for item in extract.open_input(pdf, extract.Options())[1] if isinstance(item, extract.Found))
-        extraction = time.perf_counter() - start
-        print(
-            f"\nextraction alone (the 200-image PDF decoded, no model): {extraction:.2f} s, {decoded / extraction:.0f} img/s"
-        )
+        where_time_goes(pdf, reference)
         runs = {n: {"pdf": [], "one": []} for n in names}
         for _ in range(args.repeats):  # alternated, so the machine's noise falls on every engine alike
             for n in names:

@@ -1,6 +1,7 @@
 """engine.py: one preprocessing, ONNX Runtime and torch agreeing, the export twin bound to its checkpoint."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -261,22 +262,31 @@ def test_decoding_keeps_only_what_the_model_needs():
             assert difference.mean() < 2.0  # decoded at half scale by the JPEG decoder itself
 
 
-def test_openvino_runs_the_same_twin_close_to_onnx_runtime_and_auto_never_picks_it(shipped_model_path):
-    """bf16 on this CPU: labels agree and p stays within the bound docs/engines.md gives (0.15); measured over the
-    whole source-held-out test split by benchmarks/engines.py (max 0.128 for the shipped model), more than auto
-    accepts (0.02)."""
+def test_openvino_runs_the_same_twin_with_the_same_p_and_auto_never_picks_it(shipped_model_path, tmp_path, monkeypatch):
+    """fp32 on OpenVINO: the issue's bar for a faster engine is labels agreeing on 99.5% and max |dp| <= 0.02;
+    fp32 holds p to 1e-4 (bf16 moved it by up to 0.13). Its compiled shapes go to OpenVINO's model cache."""
     pytest.importorskip("openvino")
+    monkeypatch.setattr(engine, "OPENVINO_CACHE", str(tmp_path / "openvino"))
     images = corpus_spread(200)
     onnx = engine.open_engine(shipped_model_path, "onnx", "cpu")
     fast = engine.open_engine(shipped_model_path, "openvino", "cpu")
-    assert fast.name == "openvino" and fast.precision in ("bf16", "f32")
+    assert fast.name == "openvino" and fast.precision == "f32"
     assert (fast.threshold, fast.preprocess, fast.classes) == (onnx.threshold, onnx.preprocess, onnx.classes)
     p_onnx = np.array(onnx.predict(images, batch_size=32))
     p_fast = np.array(fast.predict(images, batch_size=7))  # another static shape, and a padded last batch
-    assert len(p_fast) == 200 and np.abs(p_fast - p_onnx).max() <= 0.15
-    labels = (p_fast >= onnx.threshold) == (p_onnx >= onnx.threshold)
-    assert labels.mean() >= 0.99
+    assert len(p_fast) == 200 and np.abs(p_fast - p_onnx).max() <= 1e-4
+    assert ((p_fast >= onnx.threshold) == (p_onnx >= onnx.threshold)).all()
+    assert any((tmp_path / "openvino").iterdir())
     assert engine.open_engine(shipped_model_path, "auto", "cpu").name == "onnx"
+
+
+def test_openvino_compiles_without_a_cache_it_cannot_write(shipped_model_path, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    blocked = tmp_path / "a file where the cache folder would be"
+    blocked.write_text("")
+    monkeypatch.setattr(engine, "OPENVINO_CACHE", str(blocked / "openvino"))
+    fast = engine.open_engine(shipped_model_path, "openvino", "cpu")
+    assert len(fast.predict(corpus_spread(3))) == 3
 
 
 def test_openvino_is_named_in_the_results_and_the_report(tmp_path):
@@ -289,9 +299,11 @@ def test_openvino_is_named_in_the_results_and_the_report(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},  # OpenVINO's model cache goes there
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["model"]["engine"] == "openvino"
+    assert any((tmp_path / "cache" / "medical-image-classifier" / "openvino").iterdir())
     assert "(openvino)" in report_path.read_text()
 
 
