@@ -179,7 +179,7 @@ def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
         "--whole-images",
         action="store_true",
         help="classify every image whole; by default a compound figure (panels parted by gutters) is also "
-        "read panel by panel, and is medical when a panel is",
+        "read panel by panel, and is medical when a panel (or the whole) is, by a bar that rises with their number",
     )
     p.add_argument(
         "--all-frames",

@@ -114,14 +114,14 @@ def find_panels(image: Image.Image, min_size: int = 32, width: int | None = None
 
 def combine(p_whole: float, panel_ps: list[float]) -> float:
     """The figure's p_medical: the most medical of its views (the whole and each panel) after a correction for
-    their number n (1 - p times sqrt(n)), so the model's threshold applies unchanged; an image not split keeps
-    its own p. Chosen on validation mosaics, each fold's model on its own held-out sources
+    their number n (1 - p times sqrt(n), at least 0), so the model's threshold applies unchanged; an image not
+    split keeps its own p. Chosen on validation mosaics, each fold's model on its own held-out sources
     (benchmarks/compound_figures.py --cv): a mosaic's shrunken whole view is a false alarm of its own as often
     as a panel is, so it is corrected like one (kept apart, at the plain threshold, it cost 9 points of
     all-non-medical mosaics for 2 of one-medical-panel ones)."""
     if not panel_ps:
         return p_whole
-    return 1 - (len(panel_ps) + 1) ** 0.5 * (1 - max(p_whole, *panel_ps))
+    return max(0.0, 1 - (len(panel_ps) + 1) ** 0.5 * (1 - max(p_whole, *panel_ps)))
 
 
 class Figure(NamedTuple):

@@ -16,6 +16,7 @@ cost on a 200-image PDF through the whole CLI (`--whole-images` against the defa
 import argparse
 import os
 import random
+import re
 import tempfile
 
 import numpy as np
@@ -93,7 +94,7 @@ def rules(p_whole: float, panel_ps: list[float], threshold: float) -> dict:
 KINDS = (("one medical among non-medical", 1), ("all non-medical", 0), ("all medical", 1))
 
 
-def mosaic_rates(model, part, n: int, seed: int, working_size: int) -> dict:
+def mosaic_rates(model, part, n: int, seed: int, working_size: int) -> tuple[dict, dict]:
     """{(kind, rule): share of mosaics called right} and {kind: share split into the laid-out panels}."""
     built = build(part, n, seed)
     results = classify(model, [m for m, *_ in built], working_size)
@@ -114,14 +115,14 @@ def print_rates(rates: dict, split: dict | None = None, n: int | None = None) ->
         print(head + "".join(f"; {rule}: called {called} {rates[what, rule]:.3f}" for w, rule in rates if w == what))
 
 
-def cross_validated(cv_dir: str, n: int) -> None:
+def cross_validated(cv_dir: str, n: int, split_seed: int) -> None:
     """The rules on validation mosaics: each fold's model (benchmarks/source_cv.py) on mosaics of its own
     validation sources, at its own threshold; where a rule is chosen, before the test split is looked at."""
-    folds = sorted(d for d in os.listdir(cv_dir) if d.startswith("fold-"))
+    folds = sorted(int(d.split("-", 1)[1]) for d in os.listdir(cv_dir) if re.fullmatch(r"fold-\d+", d))
     per_fold = []
-    for fold, name in enumerate(folds):
-        model = engine.open_engine(os.path.join(cv_dir, name, "best_model.pth"), "onnx", "cpu")
-        part = dataset.folder_source(str(CORPUS), seed=0, split_by="source", folds=len(folds), fold=fold)
+    for fold in folds:
+        model = engine.open_engine(os.path.join(cv_dir, f"fold-{fold}", "best_model.pth"), "onnx", "cpu")
+        part = dataset.folder_source(str(CORPUS), seed=split_seed, split_by="source", folds=len(folds), fold=fold)
         val = part.subset(np.flatnonzero(part.splits == "val"))
         working = max(model.preprocess["resize"], model.preprocess["crop"]) * cli.PANEL_DETAIL
         rates, _ = mosaic_rates(model, val, n, fold, working)
@@ -145,12 +146,14 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT / "best_model.pth"), help="checkpoint (default: %(default)s)")
     p.add_argument("--mosaics", type=int, default=60, help="mosaics of each kind (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument(
+        "--seed", type=int, default=0, help="the mosaics' and the split's (train.py --seed) (default: %(default)s)"
+    )
     p.add_argument("--runs", type=int, default=3, help="CLI runs of each kind on the PDF (default: %(default)s)")
     p.add_argument("--cv", help="source_cv.py's folder: measure the rules on each fold's validation mosaics instead")
     args = p.parse_args(argv)
     if args.cv:
-        cross_validated(args.cv, args.mosaics)
+        cross_validated(args.cv, args.mosaics, args.seed)
         return
     model = engine.open_engine(args.model, "onnx", "cpu")
     t = model.threshold

@@ -45,6 +45,26 @@ def test_prepare_crops_the_centre_and_keeps_uint8():
     assert out[..., 0].max() == 0  # the band was cropped away
 
 
+@pytest.mark.parametrize("size", [(300, 257), (257, 300), (1000, 333), (512, 512), (333, 1000), (258, 700)])
+def test_prepare_resamples_only_the_crop_with_the_pixels_of_resizing_first(size):
+    """Only the centre crop is resampled (1.3-1.6x faster): the pixels of resizing the whole image and cropping."""
+    photo = corpus_images("non_medical", "photo", 1)[0]
+    with Image.open(photo) as image:
+        image = image.convert("RGB").resize(size)
+    w, h = size
+    resized = (256, int(256 * h / w)) if w <= h else (int(256 * w / h), 256)
+    left, top = round((resized[0] - 224) / 2), round((resized[1] - 224) / 2)
+    expected = np.asarray(image.resize(resized, Image.Resampling.BILINEAR).crop((left, top, left + 224, top + 224)))
+    difference = np.abs(engine.prepare(image, PREPROCESS).astype(int) - expected.astype(int))
+    assert difference.max() <= 1 and difference.mean() < 0.25  # rounding: one grey level, here and there
+
+
+def test_prepare_with_a_crop_larger_than_the_resize_pads_as_before():
+    odd = {**PREPROCESS, "resize": 200, "crop": 224}
+    out = engine.prepare(Image.new("RGB", (400, 300), (200, 10, 10)), odd)
+    assert out.shape == (224, 224, 3) and (out[0, 0] == 0).all() and (out[112, 112] == (200, 10, 10)).all()
+
+
 def test_prepare_letterbox_keeps_the_whole_image_on_white():
     wide = Image.new("RGB", (600, 300), (0, 0, 0))
     wide.paste((255, 0, 0), (0, 0, 100, 300))
@@ -287,6 +307,25 @@ def test_openvino_compiles_without_a_cache_it_cannot_write(shipped_model_path, t
     monkeypatch.setattr(engine, "OPENVINO_CACHE", str(blocked / "openvino"))
     fast = engine.open_engine(shipped_model_path, "openvino", "cpu")
     assert len(fast.predict(corpus_spread(3))) == 3
+
+
+def test_openvino_compiles_again_without_the_cache_when_compiling_with_it_fails(
+    shipped_model_path, tmp_path, monkeypatch
+):
+    openvino = pytest.importorskip("openvino")
+    monkeypatch.setattr(engine, "OPENVINO_CACHE", str(tmp_path / "openvino"))
+    real, calls = openvino.Core.compile_model, []
+
+    def once_broken(core, *args, **kwargs):
+        calls.append(core.get_property("CACHE_DIR"))
+        if len(calls) == 1:
+            raise RuntimeError("Exception from src/inference/src/cache_manager.hpp: cannot write the blob")
+        return real(core, *args, **kwargs)
+
+    monkeypatch.setattr(openvino.Core, "compile_model", once_broken)
+    fast = engine.open_engine(shipped_model_path, "openvino", "cpu")
+    assert len(fast.predict(corpus_spread(3))) == 3
+    assert calls[:2] == [str(tmp_path / "openvino"), ""]
 
 
 def test_openvino_is_named_in_the_results_and_the_report(tmp_path):

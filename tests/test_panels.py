@@ -68,7 +68,8 @@ def test_no_panel_under_min_size_is_split_off():
 
 
 def test_nine_panels_are_not_nine_chances_of_a_false_alarm():
-    assert panels.combine(0.2, [0.6] * 8) == pytest.approx(1 - 3 * 0.4)  # not nine chances at 0.6
+    assert panels.combine(0.2, [0.6] * 8) == 0.0  # not nine chances at 0.6, and never below 0
+    assert panels.combine(0.2, [0.9] * 8) == pytest.approx(1 - 3 * 0.1)
     assert panels.combine(0.2, [0.1] * 7 + [0.995]) == pytest.approx(1 - 3 * 0.005)
     assert panels.combine(0.2, [0.1, 0.96, 0.1]) == pytest.approx(1 - 2 * 0.04)
     assert panels.combine(0.99, [0.1, 0.1, 0.1]) == pytest.approx(1 - 2 * 0.01)  # the whole view, corrected too
