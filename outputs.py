@@ -419,7 +419,9 @@ class Sink:
         except OSError:
             pass  # the buffer that could not be written is dropped with it
 
-    def image(self, state: InputState, found: extract.Found, p: float, panel_ps: list = (), phi=None) -> None:
+    def image(
+        self, state: InputState, found: extract.Found, p: float, panel_ps: list = (), phi=None, p_whole=None
+    ) -> None:
         label = self.model.label(p)
         if label == "medical":
             state.medical += 1
@@ -432,7 +434,7 @@ class Sink:
         if self.args.only not in (None, "phi") and label != self.args.only:
             return
         saved = self._save(found, label) if self.args.save_dir else None
-        record = report.image_record(found, p, label, saved, panel_ps, phi)
+        record = report.image_record(found, p, label, saved, panel_ps, phi, p_whole)
         state.shown += 1
         if self.args.jsonl:
             self.line(report.image_line(state.text, record))

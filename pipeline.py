@@ -100,7 +100,7 @@ class Run:
 
     def results(self, texts):
         """Yield ("start", state), ("expect", state, n), ("skipped", state, Skipped), ("image", state, Found, p,
-        panels, image key), ("file", state, Finished) and ("end", state) as they come; an input's items come in the
+        panels, image key, the whole view's p), ("file", state, Finished) and ("end", state) as they come; an input's items come in the
         order they were found (all through the model's queue), and "end" after all of them."""
         active, texts = 0, iter(texts)
         number = 0
@@ -184,7 +184,7 @@ class Run:
                         batch_size=self.batch_size,
                     )
                     for key, result in zip(todo, results):
-                        self.known[key] = result[:2]  # (p_medical, [(box, p) per panel])
+                        self.known[key] = result  # (p_medical, [(box, p) per panel], the whole view's p)
             except Exception as exc:
                 failure = f"the model failed on a batch: {type(exc).__name__}: {extract.first_line(exc)}"
             for state, item, key in batch:
@@ -194,8 +194,8 @@ class Run:
                     self.events.put(("skipped" if isinstance(item, extract.Skipped) else "file", state, item))
                 elif key in self.known:
                     self.known.move_to_end(key)
-                    p, panel_ps = self.known[key]
-                    self.events.put(("image", state, item, p, panel_ps, key))
+                    p, panel_ps, whole = self.known[key]
+                    self.events.put(("image", state, item, p, panel_ps, key, whole))
                 else:
                     state.error = state.error or failure
             self.classified += len(todo)
@@ -246,7 +246,7 @@ def drain(run: Run, sink, args, texts, total: int | None, done: set) -> None:
                 if kind == "skipped":
                     sink.skipped(state, event[2])
                 else:
-                    sink.image(state, *event[2:5], phi=run.phi_of(event[2], event[3], event[5]))
+                    sink.image(state, *event[2:5], phi=run.phi_of(event[2], event[3], event[5]), p_whole=event[6])
                 state.seen += 1
                 if state.seen > state.expected:  # more than announced, or nothing announced
                     images_bar.total += 1

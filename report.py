@@ -20,9 +20,12 @@ THUMBNAIL = 160
 UNCERTAIN = 0.1  # p_medical within this of the threshold is marked uncertain in the report
 
 
-def image_record(found, p: float, label: str, saved_path: str | None = None, panel_ps=(), phi=None) -> dict:
+def image_record(
+    found, p: float, label: str, saved_path: str | None = None, panel_ps=(), phi=None, p_whole: float | None = None
+) -> dict:
     """One classified image, as README's schema names its fields (p_medical to 4 places); a compound figure's
-    `panels` give each panel's box in the original's pixels and its own p_medical."""
+    `panels` give each panel's box in the original's pixels and its own p_medical, and `p_whole` the whole
+    view's own, so a reader sees which view decided."""
     return {
         "source": found.source,
         "page": found.page,
@@ -35,6 +38,7 @@ def image_record(found, p: float, label: str, saved_path: str | None = None, pan
         **({"thumbnail": found.thumbnail} if found.thumbnail else {}),
         **({"found_on": found.found_on} if found.found_on else {}),
         **({"panels": panel_records(found, panel_ps)} if panel_ps else {}),
+        **({"p_whole": round(float(p_whole), 4)} if panel_ps and p_whole is not None else {}),
         **({"phi": phi} if phi else {}),
     }
 

@@ -258,10 +258,10 @@ class Classifier:
         results = panels.predict_figures(
             self.model, [f.image for f in found], [f.panels or [] for f in found], batch_size=self.batch_size
         )
-        for i, item, (p, panel_ps, _) in zip(at, found, results):
+        for i, item, (p, panel_ps, whole) in zip(at, found, results):
             label = self.model.label(p)
             verdict = self.phi(item, label, pipeline.image_key(item.image)) if self.phi else None
-            record = report.image_record(item, p, label, None, panel_ps, verdict)
+            record = report.image_record(item, p, label, None, panel_ps, verdict, whole)
             lines[i] = json.dumps(report.image_line(str(batch["input"][i]), record))
         return {"n": batch["n"], "type": batch["type"], "line": lines}
 
