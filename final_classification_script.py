@@ -386,6 +386,12 @@ def count_inputs(args) -> int | None:
 PANEL_DETAIL = 2  # images are kept this many times the model's input, so a compound figure's panels keep detail
 
 
+def working_size(model: engine.Engine, whole_images: bool = False) -> int:
+    """The shorter side decoded images are kept at: the model's resize, times PANEL_DETAIL unless every image is
+    classified whole."""
+    return max(model.preprocess["resize"], model.preprocess["crop"]) * (1 if whole_images else PANEL_DETAIL)
+
+
 def extract_options(args, model: engine.Engine) -> extract.Options:
     """Decoded images are kept only as large as the model needs (its resize; twice that where a compound figure
     may be read panel by panel), never at full resolution."""
@@ -408,8 +414,7 @@ def extract_options(args, model: engine.Engine) -> extract.Options:
         delay=args.delay,
         max_page_bytes=args.max_page_bytes,
         whole_images=args.whole_images,
-        working_size=max(model.preprocess["resize"], model.preprocess["crop"])
-        * (1 if args.whole_images else PANEL_DETAIL),
+        working_size=working_size(model, args.whole_images),
     )
 
 

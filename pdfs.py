@@ -441,9 +441,12 @@ def pdf_images(
             smasks.update(item[1] for item in listed if item[1])
             try:
                 streams = _content_streams(doc, page, forms)  # read once: for turned images and inline ones
-                turns = _orientations(page, streams)
+            except Exception:  # read again, and reported, where inline images are looked for
+                streams = None
+            try:
+                turns = _orientations(page, streams) if streams is not None else {}
             except Exception:  # the draws could not be traced: images as stored
-                streams, turns = None, {}
+                turns = {}
             for xref, smask, width, height, filters in _draw_order(page, listed):
                 if xref in seen_xrefs or xref in smasks:
                     continue

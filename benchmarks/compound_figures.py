@@ -124,8 +124,7 @@ def cross_validated(cv_dir: str, n: int, split_seed: int) -> None:
         model = engine.open_engine(os.path.join(cv_dir, f"fold-{fold}", "best_model.pth"), "onnx", "cpu")
         part = dataset.folder_source(str(CORPUS), seed=split_seed, split_by="source", folds=len(folds), fold=fold)
         val = part.subset(np.flatnonzero(part.splits == "val"))
-        working = max(model.preprocess["resize"], model.preprocess["crop"]) * cli.PANEL_DETAIL
-        rates, _ = mosaic_rates(model, val, n, fold, working)
+        rates, _ = mosaic_rates(model, val, n, fold, cli.working_size(model))
         per_fold.append(rates)
         print(f"fold {fold} (threshold {model.threshold:.3f}, {len(val.images)} validation images):")
         print_rates(rates)
@@ -158,8 +157,8 @@ def main(argv=None) -> None:
     model = engine.open_engine(args.model, "onnx", "cpu")
     t = model.threshold
     test, _ = test_split(str(CORPUS), args.seed)
-    base = max(model.preprocess["resize"], model.preprocess["crop"])
-    for working_size in (base, cli.PANEL_DETAIL * base):
+    base = cli.working_size(model, whole_images=True)
+    for working_size in (base, cli.working_size(model)):
         print(f"mosaics at working size {working_size} (threshold {t:.3f}):")
         print_rates(*mosaic_rates(model, test, args.mosaics, args.seed, working_size), args.mosaics)
     pictures = []

@@ -44,11 +44,12 @@ def model_speed(net: engine.Engine, arrays: np.ndarray, batch: int, repeats: int
 def where_time_goes(pdf: str, net: engine.Engine) -> None:
     """The CLI's stages on the 200-image PDF one after another, each alone on the machine: what the model overlaps
     with, and what is left when it is faster."""
-    working = max(net.preprocess["resize"], net.preprocess["crop"]) * cli.PANEL_DETAIL
     seconds = {}
     with timed(seconds, "extraction and decoding"):
         found = [
-            i for i in extract.open_input(pdf, extract.Options(working_size=working))[1] if isinstance(i, extract.Found)
+            i
+            for i in extract.open_input(pdf, extract.Options(working_size=cli.working_size(net)))[1]
+            if isinstance(i, extract.Found)
         ]
     with timed(seconds, "panel search"):
         boxes = [panels.find_panels(f.image, 32, f.width) for f in found]
