@@ -82,7 +82,9 @@ def _xref_image(doc, xref: int, smask: int, filters: str, source: str, page: int
         if isinstance(found, Found):
             return found
     pymupdf = _pymupdf()
+    pymupdf.TOOLS.reset_mupdf_warnings()
     pix = pymupdf.Pixmap(doc, xref)
+    decode_error = _decode_error(pymupdf.TOOLS.mupdf_warnings())
     if smask:
         if pix.alpha:  # MuPDF may give the image an opaque alpha of its own, which would refuse the mask
             pix = pymupdf.Pixmap(pix, 0)
@@ -90,13 +92,24 @@ def _xref_image(doc, xref: int, smask: int, filters: str, source: str, page: int
             pix = pymupdf.Pixmap(pix, pymupdf.Pixmap(doc, smask))
         except Exception:
             pass  # a mask that does not fit is ignored, the image still shows
-    return full_size_found(
+    found = full_size_found(
         _pixmap_to_pil(pix),
         source,
         page,
         options,
         format=PDF_FILTER_FORMATS.get(filters, filters.lower().removesuffix("decode") or "raw"),
     )
+    if decode_error and isinstance(found, Skipped):  # MuPDF filled what it could not decode: not a blank image
+        return Skipped(source, f"damaged image data ({decode_error}); MuPDF drew it blank", undecodable=True)
+    return found
+
+
+def _decode_error(warnings: str) -> str | None:
+    """The first decoding error among MuPDF's warnings for one image, without its 'library error:' prefix."""
+    for line in warnings.splitlines():
+        if "error" in line:
+            return line.removeprefix("library error: ").strip()
+    return None
 
 
 # What a PDF image stream is stored as, by its filter, for the `format` of a result.

@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # torch is imported where it is used, so --help and the torch
 # them, so `--help` and argument errors answer at once.
 
 AUGMENT_VERSION = 3  # part of the feature-cache key: bump when the augmentation changes
+MOSAIC_VERSION = 1  # the same for MosaicViews
 ARCHES = (
     "efficientnet_lite0",
     "efficientnet_lite1",
@@ -182,11 +183,8 @@ class FileViews:
 
     def __getitem__(self, i):
         view, index = divmod(i, len(self.paths))
-        try:
-            with Image.open(self.paths[index]) as im:
-                image = engine.to_rgb(im)
-                image.load()
-        except Exception:
+        image = _open_rgb(self.paths[index])
+        if image is None:
             return None
         if self.transform:
             image = self.transform(image)
@@ -196,6 +194,99 @@ class FileViews:
             torch.manual_seed(self.seed * 1_000_003 + index * 101 + view)
             image = self.augment(image)
         return engine.prepare(image, self.preprocess)
+
+
+def lay_out(pictures: list, rows: int, cols: int, cell: int, gutter: int, background: tuple) -> tuple:
+    """Pictures as a grid of `cell`-pixel panels with gutters, as papers lay figures out: (canvas, cell boxes).
+
+    Each picture is shrunk to fit its cell and centred in it; the canvas is `background` around them."""
+    width, height = cols * cell + (cols + 1) * gutter, rows * cell + (rows + 1) * gutter
+    canvas = Image.new("RGB", (width, height), background)
+    boxes = []
+    for n, picture in enumerate(pictures):
+        panel = picture.copy()
+        panel.thumbnail((cell, cell))
+        r, c = divmod(n, cols)
+        x, y = gutter + c * (cell + gutter), gutter + r * (cell + gutter)
+        canvas.paste(panel, (x + (cell - panel.width) // 2, y + (cell - panel.height) // 2))
+        boxes.append((x, y, x + cell, y + cell))
+    return canvas, boxes
+
+
+MOSAIC_LAYOUTS = ((2, 2), (3, 3), (2, 3), (3, 2), (1, 2), (2, 1), (1, 3), (3, 1), (2, 4))
+
+
+def _open_rgb(path: str, draft: int | None = None) -> Image.Image | None:
+    """An image file as RGB, or None when it does not decode; `draft`: decoded at about that many pixels (JPEG's
+    draft mode), enough for a mosaic's thumbnails."""
+    try:
+        with Image.open(path) as im:
+            if draft:
+                im.draft("RGB", (draft, draft))
+            image = engine.to_rgb(im)
+            image.load()
+            return image
+    except Exception:
+        return None
+
+
+class MosaicViews:
+    """Training images each laid among other images as a compound figure, keeping its own label.
+
+    A medical image among non-medical ones is a medical figure, a non-medical one among non-medical ones stays
+    non-medical, so the model learns that one medical panel makes a figure medical and that a grid alone does not.
+    The image sits in a cell that the engines' centre crop keeps. Neighbours come from the same split's pools."""
+
+    def __init__(self, paths, labels, views: int, pools: dict, preprocess: dict, augment, seed: int):
+        self.paths, self.labels, self.views, self.pools = paths, labels, views, pools
+        self.preprocess, self.augment, self.seed = preprocess, augment, seed
+
+    def __len__(self):
+        return len(self.paths) * self.views
+
+    def __getitem__(self, i):
+        import random
+
+        view, index = divmod(i, len(self.paths))
+        rng = random.Random(int(self.seed * 1_000_003 + index * 101 + view + 7))
+        image = _open_rgb(self.paths[index])
+        if image is None:
+            return None
+        import torch
+
+        torch.manual_seed(rng.getrandbits(31))  # the key image's augmentation and the JPEG quality
+        if rng.random() < 0.5:
+            image = self.augment(image)
+        rows, cols = rng.choice(MOSAIC_LAYOUTS)
+        cell, gutter = rng.choice((96, 128, 160, 200, 256)), rng.choice((2, 4, 6, 10, 16, 24))
+        background = rng.choice(((255, 255, 255),) * 3 + ((0, 0, 0), (128, 128, 128)))
+        medical_neighbours = self.labels[index] == dataset.MEDICAL and rng.random() < 0.25
+        pool = self.pools[dataset.MEDICAL if medical_neighbours else dataset.NON_MEDICAL]
+        pictures = [p for p in (_open_rgb(rng.choice(pool), cell) for _ in range(rows * cols - 1)) if p]
+        width, height = cols * cell + (cols + 1) * gutter, rows * cell + (rows + 1) * gutter
+        band = int(height * rng.uniform(0.08, 0.2)) if rng.random() < 0.3 else 0  # a caption band below
+        kept = self.preprocess["crop"] / self.preprocess["resize"] * min(width, height + band) / 2
+        centres = [
+            (gutter + (n % cols) * (cell + gutter) + cell / 2, gutter + (n // cols) * (cell + gutter) + cell / 2)
+            for n in range(rows * cols)
+        ]
+        inside = [
+            n for n, (x, y) in enumerate(centres) if abs(x - width / 2) < kept and abs(y - (height + band) / 2) < kept
+        ]
+        pictures.insert(rng.choice(inside) if inside else 0, image)
+        canvas, _ = lay_out(pictures, rows, cols, cell, gutter, background)
+        if band:  # drawn as lines of text
+            from PIL import ImageDraw
+
+            framed = Image.new("RGB", (width, height + band), background)
+            framed.paste(canvas, (0, 0))
+            draw, ink = ImageDraw.Draw(framed), (60, 60, 60) if background != (0, 0, 0) else (200, 200, 200)
+            for y in range(height + 6, height + band - 4, 12):
+                draw.line((gutter, y, gutter + (width - 2 * gutter) * rng.uniform(0.4, 1.0), y), fill=ink, width=3)
+            canvas = framed
+        if rng.random() < 0.5:
+            canvas = RandomJPEG((40, 90))(canvas)
+        return engine.prepare(canvas, self.preprocess)
 
 
 class ArrayImages:
@@ -250,10 +341,20 @@ def feature_function(net, engine_name: str = "auto", trained_blocks: int = 0):
 
 
 def features_by_part(
-    model, parts, views, batch_size=64, workers=0, seed=0, desc="features", features=None, transform=None
+    model,
+    parts,
+    views,
+    batch_size=64,
+    workers=0,
+    seed=0,
+    desc="features",
+    features=None,
+    transform=None,
+    mosaic_pools=None,
 ):
     """Backbone features of every image of `parts`, one (features, labels, kinds, unreadable paths) per part;
-    folder images also as `views[i]` augmented copies.
+    folder images also as `views[i]` augmented copies, or, where `mosaic_pools[i]` gives neighbours
+    ({label: paths}), as `views[i]` mosaic views only (MosaicViews).
 
     One DataLoader over all the parts: one pool of workers, and batches that run across the parts' edges, so a
     GPU never waits for a pool to start per dataset part (that cost the reference recipe most of its speed)."""
@@ -263,10 +364,13 @@ def features_by_part(
     augment = augmentation(model.preprocess["resize"])
     features = features or feature_function(model)
     datasets, copies = [], []
-    for part, n in zip(parts, views):
+    for part, n, pools in zip(parts, views, mosaic_pools or [None] * len(parts)):
         if isinstance(part.images, np.ndarray):
             datasets.append(ArrayImages(part.images, model.preprocess))
             copies.append(1)
+        elif pools:
+            datasets.append(MosaicViews(part.images, part.labels, n, pools, model.preprocess, augment, seed))
+            copies.append(n)
         else:
             datasets.append(FileViews(part.images, n, model.preprocess, augment, seed, transform))
             copies.append(1 + n)
@@ -787,6 +891,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="augmented views per folder training image, cached beside the plain one",
     )
     p.add_argument(
+        "--mosaic-views",
+        type=number(int, 0),
+        default=0,
+        help="views per folder training image laid among other training images as a compound figure (its label "
+        "kept), cached apart",
+    )
+    p.add_argument(
         "--kind-weight-power",
         type=number(float, 0),
         default=0.0,
@@ -885,11 +996,13 @@ def parse_args(argv=None):
         parser.error("--fold needs --folds K")
     if args.folds and args.train_on == "train+val":
         parser.error("--folds validates on a fold; --train-on train+val trains on it (the final model): choose one")
+    if args.mosaic_views and parse_finetune(args.finetune) is None:
+        parser.error("--mosaic-views are cached views; --finetune all streams fresh images and has none")
     return args
 
 
 STATE_FILE = "training_state.pt"
-KEY_DEFAULTS = {"train_on": "train"}  # what a state written before an option existed was made with
+KEY_DEFAULTS = {"train_on": "train", "mosaic_views": 0}  # what a state written before an option existed was made with
 # what a resumed run must share with the run that wrote the state; other options (--workers, --quiet) may differ
 STATE_KEY_ARGS = (
     "data",
@@ -906,6 +1019,7 @@ STATE_KEY_ARGS = (
     "schedule",
     "label_smoothing",
     "views",
+    "mosaic_views",
     "kind_weight_power",
     "seed",
     "split_by",
@@ -951,45 +1065,62 @@ def output_path(requested: str, arch: str, overwrite: bool, today: datetime.date
     return requested
 
 
+def mosaic_pools(parts) -> dict:
+    """{label: image paths} over the folder parts of one split: the neighbours its mosaic views draw from."""
+    pools = {dataset.MEDICAL: [], dataset.NON_MEDICAL: []}
+    for part in parts:
+        if not isinstance(part.images, np.ndarray):
+            for path, label in zip(part.images, part.labels):
+                pools[int(label)].append(path)
+    return pools
+
+
 def frozen_outputs(args, net, splits, trained_blocks: int) -> tuple[dict, int, float]:
     """(split -> (frozen-part outputs, labels, kinds), images the frozen part ran on, its seconds): computed once
-    for every split not in --cache-dir, in one pass (train images also as --views views)."""
+    for every split not in --cache-dir, in one pass (train images also as --views views, and as --mosaic-views
+    mosaic views under "train-mosaic")."""
     import torch
 
     cached, todo = {}, []
     for split in dataset.SPLITS:
-        views = args.views if split == "train" or (split == "val" and args.train_on == "train+val") else 0
-        cache_file = feature_cache_path(args, splits[split], views)
-        if cache_file and os.path.isfile(cache_file):
-            saved = torch.load(cache_file, weights_only=True)
-            cached[split] = (saved["x"], saved["y"].numpy(), saved["kinds"])
-        else:
-            todo.append((split, views, cache_file))
+        trained_on = split == "train" or (split == "val" and args.train_on == "train+val")
+        jobs = [(split, splits[split], args.views if trained_on else 0, None)]
+        folder_parts = [p for p in splits[split] if not isinstance(p.images, np.ndarray)]
+        if trained_on and args.mosaic_views and folder_parts:
+            jobs.append((f"{split}-mosaic", folder_parts, args.mosaic_views, mosaic_pools(folder_parts)))
+        for name, parts, views, pools in jobs:
+            cache_file = feature_cache_path(args, parts, ("mosaic", views, MOSAIC_VERSION) if pools else views)
+            if cache_file and os.path.isfile(cache_file):
+                saved = torch.load(cache_file, weights_only=True)
+                cached[name] = (saved["x"], saved["y"].numpy(), saved["kinds"])
+            else:
+                todo.append((name, parts, views, pools, cache_file))
     if not todo:
         return cached, 0, 0.0
     t0 = time.perf_counter()
-    parts = [(part, views) for split, views, _ in todo for part in splits[split]]
+    jobs = [(part, views, pools) for _, parts, views, pools, _ in todo for part in parts]
     results = iter(
         features_by_part(
             net,
-            [part for part, _ in parts],
-            [views for _, views in parts],
+            [part for part, _, _ in jobs],
+            [views for _, views, _ in jobs],
             args.feature_batch_size,
             args.workers,
             args.seed,
-            f"{'+'.join(split for split, _, _ in todo)} frozen pass",
+            f"{'+'.join(name for name, *_ in todo)} frozen pass",
             feature_function(net, args.engine, trained_blocks),
+            mosaic_pools=[pools for _, _, pools in jobs],
         )
     )
     ran_s, ran_images = time.perf_counter() - t0, 0
-    for split, _, cache_file in todo:
-        x, y, kinds, unreadable = joined([next(results) for _ in splits[split]], net.feature_dim)
+    for name, parts, _, _, cache_file in todo:
+        x, y, kinds, unreadable = joined([next(results) for _ in parts], net.feature_dim)
         ran_images += len(x)
         for path in unreadable:
             print(f"warning: skipped unreadable image {path}", file=sys.stderr)
         if cache_file:
             replace_file(cache_file, lambda f: torch.save({"x": x, "y": torch.as_tensor(y), "kinds": kinds}, f))  # noqa: B023
-        cached[split] = (x, y, kinds)
+        cached[name] = (x, y, kinds)
     return cached, ran_images, ran_s
 
 
@@ -1194,9 +1325,13 @@ def main(argv=None):
             trainable = nn.Sequential(top.requires_grad_(True), net.head)
         else:
             trainable = net.head
-        if train_on_val:  # the validation images, with their augmented views, join the training rows
-            (tx, ty, tk), (vx, vy, vk) = cached["train"], cached.pop("val")
-            cached["train"] = (torch.cat([tx, vx]), np.concatenate([ty, vy]), tk + vk)
+        rows = ["train", "train-mosaic"] + (["val", "val-mosaic"] if train_on_val else [])  # val's views join too
+        rows = [cached.pop(name) for name in rows if name in cached]
+        cached["train"] = (
+            torch.cat([x for x, _, _ in rows]),
+            np.concatenate([y for _, y, _ in rows]),
+            [k for _, _, kinds in rows for k in kinds],
+        )
         train_x, train_y, train_kinds = cached["train"]
         weights = dataset.kind_weights(train_y, train_kinds, args.kind_weight_power)
         epoch_batches = cached_batches(train_x, train_y, weights, batch_size, device, args.seed)

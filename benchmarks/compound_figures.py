@@ -40,22 +40,21 @@ def mosaic(paths: list, rows: int, cols: int, rng: random.Random) -> Image.Image
     gutter = rng.choice([4, 6, 10, 16])
     background = (0, 0, 0) if rng.random() < 0.2 else (255, 255, 255)
     caption = rng.random() < 0.3
-    width, height = cols * cell + (cols + 1) * gutter, rows * cell + (rows + 1) * gutter + (60 if caption else 0)
-    canvas = Image.new("RGB", (width, height), background)
-    draw = ImageDraw.Draw(canvas)
-    for n, path in enumerate(paths):
+    pictures = []
+    for path in paths:
         with Image.open(path) as image:
-            panel = engine.to_rgb(image).copy()
-        panel.thumbnail((cell, cell))
-        r, c = divmod(n, cols)
-        x, y = gutter + c * (cell + gutter), gutter + r * (cell + gutter)
-        canvas.paste(panel, (x + (cell - panel.width) // 2, y + (cell - panel.height) // 2))
+            pictures.append(engine.to_rgb(image).copy())
+    grid, boxes = train.lay_out(pictures, rows, cols, cell, gutter, background)
+    canvas = Image.new("RGB", (grid.width, grid.height + (60 if caption else 0)), background)
+    canvas.paste(grid, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for n, (x, y, _, _) in enumerate(boxes):
         if rng.random() < 0.5:
             draw.text((x + 4, y + 2), "ABCDEFGHI"[n], fill=(255, 255, 0))
     if caption:
         text = (0, 0, 0) if background == (255, 255, 255) else (255, 255, 255)
-        draw.text((gutter, height - 50), "Figure 2. Representative cases; arrows mark the findings.", fill=text)
-        draw.text((gutter, height - 30), "(A-C) axial views; scale bars 10 mm.", fill=text)
+        draw.text((gutter, canvas.height - 50), "Figure 2. Representative cases; arrows mark the findings.", fill=text)
+        draw.text((gutter, canvas.height - 30), "(A-C) axial views; scale bars 10 mm.", fill=text)
     return canvas
 
 

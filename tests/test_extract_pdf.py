@@ -13,7 +13,7 @@ from PIL import Image
 
 import extract
 import pdfs as extract_pdfs
-from conftest import corpus_images, image_bytes
+from conftest import SHARED, corpus_images, image_bytes
 
 PHOTO = corpus_images("non_medical", "photo", 1)[0]
 MRI = corpus_images("medical", "mri", 1)[0]
@@ -420,3 +420,29 @@ def test_images_drawn_flipped_or_turned_come_out_as_the_page_shows_them():
         if k:  # the stored pixels are not what the page shows
             assert np.abs(as_stored - shown).mean() > 20, DIHEDRAL[k]
         assert (item.width, item.height) == ((90, 60) if k < 4 else (60, 90))
+
+
+@pytest.mark.parametrize("damage", ["header", "truncated"])
+def test_a_jpeg_mupdf_cannot_decode_is_reported_damaged_not_blank(damage):
+    """MuPDF fills a JPEG stream it cannot decode with one colour: that is damage to report, not a blank image;
+    a JPEG cut short still shows its top rows and is classified."""
+    doc = pdf_with(image_bytes(PHOTO, "JPEG"))
+    xref = next(x for x in range(1, doc.xref_length()) if doc.xref_get_key(x, "Subtype")[1] == "/Image")
+    raw = doc.xref_stream_raw(xref)
+    broken = b"w" * 10 + raw[10:] if damage == "header" else raw[: len(raw) // 2]
+    doc.update_stream(xref, broken, compress=False)
+    doc.xref_set_key(xref, "Filter", "/DCTDecode")  # update_stream drops the filter: the stream stays a JPEG
+    found, skipped = run(doc.tobytes())
+    if damage == "header":
+        assert not found and len(skipped) == 1 and skipped[0].undecodable
+        assert skipped[0].reason == (
+            "damaged image data (jpeg error: Not a JPEG file: starts with 0x77 0x77); MuPDF drew it blank"
+        )
+    else:
+        assert len(found) == 1 and not skipped
+
+
+@pytest.mark.skipif(not (SHARED / "pdfs").exists(), reason="no shared PDFs")
+def test_the_shared_pdf_with_a_broken_jpeg_says_so():
+    found, skipped = run((SHARED / "pdfs" / "qpdf_bad-jpeg.pdf").read_bytes())
+    assert not found and [s.reason.split(" (")[0] for s in skipped] == ["damaged image data"]

@@ -154,9 +154,10 @@ def test_train_on_an_image_folder_end_to_end(small_folder, tmp_path, capsys, mon
     assert "threshold 0.700 (--threshold)" in capsys.readouterr().out  # a threshold given wins
 
 
-def test_finetune_last_blocks_on_cached_activations(small_folder, tmp_path):
+def test_finetune_last_blocks_on_cached_activations(small_folder, tmp_path, capsys):
     """--finetune last-1: the last block, the final conv and the head are trained; the checkpoint carries
-    only those layers, rebuilds from its fields, and its ONNX twin agrees with torch."""
+    only those layers, rebuilds from its fields, and its ONNX twin agrees with torch. Each training image
+    also runs once as a mosaic view (--mosaic-views 1)."""
     from PIL import Image
 
     import engine
@@ -165,26 +166,16 @@ def test_finetune_last_blocks_on_cached_activations(small_folder, tmp_path):
     (tmp_path / "real" / "model.pth").write_bytes(b"an older model")
     out = tmp_path / "last1.pth"
     out.symlink_to(tmp_path / "real" / "model.pth")  # followed: its target replaced, the link kept
-    code = train.main(
-        [
-            "--data",
-            f"folder:{small_folder}",
-            "--arch",
-            "efficientnet_lite0",
-            "--finetune",
-            "last-1",
-            "--epochs",
-            "2",
-            "--views",
-            "1",
-            "--workers",
-            "0",
-            "--output",
-            str(out),
-            "--overwrite",
-        ]
-    )
+    options = ["--data", f"folder:{small_folder}", "--arch", "efficientnet_lite0", "--finetune", "last-1"]
+    options += ["--epochs", "2", "--views", "1", "--mosaic-views", "1", "--workers", "0"]
+    code = train.main(options + ["--output", str(out), "--overwrite"])
     assert code == 0
+    args = train.parse_args(options)
+    parts = dataset.load_sources(args.data, args.data_dir, args.medmnist_size, False, args.seed, args.split_by)
+    splits = dataset.balanced_splits(parts, args.seed)
+    n = {split: sum(len(p) for p in splits[split]) for split in dataset.SPLITS}
+    ran = int(re.search(r"^frozen pass: (\d+) images", capsys.readouterr().out, re.M).group(1))
+    assert ran == n["train"] * (1 + 1 + 1) + n["val"] + n["test"]  # plain, one augmented view, one mosaic view
     assert out.is_symlink() and os.listdir(tmp_path / "real") == ["model.pth"]
     raw = torch.load(out, weights_only=True)
     stages = {int(k.split(".")[1]) for k in raw["state_dict"]}
@@ -257,6 +248,10 @@ def test_an_unwritable_output_is_refused_before_any_work(small_folder, tmp_path,
             "--folds validates on a fold; --train-on train+val trains on it (the final model): choose one",
         ),
         (["--lr", "nan"], "argument --lr: must be over 0, not nan"),
+        (
+            ["--finetune", "all", "--mosaic-views", "1"],
+            "--mosaic-views are cached views; --finetune all streams fresh images and has none",
+        ),
         (["--views", "-1"], "argument --views: must be at least 0, not -1"),
         (["--label-smoothing", "1"], "argument --label-smoothing: must be from 0 up to (not including) 1, not 1"),
         (["--epochs", "ten"], "argument --epochs: a whole number is needed, not 'ten'"),
@@ -383,6 +378,32 @@ def test_paper_look_draws_on_both_classes_alike():
         assert out.size == base.size and out.mode == "RGB"
         changed += int(np.abs(np.asarray(out, int) - np.asarray(base, int)).sum() > 0)
     assert changed == 10
+
+
+def test_a_mosaic_view_keeps_its_image_where_the_crop_sees_it_among_neighbours_of_its_own_rules(tmp_path):
+    """A training image laid out as a compound figure: it stays inside the engines' centre crop, a non-medical
+    image's neighbours are all non-medical, and a view is the same each time it is drawn."""
+    from PIL import Image
+
+    def solid(name, colour):
+        path = tmp_path / f"{name}.png"
+        Image.new("RGB", (300, 220), colour).save(path)
+        return str(path)
+
+    key = solid("key", (255, 0, 0))
+    pools = {dataset.MEDICAL: [solid("medical", (0, 255, 0))], dataset.NON_MEDICAL: [solid("other", (0, 0, 255))]}
+    preprocess = model.build_model("efficientnet_lite0").preprocess
+    for label in (dataset.MEDICAL, dataset.NON_MEDICAL):
+        views = train.MosaicViews([key] * 40, np.array([label] * 40), 2, pools, preprocess, lambda im: im, seed=3)
+        greens = 0
+        for i in range(len(views)):
+            pixels = views[i].reshape(-1, 3).astype(int)
+            assert views[i].shape == (preprocess["crop"], preprocess["crop"], 3)
+            assert ((pixels[:, 0] > 200) & (pixels[:, 1] < 60) & (pixels[:, 2] < 60)).mean() > 0.02, i  # the key
+            greens += int(((pixels[:, 1] > 200) & (pixels[:, 0] < 60)).any())
+        assert (greens == 0) if label == dataset.NON_MEDICAL else (0 < greens < len(views))
+        assert np.array_equal(views[5], views[5])
+        assert not np.array_equal(views[5], views[45])  # another view of the same image, another layout
 
 
 def test_choose_threshold_maximises_balanced_accuracy():
