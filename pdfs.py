@@ -105,11 +105,10 @@ def _xref_image(doc, xref: int, smask: int, filters: str, source: str, page: int
 
 
 def _decode_error(warnings: str) -> str | None:
-    """The first decoding error among MuPDF's warnings for one image, without its 'library error:' prefix."""
-    for line in warnings.splitlines():
-        if "error" in line:
-            return line.removeprefix("library error: ").strip()
-    return None
+    """What MuPDF said while decoding one image (its warnings are reset before each): the first line naming an
+    error, else the first line (a truncated stream only says "premature end of file"), without 'library error:'."""
+    lines = [line.removeprefix("library error: ").strip() for line in warnings.splitlines() if line.strip()]
+    return next((line for line in lines if "error" in line), lines[0] if lines else None)
 
 
 # What a PDF image stream is stored as, by its filter, for the `format` of a result.

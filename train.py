@@ -199,17 +199,20 @@ class FileViews:
 def lay_out(pictures: list, rows: int, cols: int, cell: int, gutter: int, background: tuple) -> tuple:
     """Pictures as a grid of `cell`-pixel panels with gutters, as papers lay figures out: (canvas, cell boxes).
 
-    Each picture is shrunk to fit its cell and centred in it; the canvas is `background` around them."""
+    Each picture is shrunk to fit its cell and centred in it (None leaves its cell empty); the canvas is `background`
+    around them."""
     width, height = cols * cell + (cols + 1) * gutter, rows * cell + (rows + 1) * gutter
     canvas = Image.new("RGB", (width, height), background)
     boxes = []
     for n, picture in enumerate(pictures):
-        panel = picture.copy()
-        panel.thumbnail((cell, cell))
         r, c = divmod(n, cols)
         x, y = gutter + c * (cell + gutter), gutter + r * (cell + gutter)
-        canvas.paste(panel, (x + (cell - panel.width) // 2, y + (cell - panel.height) // 2))
         boxes.append((x, y, x + cell, y + cell))
+        if picture is None:
+            continue
+        panel = picture.copy()
+        panel.thumbnail((cell, cell))
+        canvas.paste(panel, (x + (cell - panel.width) // 2, y + (cell - panel.height) // 2))
     return canvas, boxes
 
 
@@ -235,7 +238,9 @@ class MosaicViews:
 
     A medical image among non-medical ones is a medical figure, a non-medical one among non-medical ones stays
     non-medical, so the model learns that one medical panel makes a figure medical and that a grid alone does not.
-    The image sits in a cell that the engines' centre crop keeps. Neighbours come from the same split's pools."""
+    The image sits in a cell whose centre the engines' centre crop keeps; a 1x2 or 2x1 layout has none (the crop's
+    centre is the gutter), and there it takes the first cell, about half of which the crop keeps. Neighbours come
+    from the same split's pools; one that does not decode, or an empty pool, leaves its cell empty."""
 
     def __init__(self, paths, labels, views: int, pools: dict, preprocess: dict, augment, seed: int):
         self.paths, self.labels, self.views, self.pools = paths, labels, views, pools
@@ -262,7 +267,7 @@ class MosaicViews:
         background = rng.choice(((255, 255, 255),) * 3 + ((0, 0, 0), (128, 128, 128)))
         medical_neighbours = self.labels[index] == dataset.MEDICAL and rng.random() < 0.25
         pool = self.pools[dataset.MEDICAL if medical_neighbours else dataset.NON_MEDICAL]
-        pictures = [p for p in (_open_rgb(rng.choice(pool), cell) for _ in range(rows * cols - 1)) if p]
+        pictures = [_open_rgb(rng.choice(pool), cell) if pool else None for _ in range(rows * cols - 1)]
         width, height = cols * cell + (cols + 1) * gutter, rows * cell + (rows + 1) * gutter
         band = int(height * rng.uniform(0.08, 0.2)) if rng.random() < 0.3 else 0  # a caption band below
         kept = self.preprocess["crop"] / self.preprocess["resize"] * min(width, height + band) / 2

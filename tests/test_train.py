@@ -404,6 +404,13 @@ def test_a_mosaic_view_keeps_its_image_where_the_crop_sees_it_among_neighbours_o
         assert (greens == 0) if label == dataset.NON_MEDICAL else (0 < greens < len(views))
         assert np.array_equal(views[5], views[5])
         assert not np.array_equal(views[5], views[45])  # another view of the same image, another layout
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    lonely = {dataset.MEDICAL: [], dataset.NON_MEDICAL: [str(broken)]}  # no neighbour decodes: empty cells
+    views = train.MosaicViews([key] * 10, np.array([dataset.MEDICAL] * 10), 1, lonely, preprocess, lambda im: im, 3)
+    for i in range(len(views)):
+        pixels = views[i].reshape(-1, 3).astype(int)
+        assert ((pixels[:, 0] > 200) & (pixels[:, 1] < 60) & (pixels[:, 2] < 60)).mean() > 0.02, i
 
 
 def test_choose_threshold_maximises_balanced_accuracy():
