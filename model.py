@@ -472,7 +472,8 @@ def export_onnx(classifier: Classifier, path: str, checkpoint_digest: str) -> st
     info = {
         "backbone": classifier.backbone_source,
         "finetune": classifier.training_info.get("args", {}).get("finetune"),
-        "test_accuracy": metrics.get("test_accuracy"),
+        "test_accuracy": metrics.get("test_accuracy"),  # with trained_on train+val+test: its held-out sibling's
+        "trained_on": metrics.get("trained_on"),
         "date": classifier.training_info.get("date"),
     }
     metadata = engine.export_metadata(

@@ -46,6 +46,7 @@ ARCHES = (
     "efficientnet_lite2",
     "resnet50",
 )  # model.BACKBONES, named here for --help (a test keeps them equal)
+TRAIN_ON = ("train", "train+val", "train+val+test")  # the splits trained on, each choice a superset of the one before
 DEFAULT_OUTPUT = os.path.join("runs", "<date>-<arch>", "best_model.pth")  # a new folder per run, never overwritten
 
 
@@ -446,6 +447,16 @@ def freeze_batchnorm(module: nn.Module) -> None:
             m.eval()
 
 
+def key_differences(saved: dict, current: dict) -> list[str]:
+    """'option (value there, value now)' for each of `current`'s options a saved run set otherwise (an option it
+    predates counts as its KEY_DEFAULTS value)."""
+    return [
+        f"{k} ({saved.get(k, KEY_DEFAULTS.get(k))!r} there, {v!r} now)"
+        for k, v in current.items()
+        if saved.get(k, KEY_DEFAULTS.get(k)) != v
+    ]
+
+
 class TrainingState:
     """The whole training state after every epoch, so a long run survives a stop (--resume-training FILE).
 
@@ -472,11 +483,7 @@ class TrainingState:
             ) from None
         if not isinstance(saved, dict) or "key" not in saved:
             raise dataset.DataError(f"--resume-training {self.path}: not a training state of train.py")
-        differs = [
-            f"{k} ({saved['key'].get(k, KEY_DEFAULTS.get(k))!r} there, {v!r} now)"
-            for k, v in key.items()
-            if saved["key"].get(k, KEY_DEFAULTS.get(k)) != v
-        ]
+        differs = key_differences(saved["key"], key)
         if differs:
             raise dataset.DataError(
                 f"--resume-training {self.path}: made with other settings: {'; '.join(differs)}; "
@@ -508,8 +515,10 @@ def fit(
     batchnorm="frozen",
     state: TrainingState | None = None,
     quiet=False,
+    keep="best",
 ):
-    """Adam + (weighted) cross-entropy; keeps the epoch with the best validation kind-macro accuracy.
+    """Adam + (weighted) cross-entropy; keeps the epoch with the best validation kind-macro accuracy, or the last
+    (`keep="last"`: measured as the final model, which has no validation to choose by, will be).
 
     epoch_batches(epoch) yields (inputs, labels, weights) on the device; val_probabilities() gives
     p_medical of the validation set with the current weights (None: no validation, the last epoch is kept). After
@@ -578,7 +587,7 @@ def fit(
                 f"val acc {val['accuracy']:.4f} kind-macro {val['kind_macro_accuracy']:.4f} auroc {val['auroc']:.4f}  "
             )
             key = tuple(-1.0 if v != v else v for v in (val["kind_macro_accuracy"], val["accuracy"], val["auroc"]))
-        else:  # no validation (--train-on train+val): the last epoch is the one kept
+        if not val_probabilities or keep == "last":  # the last epoch is the one kept
             key = (float(epoch),)
         row["epoch_s"] = time.perf_counter() - started
         history.append(row)
@@ -938,11 +947,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--train-on",
         default="train",
-        choices=["train", "train+val"],
+        choices=TRAIN_ON,
         help="train+val: once the settings are chosen on validation, train the final model on the validation "
         "sources too (every --epochs epoch is run and the last kept, the threshold comes from --cv-summary or "
-        "--threshold, and nothing "
-        "but --evaluate-test's test split is measured)",
+        "--threshold, and nothing but --evaluate-test's test split is measured); train+val+test: once that model "
+        "has been tested, the model to ship on every source, its held-out figures those of --heldout-from",
     )
     p.add_argument(
         "--threshold",
@@ -962,6 +971,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="a cross-validation summary (benchmarks/source_cv.py writes it) stored in the checkpoint's metrics",
+    )
+    p.add_argument(
+        "--keep-epoch",
+        default="best",
+        choices=["best", "last"],
+        help="the epoch saved: the best on validation (kind-macro accuracy), or the last, as the final model "
+        "(--train-on train+val) keeps it, so cross-validation folds measure what is shipped",
+    )
+    p.add_argument(
+        "--heldout-from",
+        default=None,
+        metavar="CHECKPOINT",
+        help="with --train-on train+val+test: the same recipe trained on train+val and tested once "
+        "(--evaluate-test); its test figures are stored as this model's held-out estimate, saying whose they are",
     )
     p.add_argument(
         "--batchnorm",
@@ -999,15 +1022,28 @@ def parse_args(argv=None):
         parser.error(f"--fold {args.fold}: must be below --folds {args.folds}")
     if args.fold and not args.folds:
         parser.error("--fold needs --folds K")
-    if args.folds and args.train_on == "train+val":
-        parser.error("--folds validates on a fold; --train-on train+val trains on it (the final model): choose one")
+    if args.folds and args.train_on != "train":
+        parser.error(
+            f"--folds validates on a fold; --train-on {args.train_on} trains on it (the final model): choose one"
+        )
+    if args.train_on == "train+val+test" and args.evaluate_test:
+        parser.error("--evaluate-test measures the test sources; --train-on train+val+test trains on them")
+    if args.heldout_from and args.train_on != "train+val+test":
+        parser.error(
+            "--heldout-from gives a model trained on every source its held-out figures: it needs "
+            "--train-on train+val+test"
+        )
     if args.mosaic_views and parse_finetune(args.finetune) is None:
         parser.error("--mosaic-views are cached views; --finetune all streams fresh images and has none")
     return args
 
 
 STATE_FILE = "training_state.pt"
-KEY_DEFAULTS = {"train_on": "train", "mosaic_views": 0}  # what a state written before an option existed was made with
+KEY_DEFAULTS = {
+    "train_on": "train",
+    "mosaic_views": 0,
+    "keep_epoch": "best",
+}  # what a state written before an option existed was made with
 # what a resumed run must share with the run that wrote the state; other options (--workers, --quiet) may differ
 STATE_KEY_ARGS = (
     "data",
@@ -1032,6 +1068,7 @@ STATE_KEY_ARGS = (
     "fold",
     "batchnorm",
     "train_on",
+    "keep_epoch",
 )
 
 
@@ -1088,7 +1125,7 @@ def frozen_outputs(args, net, splits, trained_blocks: int) -> tuple[dict, int, f
 
     cached, todo = {}, []
     for split in dataset.SPLITS:
-        trained_on = split == "train" or (split == "val" and args.train_on == "train+val")
+        trained_on = split in args.train_on.split("+")
         jobs = [(split, splits[split], args.views if trained_on else 0, None)]
         folder_parts = [p for p in splits[split] if not isinstance(p.images, np.ndarray)]
         if trained_on and args.mosaic_views and folder_parts:
@@ -1195,6 +1232,53 @@ def read_cv_summary(path: str) -> dict:
     return summary
 
 
+def read_heldout(path: str, args, cv_summary: dict | None) -> tuple[dict, dict]:
+    """The test figures of this recipe trained on train+val and tested once, for the model trained on every source
+    (which has no test split of its own): its best estimate on sources never seen, stored saying whose they are;
+    and the data summary it was trained on, which this run's must equal. Refused when another recipe, threshold
+    or file made them."""
+    import torch
+
+    if os.path.exists(args.output) and os.path.samefile(path, args.output):
+        raise dataset.DataError(f"--heldout-from {path} is --output: the model it describes would be replaced")
+    try:
+        raw = torch.load(path, weights_only=True)
+        theirs, metrics = raw["training"]["args"], raw["training"]["metrics"]
+    except FileNotFoundError:
+        raise dataset.DataError(f"--heldout-from {path}: no such file") from None
+    except Exception as exc:
+        raise dataset.DataError(f"--heldout-from {path}: not a checkpoint of train.py ({type(exc).__name__})") from None
+    if theirs.get("train_on") != "train+val" or not metrics.get("test_evaluated"):
+        raise dataset.DataError(
+            f"--heldout-from {path}: trained on {theirs.get('train_on')}, test "
+            f"{'measured' if metrics.get('test_evaluated') else 'not measured'}; it must be this recipe trained on "
+            "train+val with --evaluate-test"
+        )
+    differs = key_differences(
+        theirs, {k: getattr(args, k) for k in STATE_KEY_ARGS if k not in ("train_on", "keep_epoch")}
+    )
+    if differs:
+        raise dataset.DataError(f"--heldout-from {path}: another recipe: {'; '.join(differs)}")
+    # the threshold decision_threshold will give this run (no validation): the figures hold at that one only
+    threshold = args.threshold if args.threshold is not None else (cv_summary or {}).get("threshold_median", 0.5)
+    if abs(float(raw["threshold"]) - threshold) > 1e-6:
+        raise dataset.DataError(
+            f"--heldout-from {path}: its figures were measured at threshold {float(raw['threshold']):.4f}, this "
+            f"model's is {threshold:.4f}; give both the same --cv-summary or --threshold"
+        )
+    figures = {k: v for k, v in metrics.items() if k.startswith("test_") and k != "test_evaluated"}
+    return raw["training"].get("data", {}), figures | {
+        "test_of": {
+            "checkpoint": path,
+            "sha256": engine.file_digest(path),
+            "trained_on": "train+val",
+            "threshold": float(raw["threshold"]),
+            "why": "this model trained on the test sources too; these are the figures of the same recipe "
+            "trained without them, on sources it never saw",
+        }
+    }
+
+
 def decision_threshold(args, val, cv_summary: dict | None) -> tuple[float, str]:
     """The threshold and where it came from: --threshold; else the one validation (p, labels, kinds) chooses; with no
     validation (--train-on train+val) the median of the cross-validation folds' own, else 0.5."""
@@ -1241,6 +1325,7 @@ def main(argv=None):
                 "classification-only install): pip install -r requirements.txt"
             ) from None
         cv_summary = read_cv_summary(args.cv_summary) if args.cv_summary else None
+        heldout_data, heldout = read_heldout(args.heldout_from, args, cv_summary) if args.heldout_from else ({}, {})
         if args.resume_training:  # the options are checked before any data is read; the images once they are
             TrainingState(args.resume_training, {}, resume=True).load({k: getattr(args, k) for k in STATE_KEY_ARGS})
         t0 = time.perf_counter()
@@ -1259,6 +1344,11 @@ def main(argv=None):
         splits = dataset.balanced_splits(parts, args.seed)
         timings["load_data_s"] = time.perf_counter() - t0
         summary = dataset.summarize(splits)
+        if heldout and heldout_data != summary:
+            raise dataset.DataError(
+                f"--heldout-from {args.heldout_from}: trained on other data (its splits' images by kind differ from "
+                "this run's): another corpus, or the corpus has changed since"
+            )
         for split, counts in summary.items():
             print(f"{split}: {sum(counts.values())} images  " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         import torch
@@ -1279,13 +1369,19 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    train_on_val = args.train_on == "train+val"
-    measured_splits = ([] if train_on_val else ["val"]) + (["test"] if args.evaluate_test else [])
-    training_parts = splits["train"] + (splits["val"] if train_on_val else [])
-    if train_on_val:
+    trained_splits = args.train_on.split("+")
+    final_model = len(trained_splits) > 1  # no validation: every epoch runs and the last is kept
+    measured_splits = ([] if final_model else ["val"]) + (["test"] if args.evaluate_test else [])
+    training_parts = [part for split in trained_splits for part in splits[split]]
+    if args.train_on == "train+val":
         print(
             "training on train+val: the validation sources are trained on, so the last epoch is kept and only "
             + ("the test split is measured" if args.evaluate_test else "--evaluate-test could measure anything")
+        )
+    elif final_model:
+        print(
+            "training on train+val+test: every source is trained on, so the last epoch is kept and nothing is "
+            + ("measured; the held-out figures stored are those of " + args.heldout_from if heldout else "measured")
         )
     if trained_blocks is None:  # every layer: augmented images streamed each epoch, nothing cached
         t0 = time.perf_counter()
@@ -1330,7 +1426,7 @@ def main(argv=None):
             trainable = nn.Sequential(top.requires_grad_(True), net.head)
         else:
             trainable = net.head
-        rows = ["train", "train-mosaic"] + (["val", "val-mosaic"] if train_on_val else [])  # val's views join too
+        rows = [name for split in trained_splits for name in (split, f"{split}-mosaic")]  # with their views
         rows = [cached.pop(name) for name in rows if name in cached]
         cached["train"] = (
             torch.cat([x for x, _, _ in rows]),
@@ -1354,7 +1450,7 @@ def main(argv=None):
         best_epoch, history = fit(
             trainable,
             epoch_batches,
-            None if train_on_val else lambda: probabilities(trainable, val_x, device),
+            None if final_model else lambda: probabilities(trainable, val_x, device),
             val_y,
             val_kinds,
             args.epochs,
@@ -1366,6 +1462,7 @@ def main(argv=None):
             batchnorm=args.batchnorm,
             state=state,
             quiet=args.quiet,
+            keep=args.keep_epoch,
         )
     except dataset.DataError as exc:  # a state of another run
         print(f"error: {exc}", file=sys.stderr)
@@ -1412,10 +1509,13 @@ def main(argv=None):
         )[0]
         return probabilities(trainable, x, device)
 
-    print(f"{'last' if train_on_val else 'best'} epoch {best_epoch}, threshold {net.threshold:.3f} ({threshold_from})")
+    print(
+        f"{'last' if final_model or args.keep_epoch == 'last' else 'best'} epoch {best_epoch}, threshold {net.threshold:.3f} ({threshold_from})"
+    )
     metrics = {
         "split_by": args.split_by,
         "trained_on": args.train_on,
+        "trained_images": sum(len(part) for part in training_parts),  # before views
         "best_epoch": best_epoch,
         "threshold_from": threshold_from,
         "test_evaluated": args.evaluate_test,
@@ -1458,7 +1558,11 @@ def main(argv=None):
             f"per kind (accuracy/images, {' | '.join(measured)}): "
             + "; ".join(f"{k} " + " | ".join(kind_cell(m, k) for _, m in measured.values()) for k in kinds)
         )
-    if not args.evaluate_test:
+    if heldout:
+        metrics.update(heldout)
+    elif args.train_on == "train+val+test":
+        print("no held-out figures: --heldout-from gives those of this recipe trained on train+val and tested")
+    elif not args.evaluate_test:
         print("test split not looked at: --evaluate-test measures it, once, for the model you choose")
     if cv_summary:
         metrics.update({f"cv_{k}": v for k, v in cv_summary.items()})

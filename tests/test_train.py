@@ -133,6 +133,12 @@ def test_train_on_an_image_folder_end_to_end(small_folder, tmp_path, capsys, mon
     assert {"val_grey_flip_non_medical", "val_confusion", "val_n"} <= set(again)
     val_images = int(re.search(r"^val: (\d+) images", printed, re.M).group(1))
 
+    # --keep-epoch last: validation still measured every epoch, but the last epoch kept, as the final model keeps it
+    assert train.main(options + ["--epochs", "2", "--keep-epoch", "last", "--output", "last.pth"]) == 0
+    assert "last epoch 2, threshold" in capsys.readouterr().out
+    last = torch.load(tmp_path / "last.pth", weights_only=True)["training"]
+    assert last["metrics"]["best_epoch"] == 2 and all("val_accuracy" in row for row in last["history"])
+
     # the final model: the validation sources trained on too (with their views), the last epoch kept, the threshold
     # the median of the cross-validation folds' own, test measured
     folds = [{"fold": i, "val_balanced_accuracy": 0.9, "threshold": t} for i, t in enumerate((0.7, 0.3, 0.4))]
@@ -152,6 +158,43 @@ def test_train_on_an_image_folder_end_to_end(small_folder, tmp_path, capsys, mon
     assert [row["epoch"] for row in history] == [1, 2] and "val_accuracy" not in history[0]
     assert train.main(options + ["--epochs", "1", "--train-on", "train+val", "--threshold", "0.7"]) == 0
     assert "threshold 0.700 (--threshold)" in capsys.readouterr().out  # a threshold given wins
+
+    # the model to ship: every source trained on (the test images with their views too), nothing measured, and the
+    # held-out figures those of the same recipe trained on train+val and tested once, saying whose they are
+    sibling = tmp_path / f"{run}-3" / "best_model.pth"
+    every = ["--epochs", "2", "--train-on", "train+val+test", "--cv-summary", "cv.json", "--output", "all.pth"]
+    assert train.main(options + every + ["--heldout-from", str(sibling)]) == 0
+    printed = capsys.readouterr().out
+    test_images = metrics["test_n"]
+    assert f"frozen pass: {2 * test_images} images in" in printed  # test's plain and augmented copies; the rest cached
+    assert "last epoch 2, threshold 0.400" in printed and not re.search(r"^(test|val): \d+ images, acc", printed, re.M)
+    shipped = torch.load(tmp_path / "all.pth", weights_only=True)["training"]
+    assert shipped["metrics"]["trained_on"] == "train+val+test" and not shipped["metrics"]["test_evaluated"]
+    figures = lambda m: json.dumps(  # noqa: E731 (NaN figures compare equal as text)
+        {k: v for k, v in m.items() if k.startswith("test_") and k not in ("test_evaluated", "test_of")}, sort_keys=True
+    )
+    assert figures(shipped["metrics"]) == figures(metrics)
+    assert shipped["metrics"]["test_of"]["sha256"] == __import__("engine").file_digest(sibling)
+    assert shipped["metrics"]["trained_images"] == metrics["trained_images"] + test_images
+    # another recipe's figures, or a model never tested, are refused in one line before any work
+    assert train.main(options + every + ["--overwrite", "--views", "2", "--heldout-from", str(sibling)]) == 2
+    assert "another recipe: views (1 there, 2 now)" in capsys.readouterr().err
+    assert (
+        train.main(options + every + ["--overwrite", "--heldout-from", str(tmp_path / f"{run}-2" / "best_model.pth")])
+        == 2
+    )
+    assert "trained on train, test not measured; it must be this recipe trained on train+val" in capsys.readouterr().err
+    # figures measured at another threshold, the sibling as --output, or another corpus: refused in one line too
+    assert train.main(options + every + ["--overwrite", "--threshold", "0.7", "--heldout-from", str(sibling)]) == 2
+    assert "its figures were measured at threshold 0.4000, this model's is 0.7000" in capsys.readouterr().err
+    into_sibling = ["--output", str(sibling), "--overwrite", "--heldout-from", str(sibling)]
+    assert train.main(options + every[:-2] + into_sibling) == 2
+    assert "is --output: the model it describes would be replaced" in capsys.readouterr().err
+    changed = torch.load(sibling, weights_only=True)
+    changed["training"]["data"]["test"]["medical/xray"] += 1  # as if the corpus had grown since
+    torch.save(changed, tmp_path / "changed.pth")
+    assert train.main(options + every + ["--overwrite", "--heldout-from", str(tmp_path / "changed.pth")]) == 2
+    assert "trained on other data (its splits' images by kind differ" in capsys.readouterr().err
 
 
 def test_finetune_last_blocks_on_cached_activations(small_folder, tmp_path, capsys):
@@ -242,10 +285,22 @@ def test_an_unwritable_output_is_refused_before_any_work(small_folder, tmp_path,
         (["--feature-batch-size", "-3"], "argument --feature-batch-size: must be at least 1, not -3"),
         (["--lr", "0"], "argument --lr: must be over 0, not 0"),
         (["--threshold", "1"], "argument --threshold: must be over 0 up to (not including) 1, not 1"),
-        (["--train-on", "val"], "argument --train-on: invalid choice: 'val' (choose from 'train', 'train+val')"),
+        (
+            ["--train-on", "val"],
+            "argument --train-on: invalid choice: 'val' (choose from 'train', 'train+val', 'train+val+test')",
+        ),
         (
             ["--folds", "3", "--train-on", "train+val"],
             "--folds validates on a fold; --train-on train+val trains on it (the final model): choose one",
+        ),
+        (
+            ["--train-on", "train+val+test", "--evaluate-test"],
+            "--evaluate-test measures the test sources; --train-on train+val+test trains on them",
+        ),
+        (
+            ["--heldout-from", "x.pth"],
+            "--heldout-from gives a model trained on every source its held-out figures: it needs --train-on "
+            "train+val+test",
         ),
         (["--lr", "nan"], "argument --lr: must be over 0, not nan"),
         (
@@ -507,12 +562,21 @@ def test_the_arch_names_shown_without_torch_are_the_backbones():
 
 
 def test_the_training_docs_give_the_shipped_models_exact_command():
-    recorded = torch.load(ROOT / "best_model.pth", weights_only=True)["training"]["command"]
+    """The shipped model's command as its checkpoint records it, and the command of the model whose test figures
+    it carries (its --heldout-from, written to that path)."""
+    shipped = torch.load(ROOT / "best_model.pth", weights_only=True)["training"]
+    recorded = shipped["command"]
     docs = (ROOT / "docs" / "training.md").read_text()
     retraining = docs[docs.index("## Retraining") :]
-    start = retraining.index("```\npython train.py") + 4
-    block = retraining[start : retraining.index("\n```", start)]
-    assert " ".join(block.replace("\\\n", " ").split()) == recorded
+    blocks = [
+        " ".join(block.split("\n```")[0].replace("\\\n", " ").split())
+        for block in retraining.split("```\n")[1:]
+        if block.startswith("python train.py")
+    ]
+    assert recorded in blocks
+    heldout = shipped["metrics"]["test_of"]["checkpoint"]
+    assert f"--heldout-from {heldout}" in recorded
+    assert any(b.endswith(f"--output {heldout}") and "--train-on train+val --evaluate-test" in b for b in blocks)
     assert f"--model {recorded.split('--output ')[1].split()[0]}" in retraining
 
 
