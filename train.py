@@ -1232,15 +1232,13 @@ def read_cv_summary(path: str) -> dict:
     return summary
 
 
-def read_heldout(path: str, args, cv_summary: dict | None) -> tuple[dict, dict]:
+def read_heldout(path: str, args, threshold: float) -> tuple[dict, dict]:
     """The test figures of this recipe trained on train+val and tested once, for the model trained on every source
     (which has no test split of its own): its best estimate on sources never seen, stored saying whose they are;
     and the data summary it was trained on, which this run's must equal. Refused when another recipe, threshold
-    or file made them."""
+    (`threshold`: this run's) or file made them."""
     import torch
 
-    if os.path.exists(args.output) and os.path.samefile(path, args.output):
-        raise dataset.DataError(f"--heldout-from {path} is --output: the model it describes would be replaced")
     try:
         raw = torch.load(path, weights_only=True)
         theirs, metrics = raw["training"]["args"], raw["training"]["metrics"]
@@ -1248,6 +1246,8 @@ def read_heldout(path: str, args, cv_summary: dict | None) -> tuple[dict, dict]:
         raise dataset.DataError(f"--heldout-from {path}: no such file") from None
     except Exception as exc:
         raise dataset.DataError(f"--heldout-from {path}: not a checkpoint of train.py ({type(exc).__name__})") from None
+    if os.path.exists(args.output) and os.path.samefile(path, args.output):
+        raise dataset.DataError(f"--heldout-from {path} is --output: the model it describes would be replaced")
     if theirs.get("train_on") != "train+val" or not metrics.get("test_evaluated"):
         raise dataset.DataError(
             f"--heldout-from {path}: trained on {theirs.get('train_on')}, test "
@@ -1259,8 +1259,6 @@ def read_heldout(path: str, args, cv_summary: dict | None) -> tuple[dict, dict]:
     )
     if differs:
         raise dataset.DataError(f"--heldout-from {path}: another recipe: {'; '.join(differs)}")
-    # the threshold decision_threshold will give this run (no validation): the figures hold at that one only
-    threshold = args.threshold if args.threshold is not None else (cv_summary or {}).get("threshold_median", 0.5)
     if abs(float(raw["threshold"]) - threshold) > 1e-6:
         raise dataset.DataError(
             f"--heldout-from {path}: its figures were measured at threshold {float(raw['threshold']):.4f}, this "
@@ -1325,7 +1323,11 @@ def main(argv=None):
                 "classification-only install): pip install -r requirements.txt"
             ) from None
         cv_summary = read_cv_summary(args.cv_summary) if args.cv_summary else None
-        heldout_data, heldout = read_heldout(args.heldout_from, args, cv_summary) if args.heldout_from else ({}, {})
+        # a final model has no validation: its threshold is known now, and held-out figures must share it
+        final_threshold = decision_threshold(args, None, cv_summary) if args.train_on != "train" else None
+        heldout_data, heldout = (
+            read_heldout(args.heldout_from, args, final_threshold[0]) if args.heldout_from else ({}, {})
+        )
         if args.resume_training:  # the options are checked before any data is read; the images once they are
             TrainingState(args.resume_training, {}, resume=True).load({k: getattr(args, k) for k in STATE_KEY_ARGS})
         t0 = time.perf_counter()
@@ -1490,7 +1492,7 @@ def main(argv=None):
     measured = {
         name: (probabilities(trainable, cached[name][0], device), *cached[name][1:]) for name in measured_splits
     }
-    net.threshold, threshold_from = decision_threshold(args, measured.get("val"), cv_summary)
+    net.threshold, threshold_from = final_threshold or decision_threshold(args, measured.get("val"), cv_summary)
     measured = {name: (p, evaluate(p, y, k, net.threshold, apart)) for name, (p, y, k) in measured.items()}
     grey_input = as_is if trained_blocks is None else None
 

@@ -187,6 +187,8 @@ def test_train_on_an_image_folder_end_to_end(small_folder, tmp_path, capsys, mon
     # figures measured at another threshold, the sibling as --output, or another corpus: refused in one line too
     assert train.main(options + every + ["--overwrite", "--threshold", "0.7", "--heldout-from", str(sibling)]) == 2
     assert "its figures were measured at threshold 0.4000, this model's is 0.7000" in capsys.readouterr().err
+    assert train.main(options + every + ["--overwrite", "--heldout-from", str(tmp_path / "missing.pth")]) == 2
+    assert "missing.pth: no such file" in capsys.readouterr().err  # --output all.pth exists: still one line
     into_sibling = ["--output", str(sibling), "--overwrite", "--heldout-from", str(sibling)]
     assert train.main(options + every[:-2] + into_sibling) == 2
     assert "is --output: the model it describes would be replaced" in capsys.readouterr().err
