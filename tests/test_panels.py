@@ -61,6 +61,29 @@ def test_a_chart_with_a_title_and_stars_on_a_black_sky_stay_whole():
     assert panels.find_panels(sky.convert("RGB")) == [], "dark gutters part panels only when panels are not sky"
 
 
+@pytest.mark.parametrize(
+    "band, split",
+    [((255, 255, 255), True), ((128, 128, 128), True), ((128, 0, 128), False), ((245, 225, 200), False)],
+)
+def test_a_gutter_is_white_grey_or_black_never_a_colour(band, split):
+    """Papers part panels with white, grey or black; a band of colour (a flag's stripe, a tinted slide's
+    background, a wallpaper's gradient) is part of one picture, however uniform."""
+    figure = grid(PHOTOS[:2], 1, 2, gutter=16, background=band)
+    assert len(panels.find_panels(figure)) == (2 if split else 0)
+
+
+def test_cells_on_a_tinted_slide_and_a_colour_gradient_stay_whole():
+    """Real pictures the rule before split: a white cell among red ones on a beige smear (its clear background
+    ran top to bottom), a wallpaper whose gradient is uniform down each column."""
+    paths = corpus_images("medical", "cytology", 1, "zxaoyou_segmentation_wbc__009") + corpus_images(
+        "non_medical", "wallpaper", 1, "fossa_by_jasper_roks__crop1"
+    )
+    assert len(paths) == 2
+    for path in paths:
+        with Image.open(path) as image:
+            assert panels.find_panels(image.convert("RGB")) == [], path
+
+
 def test_a_caption_running_under_a_strip_does_not_hide_its_gutters():
     strip = grid(PHOTOS[:4], 1, 4, cell=160, gutter=4)
     figure = Image.new("RGB", (strip.width, strip.height + 40), "white")
