@@ -2,9 +2,9 @@
 beside caption text) is split into its panels, each classified; a single photo, scan or chart is not split.
 
 Gutters are found from the image itself: full-width (or full-height) runs of uniform rows (columns) of white,
-grey or black inside it, cut recursively, rows then columns (an XY cut). Pieces too small to be a panel (a caption line, an axis label, a
-band under `min_size`) are never split off: they stay with their neighbour, so a chart with a title is one image;
-but a caption running under a strip of panels does not hide the gutters between them.
+grey or black inside it, cut recursively, rows then columns (an XY cut). Pieces too small to be a panel (a caption
+line, an axis label, a band under `min_size`) are never split off: they stay with their neighbour, so a chart with
+a title is one image; but a caption running under a strip of panels does not hide the gutters between them.
 
 The image is medical when one of its panels is, by a stricter bar that grows with their number (1 - p of a panel
 is multiplied by the square root of their number), so a nine-panel mosaic of non-medical photos is not nine
@@ -71,15 +71,16 @@ def _gutter_share(piece: np.ndarray, colour: float) -> float:
     return float(near[rows][:, cols].mean()) if rows.any() else 1.0
 
 
-def _parted(region: np.ndarray, rgb: np.ndarray, segments: list[tuple[int, int]], axis: int) -> bool:
+def _parted(region: np.ndarray, colours: Image.Image, segments: list[tuple[int, int]], axis: int) -> bool:
     """Whether the gutters between `segments` part panels. Only a white, grey or black one can (a band of colour,
     however uniform, is part of a picture: a tinted slide's clear background, a flag's stripe, a wallpaper's
     gradient); one with a light stretch always does (a white gutter beside a scan's black margin included), a
-    dark one only between panels that are not mostly of its colour."""
+    dark one only between panels that are not mostly of its colour. `colours`: the region in RGB."""
     take = lambda array, a, b: array[a:b] if axis == 0 else array[:, a:b]
+    rgb = np.asarray(colours)  # uint8, so max - min cannot wrap
     for left, right in zip(segments, segments[1:]):
         stretch = take(rgb, left[1], right[0])
-        if float(np.median(stretch.max(axis=2) - stretch.min(axis=2))) > NEUTRAL_CHROMA:  # uint8: max >= min
+        if float(np.median(stretch.max(axis=2) - stretch.min(axis=2))) > NEUTRAL_CHROMA:
             return False
         lines = take(region, left[1], right[0]).mean(axis=1 - axis)
         if lines.max() >= LIGHT_GUTTER:
@@ -90,7 +91,7 @@ def _parted(region: np.ndarray, rgb: np.ndarray, segments: list[tuple[int, int]]
     return True
 
 
-def _cut(grey: np.ndarray, rgb: np.ndarray, box: tuple[int, int, int, int], min_side: int, depth: int) -> list:
+def _cut(grey: np.ndarray, image: Image.Image, box: tuple[int, int, int, int], min_side: int, depth: int) -> list:
     """The leaves of an XY cut of `box`. Where one axis has a single segment with margins or small bands beside it
     (a caption under a strip of panels), the other axis is searched within that segment alone, so text that runs
     under several panels does not hide the gutters between them; if nothing is split there, `box` stays whole, its
@@ -105,11 +106,11 @@ def _cut(grey: np.ndarray, rgb: np.ndarray, box: tuple[int, int, int, int], min_
             max(2, round(MIN_GUTTER * side)),
             max(min_side, round(MIN_PANEL * min(region.shape))),
         )
-        if len(segments) >= 2 and _parted(region, rgb[y0:y1, x0:x1], segments, axis):
+        if len(segments) >= 2 and _parted(region, image.crop((x0, y0, x1, y1)), segments, axis):
             pieces = [(x0, y0 + a, x1, y0 + b) if axis == 0 else (x0 + a, y0, x0 + b, y1) for a, b in segments]
             if depth + 1 >= MAX_DEPTH:
                 return pieces
-            return [leaf for piece in pieces for leaf in _cut(grey, rgb, piece, min_side, depth + 1)]
+            return [leaf for piece in pieces for leaf in _cut(grey, image, piece, min_side, depth + 1)]
         if len(segments) == 1:  # search the other axis within the segment alone
             a, b = segments[0]
             x0, y0, x1, y1 = (x0, y0 + a, x1, y0 + b) if axis == 0 else (x0 + a, y0, x0 + b, y1)
@@ -125,11 +126,10 @@ def find_panels(image: Image.Image, min_size: int = 32, width: int | None = None
         small = small.resize(
             (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BOX
         )
-    rgb = np.asarray(small)  # uint8; a gutter's colour is looked at only where one is found
     grey = np.asarray(small.convert("L"), dtype=np.int16)
     to_original = (width or image.width) / small.width
     min_side = max(2, int(np.ceil(min_size / to_original)))
-    boxes = _cut(grey, rgb, (0, 0, small.width, small.height), min_side, 0)
+    boxes = _cut(grey, small, (0, 0, small.width, small.height), min_side, 0)
     trimmed = [box for box in boxes if (box[2] - box[0]) >= min_side and (box[3] - box[1]) >= min_side]
     if len(trimmed) < 2 or len(trimmed) > MAX_PANELS:
         return []
