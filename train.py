@@ -1511,9 +1511,8 @@ def main(argv=None):
         )[0]
         return probabilities(trainable, x, device)
 
-    print(
-        f"{'last' if final_model or args.keep_epoch == 'last' else 'best'} epoch {best_epoch}, threshold {net.threshold:.3f} ({threshold_from})"
-    )
+    kept = "last" if final_model or args.keep_epoch == "last" else "best"
+    print(f"{kept} epoch {best_epoch}, threshold {net.threshold:.3f} ({threshold_from})")
     metrics = {
         "split_by": args.split_by,
         "trained_on": args.train_on,

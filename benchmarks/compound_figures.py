@@ -6,8 +6,9 @@ non-medical), all medical. Each is reduced to the CLI's working size first, as e
 the whole image alone, any view by the model's threshold as it is, and three corrections for the number of
 views (1 - p times its square root): panels only (shipped), the whole view apart at the plain threshold, and every
 view corrected alike (the rule before). `--cv runs/cv` measures them on validation mosaics instead, each fold's
-model on its own held-out sources: the rule is chosen there, and the test split is looked at once. Then the test split's single images (split or not, accuracy with and without panels), and the
-cost on a 200-image PDF through the whole CLI (`--whole-images` against the default, alternated).
+model on its own held-out sources: the rule is chosen there, and the test split is looked at once. Then the test
+split's single images (split or not, accuracy with and without panels), and the cost on a 200-image PDF through
+the whole CLI (`--whole-images` against the default, alternated).
 
     python benchmarks/compound_figures.py [--model best_model.pth] [--mosaics 60]
     python benchmarks/compound_figures.py --cv runs/cv --mosaics 100
