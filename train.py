@@ -357,6 +357,7 @@ def features_by_part(
     features=None,
     transform=None,
     mosaic_pools=None,
+    progress=True,
 ):
     """Backbone features of every image of `parts`, one (features, labels, kinds, unreadable paths) per part;
     folder images also as `views[i]` augmented copies, or, where `mosaic_pools[i]` gives neighbours
@@ -384,7 +385,7 @@ def features_by_part(
     with torch.inference_mode():
         feats, oks = [], []
         if total:
-            bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=total < 64)
+            bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not progress or total < 64)
             loader = DataLoader(
                 ConcatDataset(datasets),
                 batch_size=batch_size,
@@ -431,10 +432,21 @@ def joined(results: list, feature_dim: int) -> tuple:
 
 
 def compute_features(
-    model, parts, batch_size=64, workers=0, views=0, seed=0, desc="features", features=None, transform=None
+    model,
+    parts,
+    batch_size=64,
+    workers=0,
+    views=0,
+    seed=0,
+    desc="features",
+    features=None,
+    transform=None,
+    progress=True,
 ):
     """features_by_part for parts of one split, joined: features (M, D) on the CPU, labels, kinds, unreadable."""
-    results = features_by_part(model, parts, [views] * len(parts), batch_size, workers, seed, desc, features, transform)
+    results = features_by_part(
+        model, parts, [views] * len(parts), batch_size, workers, seed, desc, features, transform, progress=progress
+    )
     return joined(results, model.feature_dim)
 
 
@@ -1152,6 +1164,7 @@ def frozen_outputs(args, net, splits, trained_blocks: int) -> tuple[dict, int, f
             f"{'+'.join(name for name, *_ in todo)} frozen pass",
             feature_function(net, args.engine, trained_blocks),
             mosaic_pools=[pools for _, _, pools in jobs],
+            progress=not args.quiet,
         )
     )
     ran_s, ran_images = time.perf_counter() - t0, 0
@@ -1395,7 +1408,15 @@ def main(argv=None):
         as_is = lambda batch: batch  # validation and test keep their prepared uint8 images
         cached = {
             s: compute_features(
-                net, splits[s], args.feature_batch_size, args.workers, 0, args.seed, f"{s} images", as_is
+                net,
+                splits[s],
+                args.feature_batch_size,
+                args.workers,
+                0,
+                args.seed,
+                f"{s} images",
+                as_is,
+                progress=not args.quiet,
             )[:3]
             for s in measured_splits
         }
@@ -1508,6 +1529,7 @@ def main(argv=None):
             f"greyed {split} images",
             run,
             transform=lambda im: im.convert("L").convert("RGB"),
+            progress=not args.quiet,
         )[0]
         return probabilities(trainable, x, device)
 

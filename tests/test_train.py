@@ -202,7 +202,7 @@ def test_train_on_an_image_folder_end_to_end(small_folder, tmp_path, capsys, mon
 def test_finetune_last_blocks_on_cached_activations(small_folder, tmp_path, capsys):
     """--finetune last-1: the last block, the final conv and the head are trained; the checkpoint carries
     only those layers, rebuilds from its fields, and its ONNX twin agrees with torch. Each training image
-    also runs once as a mosaic view (--mosaic-views 1)."""
+    also runs once as a mosaic view (--mosaic-views 1). --quiet silences every bar, the frozen pass's too."""
     from PIL import Image
 
     import engine
@@ -213,13 +213,15 @@ def test_finetune_last_blocks_on_cached_activations(small_folder, tmp_path, caps
     out.symlink_to(tmp_path / "real" / "model.pth")  # followed: its target replaced, the link kept
     options = ["--data", f"folder:{small_folder}", "--arch", "efficientnet_lite0", "--finetune", "last-1"]
     options += ["--epochs", "2", "--views", "1", "--mosaic-views", "1", "--workers", "0"]
-    code = train.main(options + ["--output", str(out), "--overwrite"])
+    code = train.main(options + ["--output", str(out), "--overwrite", "--quiet"])
     assert code == 0
+    captured = capsys.readouterr()
+    assert "img/s" not in captured.err and "batch/s" not in captured.err, captured.err
     args = train.parse_args(options)
     parts = dataset.load_sources(args.data, args.data_dir, args.medmnist_size, False, args.seed, args.split_by)
     splits = dataset.balanced_splits(parts, args.seed)
     n = {split: sum(len(p) for p in splits[split]) for split in dataset.SPLITS}
-    ran = int(re.search(r"^frozen pass: (\d+) images", capsys.readouterr().out, re.M).group(1))
+    ran = int(re.search(r"^frozen pass: (\d+) images", captured.out, re.M).group(1))
     assert ran == n["train"] * (1 + 1 + 1) + n["val"] + n["test"]  # plain, one augmented view, one mosaic view
     assert out.is_symlink() and os.listdir(tmp_path / "real") == ["model.pth"]
     raw = torch.load(out, weights_only=True)
