@@ -431,23 +431,20 @@ def joined(results: list, feature_dim: int) -> tuple:
     )
 
 
-def compute_features(
-    model,
-    parts,
-    batch_size=64,
-    workers=0,
-    views=0,
-    seed=0,
-    desc="features",
-    features=None,
-    transform=None,
-    progress=True,
-):
-    """features_by_part for parts of one split, joined: features (M, D) on the CPU, labels, kinds, unreadable."""
-    results = features_by_part(
-        model, parts, [views] * len(parts), batch_size, workers, seed, desc, features, transform, progress=progress
-    )
-    return joined(results, model.feature_dim)
+def compute_features(model, parts, views=0, **options):
+    """features_by_part for parts of one split, joined: features (M, D) on the CPU, labels, kinds, unreadable.
+    `options`: features_by_part's."""
+    return joined(features_by_part(model, parts, [views] * len(parts), **options), model.feature_dim)
+
+
+def pass_options(args) -> dict:
+    """features_by_part's options that come from the command line, the same for every pass over images."""
+    return {
+        "batch_size": args.feature_batch_size,
+        "workers": args.workers,
+        "seed": args.seed,
+        "progress": not args.quiet,
+    }
 
 
 def freeze_batchnorm(module: nn.Module) -> None:
@@ -1158,13 +1155,10 @@ def frozen_outputs(args, net, splits, trained_blocks: int) -> tuple[dict, int, f
             net,
             [part for part, _, _ in jobs],
             [views for _, views, _ in jobs],
-            args.feature_batch_size,
-            args.workers,
-            args.seed,
-            f"{'+'.join(name for name, *_ in todo)} frozen pass",
-            feature_function(net, args.engine, trained_blocks),
+            desc=f"{'+'.join(name for name, *_ in todo)} frozen pass",
+            features=feature_function(net, args.engine, trained_blocks),
             mosaic_pools=[pools for _, _, pools in jobs],
-            progress=not args.quiet,
+            **pass_options(args),
         )
     )
     ran_s, ran_images = time.perf_counter() - t0, 0
@@ -1407,17 +1401,7 @@ def main(argv=None):
         trainable = net
         as_is = lambda batch: batch  # validation and test keep their prepared uint8 images
         cached = {
-            s: compute_features(
-                net,
-                splits[s],
-                args.feature_batch_size,
-                args.workers,
-                0,
-                args.seed,
-                f"{s} images",
-                as_is,
-                progress=not args.quiet,
-            )[:3]
+            s: compute_features(net, splits[s], desc=f"{s} images", features=as_is, **pass_options(args))[:3]
             for s in measured_splits
         }
         train_parts = training_parts
@@ -1522,14 +1506,10 @@ def main(argv=None):
         x = compute_features(
             net,
             parts,
-            args.feature_batch_size,
-            args.workers,
-            0,
-            args.seed,
-            f"greyed {split} images",
-            run,
+            desc=f"greyed {split} images",
+            features=run,
             transform=lambda im: im.convert("L").convert("RGB"),
-            progress=not args.quiet,
+            **pass_options(args),
         )[0]
         return probabilities(trainable, x, device)
 

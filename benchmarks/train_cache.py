@@ -57,17 +57,20 @@ def main():
     times = {}
     warm = part.subset(np.arange(8))
     features = train.feature_function(net, args.engine)
-    train.compute_features(net, [warm], args.batch_size, desc="warm-up", features=features)  # kept out of both
+    # a warm-up, kept out of both timings
+    train.compute_features(net, [warm], batch_size=args.batch_size, desc="warm-up", features=features)
 
     with timed(times, "cached"):
-        x, y, _, _ = train.compute_features(net, [part], args.batch_size, desc="cached features", features=features)
+        x, y, _, _ = train.compute_features(
+            net, [part], batch_size=args.batch_size, desc="cached features", features=features
+        )
         fit_on(net, x, y, weights, args.epochs)
 
     net.head.reset_parameters()
     with timed(times, "every_epoch"):
         for epoch in range(args.epochs):
             x, y, _, _ = train.compute_features(
-                net, [part], args.batch_size, desc=f"epoch {epoch + 1} features", features=features
+                net, [part], batch_size=args.batch_size, desc=f"epoch {epoch + 1} features", features=features
             )
             fit_on(net, x, y, weights, 1)
 
