@@ -1,5 +1,7 @@
 """Compound figures: an image made of panels (a grid or strip of frames or slices, panels parted by gutters, crops
 beside caption text) is split into its panels, each classified; a single photo, scan or chart is not split.
+An image whose pieces are all mostly light ground (a scanned form, a text banner, a chart's facets) is a page's
+content, not panels, and stays whole.
 
 Gutters are found from the image itself: full-width (or full-height) runs of uniform rows (columns) of white,
 grey or black inside it, cut recursively, rows then columns (an XY cut). Pieces too small to be a panel (a caption
@@ -25,6 +27,7 @@ MAX_PANELS = 16  # more pieces than this is a table or a mosaic of icons, not pa
 LIGHT_GUTTER = 200  # a paper's white or light grey gutter; a darker one parts panels only where each panel is mostly
 DARK_SHARE = 0.5  # ... not of the gutter's colour (stars on a black sky, a CT slice on black are one picture)
 NEUTRAL_CHROMA = 12  # a gutter is white, grey or black: its median max-min over R, G, B at most this
+PAPER_SHARE = 0.75  # pieces all at least this share light (LIGHT_GUTTER and up) are a page's, not panels
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
@@ -91,6 +94,15 @@ def _parted(region: np.ndarray, colours: Image.Image, segments: list[tuple[int, 
     return True
 
 
+def _paper(grey: np.ndarray, box: tuple[int, int, int, int]) -> bool:
+    """Whether a piece is mostly light ground: a scanned form's blocks, a text banner's words and a chart's facets
+    are all this, so an image whose pieces all are stays whole; a figure with one picture among them is split.
+    Chosen on validation mosaics (3 source-held-out folds, 150 of each kind, 2026-12-07): validation singles split
+    fell from 101 to 69 a fold, one medical panel found 0.893 to 0.891, all-non-medical kept 0.876 unchanged."""
+    x0, y0, x1, y1 = box
+    return float(np.mean(grey[y0:y1, x0:x1] >= LIGHT_GUTTER)) >= PAPER_SHARE
+
+
 def _cut(grey: np.ndarray, image: Image.Image, box: tuple[int, int, int, int], min_side: int, depth: int) -> list:
     """The leaves of an XY cut of `box`. Where one axis has a single segment with margins or small bands beside it
     (a caption under a strip of panels), the other axis is searched within that segment alone, so text that runs
@@ -131,7 +143,7 @@ def find_panels(image: Image.Image, min_size: int = 32, width: int | None = None
     min_side = max(2, int(np.ceil(min_size / to_original)))
     boxes = _cut(grey, small, (0, 0, small.width, small.height), min_side, 0)
     trimmed = [box for box in boxes if (box[2] - box[0]) >= min_side and (box[3] - box[1]) >= min_side]
-    if len(trimmed) < 2 or len(trimmed) > MAX_PANELS:
+    if len(trimmed) < 2 or len(trimmed) > MAX_PANELS or all(_paper(grey, box) for box in trimmed):
         return []
     back = image.width / small.width
     return [(round(a * back), round(b * back), round(c * back), round(d * back)) for a, b, c, d in trimmed]

@@ -5,6 +5,7 @@ import json
 import pytest
 from PIL import Image, ImageDraw
 
+import images
 import panels
 from conftest import corpus_images
 from test_cli_safety import run
@@ -140,3 +141,26 @@ def test_the_cli_gives_the_figures_label_and_its_panels(tmp_path):
     whole = json.loads(run(["--json", str(path), "--quiet", "--whole-images"]).stdout)["inputs"][0]["images"][0]
     assert "panels" not in whole and "p_whole" not in whole
     assert whole["p_medical"] == pytest.approx(image["p_whole"], abs=0.05)  # the same view, at half the detail
+
+
+def at_working_size(path) -> Image.Image:
+    """The copy the CLI reads panels from: the shorter side at twice the model's 256 px resize."""
+    with Image.open(path) as image:
+        return images.reduce(image.convert("RGB"), 512)
+
+
+def test_a_page_whose_pieces_are_all_light_ground_stays_whole():
+    """Scanned pages and receipts (text blocks parted by white) were read as 3-4 "panels" each, printed p 0.000."""
+    pages = corpus_images("non_medical", "text", 1, "tesseract-ocr_test__devatest.jpg") + corpus_images(
+        "non_medical", "text", 1, "icdar-2019-sroie__002"
+    )
+    assert len(pages) == 2
+    for path in pages:
+        assert panels.find_panels(at_working_size(path)) == [], path
+
+
+def test_one_picture_among_light_pieces_still_splits_them():
+    charts = corpus_images("non_medical", "chart", 4, "scienceplots")
+    assert len(charts) == 4
+    assert panels.find_panels(grid(charts, 2, 2)) == []  # a chart's facets: one chart
+    assert len(panels.find_panels(grid(charts[:3] + SCANS[:1], 2, 2))) == 4  # a CT among them: a compound figure
